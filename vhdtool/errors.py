@@ -1,0 +1,43 @@
+"""The exception hierarchy: every error a user can cause is a VhdError with a one-line message.
+
+The CLI turns a VhdError into one line on stderr and its ``exit_code``; anything else escaping is
+a bug in vhdtool. Messages name the file, the field and the offending value.
+"""
+
+from __future__ import annotations
+
+
+class VhdError(Exception):
+    """Base of every error vhdtool reports to a user."""
+
+    exit_code = 1
+
+
+class UsageError(VhdError):
+    """The user asked for something that does not make sense (bad size, bad option value)."""
+
+    exit_code = 64
+
+
+class NotVhdError(VhdError):
+    """The file is not a VHD (no footer cookie at the end nor at offset 0)."""
+
+
+class CorruptImageError(VhdError):
+    """The file claims to be a VHD but its metadata cannot be trusted."""
+
+
+class ChecksumError(CorruptImageError):
+    """A footer or header checksum does not match its contents."""
+
+
+class ParentError(VhdError):
+    """A differencing disk's parent is missing, mismatched, or the chain loops."""
+
+
+class LockedError(VhdError):
+    """Another process holds the image open for writing."""
+
+
+class ReadOnlyError(VhdError):
+    """A write was attempted on an image opened read-only."""

@@ -1,0 +1,162 @@
+"""The BlockDevice protocol: what every consumer (ops, FUSE, NBD, the runner) sees of a disk.
+
+Like an nbdkit plugin, a disk is a small table of operations on (offset, length). Images, raw
+files and overlay layers all implement it; consumers never parse on-disk bytes.
+
+``extents()`` describes the virtual disk as runs: ``data`` runs are held by some file of the
+chain (``source`` names it, ``depth`` counts layers from the top, 0 = the top image), ``zero``
+runs read as zeros and hold no data anywhere in the chain.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from vhdtool.errors import ReadOnlyError, UsageError, VhdError
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """A run of the virtual disk: [offset, offset + length)."""
+
+    offset: int
+    length: int
+    zero: bool
+    """True when the run reads as zeros and no layer holds data for it."""
+    depth: int = 0
+    """Which layer holds the data: 0 = top image, 1 = its parent, ... (meaningless when zero)."""
+    source: str | None = None
+    """Path of the file holding the data (None for zero runs)."""
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@runtime_checkable
+class BlockDevice(Protocol):
+    """A virtual disk of ``size`` bytes. Offsets and lengths are bytes, any alignment."""
+
+    size: int
+    path: str
+    writable: bool
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]: ...
+
+    def close(self) -> None: ...
+
+
+def check_range(dev: BlockDevice, offset: int, length: int) -> None:
+    """Refuse requests outside the virtual disk, naming the device and the request."""
+    if offset < 0 or length < 0 or offset + length > dev.size:
+        raise VhdError(
+            f"{dev.path}: request [{offset}, {offset + length}) lies outside the disk of {dev.size} bytes"
+        )
+
+
+def merge_extents(runs: Iterator[Extent]) -> Iterator[Extent]:
+    """Join adjacent runs of the same kind (and same source), as qemu-img map does."""
+    pending: Extent | None = None
+    for run in runs:
+        if run.length == 0:
+            continue
+        if (
+            pending is not None
+            and pending.end == run.offset
+            and pending.zero == run.zero
+            and (run.zero or (pending.depth == run.depth and pending.source == run.source))
+        ):
+            pending = Extent(pending.offset, pending.length + run.length, run.zero, run.depth, run.source)
+            continue
+        if pending is not None:
+            yield pending
+        pending = run
+    if pending is not None:
+        yield pending
+
+
+class RawFile:
+    """A raw disk image file (or block device) as a BlockDevice.
+
+    extents() reports holes of a sparse file as zero runs via SEEK_DATA/SEEK_HOLE.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], writable: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.writable = writable
+        try:
+            self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as e:
+            raise VhdError(f"{self.path}: cannot open: {e.strerror}") from None
+        st = os.fstat(self._fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(self._fd)
+            raise UsageError(f"{self.path}: is a directory")
+        self.size = os.lseek(self._fd, 0, os.SEEK_END)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def pread(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        data = os.pread(self._fd, length, offset)
+        if len(data) < length:  # a file shrunk under us: the missing tail reads as zeros
+            data += bytes(length - len(data))
+        return data
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if not self.writable:
+            raise ReadOnlyError(f"{self.path}: opened read-only")
+        check_range(self, offset, len(data))
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def flush(self) -> None:
+        if self.writable:
+            os.fsync(self._fd)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+        end = self.size if length is None else offset + length
+        pos = offset
+        while pos < end:
+            try:
+                data_start = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole remains
+                data_start = end
+            data_start = min(data_start, end)
+            if data_start > pos:
+                yield Extent(pos, data_start - pos, True)
+                pos = data_start
+                if pos >= end:
+                    break
+            try:
+                hole = os.lseek(self._fd, pos, os.SEEK_HOLE)
+            except OSError:
+                hole = end
+            hole = min(hole, end)
+            yield Extent(pos, hole - pos, False, 0, self.path)
+            pos = hole
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RawFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
