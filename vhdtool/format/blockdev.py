@@ -85,6 +85,27 @@ def merge_extents(runs: Iterator[Extent]) -> Iterator[Extent]:
         yield pending
 
 
+def file_extents(fd: int, offset: int, end: int, path: str) -> Iterator[Extent]:
+    """Data and hole runs of a sparse file between offset and end (SEEK_DATA / SEEK_HOLE)."""
+    pos = offset
+    while pos < end:
+        try:
+            data_start = min(os.lseek(fd, pos, os.SEEK_DATA), end)
+        except OSError:  # ENXIO: only a hole remains
+            data_start = end
+        if data_start > pos:
+            yield Extent(pos, data_start - pos, True)
+            pos = data_start
+            if pos >= end:
+                break
+        try:
+            hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        except OSError:
+            hole = end
+        yield Extent(pos, hole - pos, False, 0, path)
+        pos = hole
+
+
 class RawFile:
     """A raw disk image file (or block device) as a BlockDevice.
 
@@ -130,25 +151,7 @@ class RawFile:
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         end = self.size if length is None else offset + length
-        pos = offset
-        while pos < end:
-            try:
-                data_start = os.lseek(self._fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains
-                data_start = end
-            data_start = min(data_start, end)
-            if data_start > pos:
-                yield Extent(pos, data_start - pos, True)
-                pos = data_start
-                if pos >= end:
-                    break
-            try:
-                hole = os.lseek(self._fd, pos, os.SEEK_HOLE)
-            except OSError:
-                hole = end
-            hole = min(hole, end)
-            yield Extent(pos, hole - pos, False, 0, self.path)
-            pos = hole
+        return file_extents(self._fd, offset, end, self.path)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -1,0 +1,137 @@
+"""Opening an image: the right class for its type, and the whole differencing chain below it.
+
+Parents are found through the locators (relative first), verified by UUID, opened read-only
+with a shared lock so that nobody writes them while a child depends on them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from vhdtool.errors import CorruptImageError, ParentError, UsageError, VhdError
+from vhdtool.format import rules
+from vhdtool.format.fixed import FixedImage
+from vhdtool.format.image import ImageBase
+from vhdtool.format.locators import candidate_paths
+from vhdtool.format.lock import lock_image
+from vhdtool.format.metadata import ImageMetadata, read_footers, read_metadata
+from vhdtool.format.sparse import SparseImage
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, DISK_TYPE_FIXED
+
+MAX_CHAIN_DEPTH = 256
+
+
+def _open_fd(path: str, writable: bool) -> int:
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            raise UsageError(f"{path}: is a directory, not a VHD file")
+        return os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    except OSError as e:
+        if e.errno == errno.EROFS and writable:
+            raise VhdError(f"{path}: cannot open for writing: read-only file system") from None
+        raise VhdError(f"{path}: cannot open: {e.strerror}") from None
+
+
+def open_image(path: str | os.PathLike[str], writable: bool = False) -> FixedImage | SparseImage:
+    """Open a VHD (any type) and resolve its chain. Raises VhdError subclasses on bad input."""
+    return _open(os.fspath(path), writable, as_parent=False, seen=())
+
+
+def _open(path: str, writable: bool, as_parent: bool, seen: tuple[str, ...]) -> FixedImage | SparseImage:
+    if len(seen) > MAX_CHAIN_DEPTH:
+        raise ParentError(f"{path}: differencing chain deeper than {MAX_CHAIN_DEPTH} images")
+    fd = _open_fd(path, writable)
+    try:
+        meta = read_metadata(path, fd)
+        if writable:
+            _refuse_damaged_for_writing(meta)
+            lock_image(fd, path, exclusive=True)
+        elif as_parent:
+            lock_image(fd, path, exclusive=False)
+        if meta.disk_type == DISK_TYPE_FIXED:
+            return FixedImage(meta, fd, writable)
+        parent = None
+        if meta.disk_type == DISK_TYPE_DIFFERENCING:
+            parent = _open_parent(meta, (*seen, os.path.realpath(path)))
+        try:
+            return SparseImage(meta, fd, writable, parent)
+        except BaseException:
+            if parent is not None:
+                parent.close_chain()
+            raise
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_damaged_for_writing(meta: ImageMetadata) -> None:
+    if meta.footer_source != "trailing" or not (meta.trailing and meta.trailing.checksum_ok):
+        raise CorruptImageError(f"{meta.path}: footer is damaged; opened only read-only (run 'vhdtool repair')")
+    if not meta.header_checksum_ok:
+        raise CorruptImageError(
+            f"{meta.path}: dynamic header checksum mismatch; opened only read-only (run 'vhdtool repair')"
+        )
+
+
+def find_parent(meta: ImageMetadata) -> str:
+    """Path of the parent whose UUID matches the child's header, trying every locator."""
+    expected = meta.parent_uuid
+    candidates = candidate_paths(meta.path, meta.locators, meta.parent_name)
+    mismatched: list[str] = []
+    for candidate in candidates:
+        if not os.path.isfile(candidate):
+            continue
+        try:
+            fd = os.open(candidate, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            trailing, copy, _ = read_footers(fd, candidate)
+        except VhdError:
+            mismatched.append(f"{candidate} is not a VHD")
+            continue
+        finally:
+            os.close(fd)
+        footer = (trailing or copy).fields if (trailing or copy) else None
+        if footer is None:
+            mismatched.append(f"{candidate} is not a VHD")
+            continue
+        import uuid as _uuid
+
+        found = _uuid.UUID(bytes=bytes(footer.unique_id))
+        if found == expected:
+            return candidate
+        mismatched.append(f"{candidate} has UUID {found}")
+    if mismatched:
+        raise ParentError(
+            f"{meta.path}: parent UUID mismatch: the child expects parent UUID {expected}, but "
+            + "; ".join(mismatched)
+        )
+    tried = ", ".join(candidates) or "no locator or parent name"
+    raise ParentError(f"{meta.path}: parent disk not found (tried {tried})")
+
+
+def _open_parent(meta: ImageMetadata, seen: tuple[str, ...]) -> FixedImage | SparseImage:
+    parent_path = find_parent(meta)
+    if os.path.realpath(parent_path) in seen:
+        raise ParentError(f"{meta.path}: differencing chain loops back to {parent_path}")
+    parent = _open(parent_path, False, as_parent=True, seen=seen)
+    if parent.size < meta.virtual_size:
+        # a parent smaller than the child is legal (the child grew), reads past it are zeros
+        pass
+    _check_timestamp(meta, parent)
+    return parent
+
+
+def _check_timestamp(meta: ImageMetadata, parent: ImageBase) -> None:
+    stored = int(meta.header.parent_timestamp) if meta.header is not None else 0
+    if stored == 0:  # Windows 10 writes 0: nothing to compare
+        return
+    mtime = rules.to_vhd_timestamp(os.stat(parent.path).st_mtime)
+    if stored not in (mtime, int(parent.meta.footer.timestamp)):
+        meta.warnings.append(
+            f"{meta.path}: parent {parent.path} was modified after the child was created "
+            f"(parent time stamp {stored}, file time {mtime})"
+        )

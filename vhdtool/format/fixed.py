@@ -1,0 +1,60 @@
+"""Fixed VHDs: the virtual disk is the file's first ``size`` bytes; the footer follows."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+from vhdtool.errors import CorruptImageError, ReadOnlyError
+from vhdtool.format.blockdev import Extent, check_range, file_extents
+from vhdtool.format.image import ImageBase
+from vhdtool.format.metadata import ImageMetadata
+
+
+class FixedImage(ImageBase):
+    """A fixed VHD as a BlockDevice: reads and writes go straight to the file."""
+
+    def __init__(self, meta: ImageMetadata, fd: int, writable: bool) -> None:
+        self.meta = meta
+        self.warnings: list[str] = list(meta.warnings)
+        self.path = meta.path
+        self.size = meta.virtual_size
+        self.writable = writable
+        self.parent = None
+        self._fd = fd
+        self._lock = threading.Lock()
+        if meta.footer_offset < self.size:
+            raise CorruptImageError(
+                f"{self.path}: fixed disk of {self.size} bytes needs a file of at least {self.size + 511} "
+                f"bytes, this one has {meta.file_size}"
+            )
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def pread(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        return os.pread(self._fd, length, offset)
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if not self.writable:
+            raise ReadOnlyError(f"{self.path}: opened read-only")
+        check_range(self, offset, len(data))
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def flush(self) -> None:
+        if self.writable:
+            os.fsync(self._fd)
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+        end = self.size if length is None else offset + length
+        return file_extents(self._fd, offset, end, self.path)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

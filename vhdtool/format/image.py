@@ -1,0 +1,46 @@
+"""What fixed, dynamic and differencing images share beyond the BlockDevice protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from vhdtool.format.metadata import ImageMetadata
+
+
+class ImageBase:
+    """Context manager, warnings collected while opening, and the parent chain."""
+
+    meta: ImageMetadata
+    parent: Any
+    path: str
+    writable: bool
+    warnings: list[str]
+
+    def chain(self) -> Iterator[ImageBase]:
+        """This image, then its parent, grandparent, ... (the top first)."""
+        image: ImageBase | None = self
+        while image is not None:
+            yield image
+            image = image.parent if isinstance(image.parent, ImageBase) else None
+
+    def all_warnings(self) -> list[str]:
+        return [w for image in self.chain() for w in image.warnings]
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close_chain(self) -> None:
+        """Close this image and every parent it opened."""
+        for image in list(self.chain()):
+            image.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_chain()
+
+    def __repr__(self) -> str:
+        mode = "rw" if self.writable else "ro"
+        return f"<{type(self).__name__} {self.path!r} {self.meta.type_name} {self.meta.virtual_size} {mode}>"

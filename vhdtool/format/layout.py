@@ -1,0 +1,222 @@
+"""Laying out new, empty images: fixed, dynamic and differencing.
+
+A new file is written beside the target and renamed into place, so a failed create leaves
+nothing half-written. Layout of a dynamic disk (as qemu and Virtual PC do it): footer copy at 0,
+dynamic header at 512, BAT at 1536 (padded to a sector), parent locator data after the BAT,
+footer at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid as uuid_module
+from dataclasses import dataclass
+
+from vhdtool.errors import UsageError, VhdError
+from vhdtool.format import rules
+from vhdtool.format.locators import encode_locator_data, encode_parent_name, relative_windows_path
+from vhdtool.format.structs import (
+    DISK_TYPE_DIFFERENCING,
+    DISK_TYPE_DYNAMIC,
+    DISK_TYPE_FIXED,
+    FEATURE_RESERVED,
+    FOOTER_COOKIE,
+    FOOTER_SIZE,
+    HEADER_COOKIE,
+    HEADER_SIZE,
+    LOCATOR_SLOTS,
+    NO_DATA_OFFSET,
+    SECTOR,
+    build_footer,
+    build_header,
+)
+
+HEADER_OFFSET = FOOTER_SIZE
+BAT_OFFSET = HEADER_OFFSET + HEADER_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    """What a differencing child records of its parent."""
+
+    path: str
+    unique_id: bytes
+    timestamp: int
+    geometry: rules.Geometry
+    size: int
+
+
+def footer_fields(
+    disk_type: int,
+    size: int,
+    data_offset: int,
+    unique_id: bytes,
+    timestamp: int,
+    geometry: rules.Geometry | None = None,
+) -> dict:
+    geometry = geometry or rules.geometry_for_new_image(size)
+    return {
+        "cookie": FOOTER_COOKIE,
+        "features": FEATURE_RESERVED,
+        "file_format_version": 0x00010000,
+        "data_offset": data_offset,
+        "timestamp": timestamp,
+        "creator_application": rules.CREATOR_APPLICATION,
+        "creator_version": rules.CREATOR_VERSION,
+        "creator_host_os": rules.CREATOR_HOST_OS,
+        "original_size": size,
+        "current_size": size,
+        "cylinders": geometry.cylinders,
+        "heads": geometry.heads,
+        "sectors_per_track": geometry.sectors_per_track,
+        "disk_type": disk_type,
+        "checksum": 0,
+        "unique_id": unique_id,
+        "saved_state": 0,
+    }
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _locator_entries(child_path: str, parent: ParentLink, first_offset: int) -> tuple[list[dict], bytes]:
+    """A relative (W2ru) and an absolute (W2ku) locator, and the bytes of their data area."""
+    entries, area = [], bytearray()
+    targets = [
+        (b"W2ru", relative_windows_path(parent.path, child_path)),
+        (b"W2ku", os.path.abspath(parent.path)),
+    ]
+    for code, text in targets:
+        data = encode_locator_data(code, text)
+        space = _round_up(max(len(data), 1), SECTOR)
+        entries.append(
+            {
+                "platform_code": code,
+                "platform_data_space": space,  # bytes, as Windows and VirtualBox write it
+                "platform_data_length": len(data),
+                "reserved": 0,
+                "platform_data_offset": first_offset + len(area),
+            }
+        )
+        area += data + bytes(space - len(data))
+    empty = {
+        "platform_code": bytes(4),
+        "platform_data_space": 0,
+        "platform_data_length": 0,
+        "reserved": 0,
+        "platform_data_offset": 0,
+    }
+    entries += [empty] * (LOCATOR_SLOTS - len(entries))
+    return entries, bytes(area)
+
+
+def sparse_image_bytes(
+    path: str,
+    size: int,
+    block_size: int,
+    unique_id: bytes,
+    timestamp: int,
+    parent: ParentLink | None = None,
+) -> tuple[bytes, bytes]:
+    """The metadata of an empty dynamic/differencing image: (bytes from offset 0, trailing footer)."""
+    entries = -(-size // block_size)
+    bat_bytes = _round_up(entries * 4, SECTOR)
+    disk_type = DISK_TYPE_DIFFERENCING if parent else DISK_TYPE_DYNAMIC
+    footer = build_footer(
+        footer_fields(disk_type, size, HEADER_OFFSET, unique_id, timestamp, parent.geometry if parent else None)
+    )
+    locators, locator_area = _locator_entries(path, parent, BAT_OFFSET + bat_bytes) if parent else ([], b"")
+    header = build_header(
+        {
+            "cookie": HEADER_COOKIE,
+            "data_offset": NO_DATA_OFFSET,
+            "table_offset": BAT_OFFSET,
+            "header_version": 0x00010000,
+            "max_table_entries": entries,
+            "block_size": block_size,
+            "checksum": 0,
+            "parent_unique_id": parent.unique_id if parent else bytes(16),
+            "parent_timestamp": parent.timestamp if parent else 0,
+            "reserved1": 0,
+            "parent_unicode_name": encode_parent_name(os.path.abspath(parent.path)) if parent else bytes(512),
+            "parent_locators": locators
+            or [
+                {
+                    "platform_code": bytes(4),
+                    "platform_data_space": 0,
+                    "platform_data_length": 0,
+                    "reserved": 0,
+                    "platform_data_offset": 0,
+                }
+            ]
+            * LOCATOR_SLOTS,
+        }
+    )
+    bat = b"\xff" * (entries * 4) + bytes(bat_bytes - entries * 4)
+    return footer + header + bat + locator_area, footer
+
+
+def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
+    """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place."""
+    if os.path.lexists(path) and not overwrite:
+        raise UsageError(f"{path}: file exists (use --force to overwrite)")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.vhdtool-{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as e:
+        raise VhdError(f"{path}: cannot create: {e.strerror}") from None
+    try:
+        try:
+            writer(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise VhdError(f"{path}: cannot write: {e.strerror}") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def create_fixed(path: str, size: int, unique_id: bytes, timestamp: int, overwrite: bool = False) -> None:
+    footer = build_footer(footer_fields(DISK_TYPE_FIXED, size, NO_DATA_OFFSET, unique_id, timestamp))
+
+    def write(fd: int) -> None:
+        os.ftruncate(fd, size)  # sparse: the data area reads as zeros until written
+        os.pwrite(fd, footer, size)
+
+    write_new_file(path, write, overwrite)
+
+
+def create_sparse(
+    path: str,
+    size: int,
+    block_size: int,
+    unique_id: bytes,
+    timestamp: int,
+    parent: ParentLink | None = None,
+    overwrite: bool = False,
+) -> None:
+    head, footer = sparse_image_bytes(path, size, block_size, unique_id, timestamp, parent)
+
+    def write(fd: int) -> None:
+        os.pwrite(fd, head, 0)
+        os.pwrite(fd, footer, len(head))
+
+    write_new_file(path, write, overwrite)
+
+
+def new_unique_id() -> bytes:
+    return uuid_module.uuid4().bytes

@@ -1,0 +1,298 @@
+"""Dynamic and differencing VHDs: a BAT of blocks, each a sector bitmap followed by data.
+
+Reads: one address mapping per block (``_map_block``) and one loop that clips requests at block
+boundaries; a block whose bitmap is all ones is read with a single ``os.pread``. A clear bitmap
+bit reads zeros in a dynamic disk and the parent's data in a differencing disk.
+
+Writes allocate new blocks at the end of the file in an order that keeps a valid trailing
+footer at every instant: the footer is written at the new end first, then the block's data and
+bitmap into the gap, then the BAT entry. A crash leaves at worst a block no BAT entry points to
+(a leak, which ``check`` reports and ``repair`` reclaims). The footer copy at offset 0 never
+changes on allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+from vhdtool.errors import CorruptImageError, ReadOnlyError
+from vhdtool.format import rules
+from vhdtool.format.blockdev import BlockDevice, Extent, check_range
+from vhdtool.format.image import ImageBase
+from vhdtool.format.metadata import ImageMetadata
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
+
+FULL = None
+"""Bitmap cache value meaning 'every sector of the block is present' (the common case)."""
+
+
+def bit_runs(bitmap: bytes, start: int, end: int) -> Iterator[tuple[bool, int, int]]:
+    """Runs of equal bits in sectors [start, end) of a block bitmap (MSB of byte 0 = sector 0)."""
+    sector = start
+    current = bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
+    run_start = sector
+    sector += 1
+    while sector < end:
+        if sector & 7 == 0 and sector + 8 <= end:
+            byte = bitmap[sector >> 3]
+            if byte == (0xFF if current else 0):
+                sector += 8
+                continue
+        bit = bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
+        if bit != current:
+            yield current, run_start, sector
+            current, run_start = bit, sector
+        sector += 1
+    yield current, run_start, end
+
+
+class SparseImage(ImageBase):
+    """A dynamic (parent None) or differencing (parent set) VHD as a BlockDevice."""
+
+    def __init__(
+        self, meta: ImageMetadata, fd: int, writable: bool, parent: BlockDevice | None = None
+    ) -> None:
+        assert meta.header is not None and meta.bat is not None
+        self.meta = meta
+        self.warnings: list[str] = list(meta.warnings)
+        self.path = meta.path
+        self.size = meta.virtual_size
+        self.writable = writable
+        self.parent = parent
+        self.is_differencing = meta.disk_type == DISK_TYPE_DIFFERENCING
+        self._fd = fd
+        self.block_size = meta.block_size
+        self._validate_layout()
+        self._shift = self.block_size.bit_length() - 1
+        self._mask = self.block_size - 1
+        self._sectors_per_block = self.block_size // SECTOR
+        self._bitmap_size = rules.bitmap_bytes(self.block_size)
+        self.bat = meta.bat
+        self._bat_offset = int(meta.header.table_offset)
+        self._bitmaps: dict[int, bytes | None] = {}
+        self._write_lock = threading.RLock()
+        self._footer_bytes = build_footer(meta.footer)
+        # new blocks go where the trailing footer is now, sector aligned
+        self._end = -(-meta.footer_offset // SECTOR) * SECTOR
+
+    def _validate_layout(self) -> None:
+        meta, bs = self.meta, self.block_size
+        if bs < SECTOR or bs & (bs - 1) or bs > 256 * rules.MiB:
+            raise CorruptImageError(f"{self.path}: block size {bs} in the dynamic header is not valid")
+        if len(meta.bat) * bs < self.size:
+            raise CorruptImageError(
+                f"{self.path}: BAT of {len(meta.bat)} entries x {bs} bytes does not cover the disk "
+                f"of {self.size} bytes"
+            )
+        if self.size > rules.MAX_DYNAMIC_SIZE:
+            raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
+        span = rules.bitmap_bytes(bs) + bs
+        limit = meta.footer_offset
+        for index, entry in enumerate(meta.bat):
+            if entry != UNALLOCATED and entry * SECTOR + span > limit:
+                raise CorruptImageError(
+                    f"{self.path}: BAT entry {index} points at sector {entry}, past the end of the file "
+                    f"(run 'vhdtool check')"
+                )
+
+    def fileno(self) -> int:
+        return self._fd
+
+    # -- mapping ---------------------------------------------------------------------------
+
+    def _bitmap(self, block: int) -> bytes | None:
+        """The block's bitmap, or FULL when every bit is set (cached per block)."""
+        try:
+            return self._bitmaps[block]
+        except KeyError:
+            pass
+        value = self._bitmap_from(os.pread(self._fd, self._bitmap_size, self.bat[block] * SECTOR))
+        self._bitmaps[block] = value
+        return value
+
+    def _data_offset(self, block: int, in_block: int) -> int:
+        return self.bat[block] * SECTOR + self._bitmap_size + in_block
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def pread(self, offset: int, length: int) -> bytes:
+        check_range(self, offset, length)
+        if length == 0:
+            return b""
+        block, in_block = offset >> self._shift, offset & self._mask
+        if in_block + length <= self.block_size:  # one block: the common case, no assembly
+            return self._read_in_block(block, in_block, length)
+        out = bytearray(length)
+        done = 0
+        while done < length:
+            block, in_block = (offset + done) >> self._shift, (offset + done) & self._mask
+            n = min(self.block_size - in_block, length - done)
+            out[done : done + n] = self._read_in_block(block, in_block, n)
+            done += n
+        return bytes(out)
+
+    def _read_in_block(self, block: int, in_block: int, length: int) -> bytes:
+        entry = self.bat[block]
+        virtual = (block << self._shift) + in_block
+        if entry == UNALLOCATED:
+            return self._parent_read(virtual, length)
+        bitmap = self._bitmap(block)
+        if bitmap is FULL:
+            return self._pread_exact(self._data_offset(block, in_block), length)
+        out = bytearray(length)
+        first, last = in_block // SECTOR, (in_block + length - 1) // SECTOR + 1
+        for present, s0, s1 in bit_runs(bitmap, first, last):
+            lo, hi = max(s0 * SECTOR, in_block), min(s1 * SECTOR, in_block + length)
+            if present:
+                out[lo - in_block : hi - in_block] = self._pread_exact(self._data_offset(block, lo), hi - lo)
+            elif self.parent is not None:
+                out[lo - in_block : hi - in_block] = self._parent_read(virtual - in_block + lo, hi - lo)
+        return bytes(out)
+
+    def _parent_read(self, offset: int, length: int) -> bytes:
+        """What the layers below hold; zeros past a parent smaller than this disk (or no parent)."""
+        parent = self.parent
+        if parent is None or offset >= parent.size:
+            return bytes(length)
+        if offset + length <= parent.size:
+            return parent.pread(offset, length)
+        return parent.pread(offset, parent.size - offset) + bytes(offset + length - parent.size)
+
+    def _pread_exact(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise CorruptImageError(f"{self.path}: short read at offset {offset}: file truncated?")
+        return data
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if not self.writable:
+            raise ReadOnlyError(f"{self.path}: opened read-only")
+        check_range(self, offset, len(data))
+        view = memoryview(data).cast("B")
+        with self._write_lock:
+            while view:
+                block, in_block = offset >> self._shift, offset & self._mask
+                n = min(self.block_size - in_block, len(view))
+                self._write_in_block(block, in_block, view[:n])
+                view, offset = view[n:], offset + n
+
+    def _write_in_block(self, block: int, in_block: int, chunk: memoryview) -> None:
+        first, last = in_block // SECTOR, (in_block + len(chunk) - 1) // SECTOR + 1
+        head, tail = in_block - first * SECTOR, last * SECTOR - (in_block + len(chunk))
+        if head or tail:
+            # partial sectors: complete them with what the disk reads there now (parent or zeros)
+            base = (block << self._shift) + first * SECTOR
+            buf = bytearray(self.pread(base, SECTOR)) if head else bytearray()
+            if head:
+                buf = buf[:head]
+            buf += chunk
+            if tail:
+                buf += self.pread(base + (last - 1) * SECTOR, SECTOR)[SECTOR - tail :]
+            chunk = memoryview(bytes(buf))
+        if self.bat[block] == UNALLOCATED:
+            self._allocate(block, first, last, chunk)
+            return
+        self._pwrite_all(self._data_offset(block, first * SECTOR), chunk)
+        bitmap = self._bitmap(block)
+        if bitmap is not FULL:
+            self._set_bits(block, bitmap, first, last)
+
+    def _set_bits(self, block: int, bitmap: bytes, first: int, last: int) -> None:
+        updated = bytearray(bitmap)
+        for sector in range(first, last):
+            updated[sector >> 3] |= 0x80 >> (sector & 7)
+        if updated == bitmap:
+            return
+        lo, hi = first >> 3, ((last - 1) >> 3) + 1
+        # the data is in place before the bits that make it visible
+        self._pwrite_all(self.bat[block] * SECTOR + lo, memoryview(bytes(updated[lo:hi])))
+        self._bitmaps[block] = self._bitmap_from(updated)
+
+    def _bitmap_from(self, bitmap: bytes | bytearray) -> bytes | None:
+        """FULL when the bits of every sector of the block are set, else the bitmap itself."""
+        whole, tail = divmod(self._sectors_per_block, 8)
+        if bitmap[:whole].count(0xFF) != whole:
+            return bytes(bitmap)
+        if tail and bitmap[whole] >> (8 - tail) != (1 << tail) - 1:
+            return bytes(bitmap)
+        return FULL
+
+    def _allocate(self, block: int, first: int, last: int, chunk: memoryview) -> None:
+        start = self._end
+        new_end = start + self._bitmap_size + self.block_size
+        if self.is_differencing:
+            bitmap = bytearray(self._bitmap_size)
+            for sector in range(first, last):
+                bitmap[sector >> 3] |= 0x80 >> (sector & 7)
+        else:
+            # dynamic: the whole block is present; the unwritten rest is a file hole, reading zeros,
+            # as an unallocated block did (qemu lays blocks out the same way)
+            bitmap = bytearray(b"\xff" * ((self._sectors_per_block + 7) // 8))
+            bitmap += bytes(self._bitmap_size - len(bitmap))
+        self._pwrite_all(new_end, memoryview(self._footer_bytes))
+        self._pwrite_all(start + self._bitmap_size + first * SECTOR, chunk)
+        self._pwrite_all(start, memoryview(bytes(bitmap)))
+        self._pwrite_all(self._bat_offset + 4 * block, memoryview((start // SECTOR).to_bytes(4, "big")))
+        self._end = new_end
+        self._bitmaps[block] = self._bitmap_from(bitmap)
+        self.bat[block] = start // SECTOR
+
+    def _pwrite_all(self, offset: int, view: memoryview) -> None:
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def flush(self) -> None:
+        if self.writable:
+            os.fsync(self._fd)
+
+    # -- extents ---------------------------------------------------------------------------
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+        end = self.size if length is None else offset + length
+        pos = offset
+        while pos < end:
+            block, in_block = pos >> self._shift, pos & self._mask
+            n = min(self.block_size - in_block, end - pos)
+            yield from self._block_extents(block, in_block, n)
+            pos += n
+
+    def _block_extents(self, block: int, in_block: int, length: int) -> Iterator[Extent]:
+        virtual = (block << self._shift) + in_block
+        entry = self.bat[block]
+        if entry == UNALLOCATED:
+            yield from self._below(virtual, length)
+            return
+        bitmap = self._bitmap(block)
+        if bitmap is FULL:
+            yield Extent(virtual, length, False, 0, self.path)
+            return
+        first, last = in_block // SECTOR, (in_block + length - 1) // SECTOR + 1
+        base = virtual - in_block
+        for present, s0, s1 in bit_runs(bitmap, first, last):
+            lo, hi = max(s0 * SECTOR, in_block), min(s1 * SECTOR, in_block + length)
+            if present:
+                yield Extent(base + lo, hi - lo, False, 0, self.path)
+            else:
+                yield from self._below(base + lo, hi - lo)
+
+    def _below(self, offset: int, length: int) -> Iterator[Extent]:
+        parent = self.parent
+        inside = 0 if parent is None else max(0, min(length, parent.size - offset))
+        if inside:
+            for e in parent.extents(offset, inside):
+                yield e if e.zero else Extent(e.offset, e.length, False, e.depth + 1, e.source)
+        if inside < length:
+            yield Extent(offset + inside, length - inside, True)
+
+    def allocated_blocks(self) -> int:
+        return sum(1 for entry in self.bat if entry != UNALLOCATED)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
