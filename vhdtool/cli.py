@@ -12,12 +12,77 @@ import click
 
 from vhdtool import render
 from vhdtool.errors import VhdError
+from vhdtool.format import rules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vhdtool")
 def cli() -> None:
     """vhdtool: create, inspect, repair, convert, mount, serve and boot VHD disk images."""
+
+
+def _size_option(text: str | None) -> int | None:
+    return None if text is None else rules.parse_size(text)[1]
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--size", "-s", help="Virtual size: bytes or 512M, 127G, 2T (binary units). Default 127G.")
+@click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), help="Default: dynamic.")
+@click.option("--block-size", help="Dynamic/differencing block size, a power of two >= 512K. Default 2M.")
+@click.option("--parent", type=click.Path(dir_okay=False), help="Make a differencing disk over PARENT.")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def create(
+    path: str,
+    size: str | None,
+    disk_type: str | None,
+    block_size: str | None,
+    parent: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Create a VHD: a 127 GiB dynamic disk unless told otherwise.
+
+    The file is written beside PATH and renamed into place: an interrupted create leaves nothing.
+    """
+    from vhdtool.ops.create import create as create_image
+
+    created = create_image(
+        path,
+        size=_size_option(size),
+        type=disk_type,
+        parent=parent,
+        block_size=_size_option(block_size),
+        overwrite=force,
+    )
+    render.created(created, as_json)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with qemu-img's key names.")
+@click.option("--chain", is_flag=True, help="Describe every image of the differencing chain.")
+def info(path: str, as_json: bool, chain: bool) -> None:
+    """Show what an image is: type, sizes, creator, geometry, blocks, checksums, parent."""
+    from vhdtool.ops.info import image_info
+
+    render.image_info(image_info(path, chain=chain), as_json, chain)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with qemu-img check's key names.")
+def check(path: str, as_json: bool) -> None:
+    """Validate footers, header, checksums, BAT, bitmaps and the parent link.
+
+    Exit status: 0 clean, 2 corruption, 3 leaks only, 1 error (like qemu-img check).
+    """
+    from vhdtool.ops.check import check_image
+
+    report = check_image(path)
+    render.check_report(report, as_json)
+    sys.exit(report.exit_code)
 
 
 def main() -> None:

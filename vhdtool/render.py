@@ -6,20 +6,18 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+# rich is imported lazily: most commands print a line or JSON, and start-up time counts
+# (`vhdtool create` is expected to finish in well under 100 ms).
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+
+@cache
+def _console(to_stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=to_stderr, soft_wrap=True)
 
 
 def error(message: str) -> None:
@@ -37,21 +35,25 @@ def print_json(document: Any) -> None:
 
 
 def key_value_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False, box=None, title=title, title_justify="left", pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
         table.add_row(key, value)
-    stdout.print(table)
+    _console().print(table)
 
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left")
     for c in columns:
         t.add_column(c)
     for r in rows:
         t.add_row(*r)
-    stdout.print(t)
+    _console().print(t)
 
 
 class _NoProgress:
@@ -60,7 +62,7 @@ class _NoProgress:
 
 
 class _RichProgress:
-    def __init__(self, progress: Progress, task: Any) -> None:
+    def __init__(self, progress: Any, task: Any) -> None:
         self._progress = progress
         self._task = task
 
@@ -74,13 +76,114 @@ def progress(description: str, total: int, enabled: bool = True) -> Iterator[_No
     if not enabled or not sys.stderr.isatty():
         yield _NoProgress()
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=stderr,
+        console=_console(True),
         transient=True,
     ) as bar:
         yield _RichProgress(bar, bar.add_task(description, total=total))
+
+
+def created(result: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "filename": result.path,
+                "format": "vpc",
+                "type": result.type,
+                "virtual-size": result.size,
+                "cluster-size": result.block_size,
+                "backing-filename": result.parent,
+            }
+        )
+        return
+    what = f"{result.type} VHD of {human_size(result.size)} ({result.size} bytes)"
+    if result.parent:
+        what += f" over {result.parent}"
+    print(f"created {result.path}: {what}")
+
+
+def human_size(n: int) -> str:
+    from vhdtool.format.rules import human_size as _human
+
+    return _human(n)
+
+
+def image_info(docs: list[dict[str, Any]], as_json: bool, chain: bool) -> None:
+    if as_json:
+        print_json(docs if chain else docs[0])
+        return
+    for depth, doc in enumerate(docs):
+        if depth:
+            print()
+        _one_image(doc)
+
+
+def _one_image(doc: dict[str, Any]) -> None:
+    d = doc["format-specific"]["data"]
+    rows = [
+        ("image", doc["filename"]),
+        ("type", d["disk-type"]),
+        ("virtual size", f"{human_size(doc['virtual-size'])} ({doc['virtual-size']} bytes)"),
+        ("disk size", f"{human_size(doc['actual-size'])} (file {doc['file-size']} bytes)"),
+    ]
+    if "chs-size" in d:
+        rows.append(("CHS size", f"{d['chs-size']} bytes (qemu 7.2 reads {d['qemu-7.2-size']})"))
+    chs = d["chs"]
+    rows += [
+        ("geometry", f"{chs['cylinders']}/{chs['heads']}/{chs['sectors-per-track']} (C/H/S)"),
+        (
+            "creator",
+            f"{d['creator-application']!r} {d['creator-version']} on {d['creator-host-os']!r} ({d['creator-name']})",
+        ),
+        ("uuid", d["uuid"]),
+        ("created", d["timestamp"]),
+    ]
+    if d["original-size"] != d["current-size"]:
+        rows.append(("original size", str(d["original-size"])))
+    if "block-size" in d:
+        rows += [
+            ("block size", human_size(d["block-size"])),
+            ("blocks", f"{d['allocated-blocks']} of {d['max-table-entries']} allocated"),
+        ]
+    checks = f"footer {d['footer-checksum']}, copy {d['footer-copy']}"
+    if "header-checksum" in d:
+        checks += f", header {d['header-checksum']}"
+    rows.append(("checksums", checks))
+    if d.get("saved-state"):
+        rows.append(("saved state", "set"))
+    if "parent-uuid" in d:
+        rows += [
+            ("parent", doc.get("full-backing-filename", "?")),
+            ("parent name", d["parent-name"]),
+            ("parent uuid", d["parent-uuid"]),
+        ]
+        for loc in d["parent-locators"]:
+            rows.append((f"locator {loc['slot']}", f"{loc['code']} {loc['path']}"))
+    key_value_table(rows)
+    for w in doc.get("warnings", []):
+        warning(w)
+
+
+def check_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(report.as_json())
+        return
+    for f in report.findings:
+        print(f"{f.severity}: {f.message}")
+    corrupt, leaks = report.count("corruption"), report.count("leak")
+    if corrupt:
+        print(f"{report.path}: {corrupt} corruption(s), {leaks} leak(s) found")
+    elif leaks:
+        print(
+            f"{report.path}: {leaks} leak(s) ({report.leaked_bytes} bytes); no corruption. "
+            "'vhdtool repair' reclaims leaked space"
+        )
+    else:
+        print(f"{report.path}: no errors found ({report.allocated_blocks}/{report.total_blocks} blocks allocated)")

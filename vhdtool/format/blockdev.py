@@ -59,9 +59,7 @@ class BlockDevice(Protocol):
 def check_range(dev: BlockDevice, offset: int, length: int) -> None:
     """Refuse requests outside the virtual disk, naming the device and the request."""
     if offset < 0 or length < 0 or offset + length > dev.size:
-        raise VhdError(
-            f"{dev.path}: request [{offset}, {offset + length}) lies outside the disk of {dev.size} bytes"
-        )
+        raise VhdError(f"{dev.path}: request [{offset}, {offset + length}) lies outside the disk of {dev.size} bytes")
 
 
 def merge_extents(runs: Iterator[Extent]) -> Iterator[Extent]:

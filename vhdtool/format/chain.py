@@ -106,8 +106,7 @@ def find_parent(meta: ImageMetadata) -> str:
         mismatched.append(f"{candidate} has UUID {found}")
     if mismatched:
         raise ParentError(
-            f"{meta.path}: parent UUID mismatch: the child expects parent UUID {expected}, but "
-            + "; ".join(mismatched)
+            f"{meta.path}: parent UUID mismatch: the child expects parent UUID {expected}, but " + "; ".join(mismatched)
         )
     tried = ", ".join(candidates) or "no locator or parent name"
     raise ParentError(f"{meta.path}: parent disk not found (tried {tried})")

@@ -150,9 +150,7 @@ def read_footers(fd: int, path: str) -> tuple[FooterRead | None, FooterRead | No
     return trailing, copy, size
 
 
-def choose_footer(
-    path: str, trailing: FooterRead | None, copy: FooterRead | None
-) -> tuple[Container, str, list[str]]:
+def choose_footer(path: str, trailing: FooterRead | None, copy: FooterRead | None) -> tuple[Container, str, list[str]]:
     """Which footer to believe: the trailing one unless it is damaged and the copy is good."""
     warnings: list[str] = []
     if trailing and trailing.checksum_ok:

@@ -51,9 +51,7 @@ def bit_runs(bitmap: bytes, start: int, end: int) -> Iterator[tuple[bool, int, i
 class SparseImage(ImageBase):
     """A dynamic (parent None) or differencing (parent set) VHD as a BlockDevice."""
 
-    def __init__(
-        self, meta: ImageMetadata, fd: int, writable: bool, parent: BlockDevice | None = None
-    ) -> None:
+    def __init__(self, meta: ImageMetadata, fd: int, writable: bool, parent: BlockDevice | None = None) -> None:
         assert meta.header is not None and meta.bat is not None
         self.meta = meta
         self.warnings: list[str] = list(meta.warnings)
@@ -83,8 +81,7 @@ class SparseImage(ImageBase):
             raise CorruptImageError(f"{self.path}: block size {bs} in the dynamic header is not valid")
         if len(meta.bat) * bs < self.size:
             raise CorruptImageError(
-                f"{self.path}: BAT of {len(meta.bat)} entries x {bs} bytes does not cover the disk "
-                f"of {self.size} bytes"
+                f"{self.path}: BAT of {len(meta.bat)} entries x {bs} bytes does not cover the disk of {self.size} bytes"
             )
         if self.size > rules.MAX_DYNAMIC_SIZE:
             raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")

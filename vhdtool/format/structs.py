@@ -83,7 +83,6 @@ assert DynamicHeader.sizeof() == HEADER_SIZE
 HEADER_CHECKSUM_AT = 36
 
 
-
 def vhd_checksum(raw: bytes | bytearray, field_at: int) -> int:
     """One's complement of the byte sum of ``raw`` with the 4-byte checksum field at ``field_at`` zeroed."""
     total = sum(raw) - sum(raw[field_at : field_at + 4])

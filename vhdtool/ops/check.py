@@ -1,0 +1,321 @@
+"""`vhdtool check`: validate an image's metadata without trusting it.
+
+Findings are classified like qemu-img check: corruption (exit 2), leaks only (exit 3), warnings
+(exit 0). Each finding has a stable ``code`` and the location it concerns so that ``repair`` can
+act on it without validating again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vhdtool.errors import ParentError, VhdError
+from vhdtool.format import rules
+from vhdtool.format.chain import find_parent
+from vhdtool.format.metadata import ImageMetadata, read_metadata
+from vhdtool.format.structs import (
+    DISK_TYPE_DIFFERENCING,
+    DISK_TYPE_DYNAMIC,
+    FEATURE_RESERVED,
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    SECTOR,
+    UNALLOCATED,
+    build_footer,
+)
+
+CORRUPTION, LEAK, WARNING = "corruption", "leak", "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: str
+    code: str
+    message: str
+    block: int | None = None
+    offset: int | None = None
+    length: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"severity": self.severity, "code": self.code, "message": self.message}
+        for key in ("block", "offset", "length"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+
+@dataclass(slots=True)
+class CheckReport:
+    path: str
+    type_name: str
+    findings: list[Finding] = field(default_factory=list)
+    total_blocks: int = 0
+    allocated_blocks: int = 0
+    leaked_bytes: int = 0
+    image_end_offset: int = 0
+
+    def add(self, severity: str, code: str, message: str, **where: int) -> None:
+        self.findings.append(Finding(severity, code, message, **where))
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    @property
+    def exit_code(self) -> int:
+        if self.count(CORRUPTION):
+            return 2
+        if self.count(LEAK):
+            return 3
+        return 0
+
+    def as_json(self) -> dict[str, Any]:
+        """qemu-img check's keys, plus the findings."""
+        return {
+            "filename": self.path,
+            "format": "vpc",
+            "check-errors": 0,
+            "corruptions": self.count(CORRUPTION),
+            "leaks": self.count(LEAK),
+            "leaked-bytes": self.leaked_bytes,
+            "warnings": self.count(WARNING),
+            "image-end-offset": self.image_end_offset,
+            "total-clusters": self.total_blocks,
+            "allocated-clusters": self.allocated_blocks,
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def check_image(path: str | os.PathLike[str]) -> CheckReport:
+    """Validate one image (and its link to its parent). Raises VhdError only when the file is not
+    a VHD at all or cannot be read; everything else is a finding."""
+    path = os.fspath(path)
+    meta = read_metadata(path)
+    report = CheckReport(path, meta.type_name, image_end_offset=meta.file_size)
+    _check_footers(meta, report)
+    if meta.is_sparse:
+        _check_header(meta, report)
+        _check_blocks(meta, report)
+    else:
+        _check_fixed(meta, report)
+    if meta.disk_type == DISK_TYPE_DIFFERENCING:
+        _check_parent(meta, report)
+    return report
+
+
+def _check_footers(meta: ImageMetadata, report: CheckReport) -> None:
+    t, c = meta.trailing, meta.copy
+    if t is None:
+        report.add(CORRUPTION, "footer-missing", f"{meta.path}: no valid footer at the end of the file")
+    elif not t.checksum_ok:
+        report.add(CORRUPTION, "footer-checksum", f"{meta.path}: footer checksum mismatch", offset=t.offset)
+    elif t.short:
+        report.add(WARNING, "footer-short", f"{meta.path}: 511-byte footer (image from before Virtual PC 2004)")
+    if meta.is_sparse:
+        if c is None:
+            report.add(CORRUPTION, "footer-copy-missing", f"{meta.path}: no footer copy at offset 0")
+        elif not c.checksum_ok:
+            report.add(CORRUPTION, "footer-copy-checksum", f"{meta.path}: footer copy at offset 0 has a bad checksum")
+        elif t is not None and t.checksum_ok and build_footer(c.fields) != build_footer(t.fields):
+            report.add(
+                CORRUPTION, "footer-copy-differs", f"{meta.path}: footer copy at offset 0 differs from the footer"
+            )
+    f = meta.footer
+    if not f.features & FEATURE_RESERVED:
+        report.add(
+            WARNING, "footer-features", f"{meta.path}: footer features {f.features:#x} lack the reserved bit 0x2"
+        )
+    size = meta.virtual_size
+    if size % SECTOR:
+        report.add(CORRUPTION, "size-unaligned", f"{meta.path}: current size {size} is not a multiple of 512")
+    chs = meta.geometry
+    if chs.size != size and not chs.is_maximum:
+        report.add(
+            WARNING,
+            "size-chs",
+            f"{meta.path}: CHS geometry {chs.cylinders}/{chs.heads}/{chs.sectors_per_track} gives {chs.size} bytes, "
+            f"current size is {size}; qemu 7.2 reads "
+            f"{rules.qemu72_virtual_size(bytes(f.creator_application), chs, size)}",
+        )
+    if f.original_size != size:
+        report.add(
+            WARNING,
+            "size-original",
+            f"{meta.path}: original size {f.original_size} differs from current size {size} (libvhdi reads the former)",
+        )
+    if f.saved_state:
+        report.add(WARNING, "saved-state", f"{meta.path}: the saved-state flag is set")
+
+
+def _check_fixed(meta: ImageMetadata, report: CheckReport) -> None:
+    if meta.footer_offset < meta.virtual_size:
+        report.add(
+            CORRUPTION,
+            "fixed-truncated",
+            f"{meta.path}: fixed disk of {meta.virtual_size} bytes but the footer sits at {meta.footer_offset}",
+        )
+
+
+def _check_header(meta: ImageMetadata, report: CheckReport) -> None:
+    h = meta.header
+    if not meta.header_checksum_ok:
+        report.add(CORRUPTION, "header-checksum", f"{meta.path}: dynamic header checksum mismatch")
+    bs = int(h.block_size)
+    if bs < SECTOR or bs & (bs - 1):
+        report.add(CORRUPTION, "block-size", f"{meta.path}: block size {bs} is not a power of two")
+    elif len(meta.bat) * bs < meta.virtual_size:
+        report.add(
+            CORRUPTION,
+            "bat-too-small",
+            f"{meta.path}: BAT of {len(meta.bat)} entries x {bs} bytes does not cover {meta.virtual_size} bytes",
+        )
+
+
+def _metadata_ranges(meta: ImageMetadata) -> list[tuple[int, int, str]]:
+    h = meta.header
+    ranges = [(0, FOOTER_SIZE, "footer copy"), (int(meta.footer.data_offset), HEADER_SIZE, "dynamic header")]
+    bat_bytes = -(-len(meta.bat) * 4 // SECTOR) * SECTOR
+    ranges.append((int(h.table_offset), bat_bytes, "BAT"))
+    for loc in meta.locators:
+        if loc.data_offset and loc.data_space:
+            ranges.append((loc.data_offset, max(loc.data_space, loc.data_length), f"parent locator {loc.slot}"))
+    return ranges
+
+
+def _check_blocks(meta: ImageMetadata, report: CheckReport) -> None:
+    bs = meta.block_size
+    if bs < SECTOR or bs & (bs - 1):
+        return
+    bitmap_size = rules.bitmap_bytes(bs)
+    span = bitmap_size + bs
+    limit = meta.footer_offset
+    report.total_blocks = len(meta.bat)
+    used: list[tuple[int, int, str]] = [(o, n, what) for o, n, what in _metadata_ranges(meta)]
+    blocks: list[tuple[int, int]] = []
+    for index, entry in enumerate(meta.bat):
+        if entry == UNALLOCATED:
+            continue
+        report.allocated_blocks += 1
+        start = entry * SECTOR
+        if start + span > limit:
+            report.add(
+                CORRUPTION,
+                "bat-outside",
+                f"{meta.path}: BAT entry {index} points at offset {start}, past the end of the data "
+                f"(block needs {span} bytes, footer at {limit})",
+                block=index,
+                offset=start,
+            )
+            continue
+        blocks.append((start, index))
+    blocks.sort()
+    # overlaps with metadata
+    for start, index in blocks:
+        for m_off, m_len, what in used:
+            if start < m_off + m_len and m_off < start + span:
+                report.add(
+                    CORRUPTION,
+                    "bat-overlap-metadata",
+                    f"{meta.path}: block {index} at offset {start} overlaps the {what}",
+                    block=index,
+                    offset=start,
+                )
+    # overlaps with each other
+    for (a_start, a_index), (b_start, b_index) in itertools.pairwise(blocks):
+        if b_start < a_start + span:
+            report.add(
+                CORRUPTION,
+                "bat-overlap",
+                f"{meta.path}: blocks {a_index} and {b_index} overlap (offsets {a_start} and {b_start})",
+                block=b_index,
+                offset=b_start,
+            )
+    _find_leaks(meta, report, blocks, span)
+    _check_bitmaps(meta, report, blocks, bitmap_size)
+
+
+def _find_leaks(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[int, int]], span: int) -> None:
+    """Space between blocks (or after the last one) that no BAT entry owns and that is at least
+    one block long: what a crash between footer and BAT writes leaves. Smaller gaps are alignment."""
+    metadata_end = max(o + n for o, n, _ in _metadata_ranges(meta))
+    pos = metadata_end
+    gaps = []
+    for start, _ in blocks:
+        if start - pos >= span:
+            gaps.append((pos, start - pos))
+        pos = max(pos, start + span)
+    if meta.footer_offset - pos >= span:
+        gaps.append((pos, meta.footer_offset - pos))
+    for offset, length in gaps:
+        report.leaked_bytes += length
+        report.add(
+            LEAK,
+            "leak",
+            f"{meta.path}: {length} bytes at offset {offset} belong to no block (leaked)",
+            offset=offset,
+            length=length,
+        )
+
+
+def _check_bitmaps(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[int, int]], bitmap_size: int) -> None:
+    if meta.disk_type != DISK_TYPE_DYNAMIC or not blocks:
+        return
+    sectors = meta.block_size // SECTOR
+    used = (sectors + 7) // 8
+    empty, partial = [], []
+    with open(meta.path, "rb") as f:
+        fd = f.fileno()
+        for start, index in blocks:
+            bitmap = os.pread(fd, used, start)
+            ones = bitmap.count(0xFF)
+            if ones == used:
+                continue
+            (empty if bitmap.count(0) == used else partial).append(index)
+    if empty:
+        report.add(
+            WARNING,
+            "bitmap-empty",
+            f"{meta.path}: {len(empty)} allocated block(s) have an all-clear bitmap and read as zeros "
+            f"(first: block {empty[0]})",
+            block=empty[0],
+        )
+    if partial:
+        report.add(
+            WARNING,
+            "bitmap-partial",
+            f"{meta.path}: {len(partial)} allocated block(s) mark only some sectors present; the others read "
+            f"as zeros (first: block {partial[0]})",
+            block=partial[0],
+        )
+
+
+def _check_parent(meta: ImageMetadata, report: CheckReport) -> None:
+    if not meta.locators and not meta.parent_name:
+        report.add(CORRUPTION, "parent-no-locator", f"{meta.path}: differencing disk names no parent")
+        return
+    try:
+        parent = find_parent(meta)
+    except ParentError as e:
+        report.add(CORRUPTION, "parent", str(e))
+        return
+    except VhdError as e:  # pragma: no cover - find_parent only raises ParentError today
+        report.add(CORRUPTION, "parent", str(e))
+        return
+    stored = int(meta.header.parent_timestamp)
+    if stored:
+        try:
+            parent_meta = read_metadata(parent)
+        except VhdError as e:
+            report.add(CORRUPTION, "parent", f"{meta.path}: parent {parent}: {e}")
+            return
+        mtime = rules.to_vhd_timestamp(os.stat(parent).st_mtime)
+        if stored not in (mtime, int(parent_meta.footer.timestamp)):
+            report.add(
+                WARNING,
+                "parent-timestamp",
+                f"{meta.path}: parent {parent} was modified after the child was created",
+            )
+    if not any(loc.code == b"W2ru" for loc in meta.locators):
+        report.add(WARNING, "parent-no-relative", f"{meta.path}: no relative (W2ru) parent locator")
