@@ -182,13 +182,13 @@ class SparseImage(ImageBase):
         head, tail = in_block - first * SECTOR, last * SECTOR - (in_block + len(chunk))
         if head or tail:
             # partial sectors: complete them with what the disk reads there now (parent or zeros)
-            base = (block << self._shift) + first * SECTOR
-            buf = bytearray(self.pread(base, SECTOR)) if head else bytearray()
+            block_start = block << self._shift
+            buf = bytearray()
             if head:
-                buf = buf[:head]
+                buf += self.pread(block_start + first * SECTOR, head)
             buf += chunk
             if tail:
-                buf += self.pread(base + (last - 1) * SECTOR, SECTOR)[SECTOR - tail :]
+                buf += self.pread(block_start + last * SECTOR - tail, tail)
             chunk = memoryview(bytes(buf))
         if self.bat[block] == UNALLOCATED:
             self._allocate(block, first, last, chunk)
