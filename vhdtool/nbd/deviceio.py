@@ -1,0 +1,96 @@
+"""What one NBD request does to a BlockDevice: plain blocking functions, run in worker threads.
+
+They know nothing of sockets or of the wire format; ``transmission`` turns their results into
+replies. Holes and allocation come from the device's ``extents()``, so a sparse VHD chain stays
+sparse for clients that read with structured replies or ask for block status.
+"""
+
+from __future__ import annotations
+
+from vhdtool.format.blockdev import BlockDevice, merge_extents
+from vhdtool.nbd.protocol import STATE_HOLE, STATE_ZERO
+
+MIN_HOLE = 4096
+"""Zero runs shorter than this are sent as data: a hole chunk costs more than it saves."""
+
+_ZEROS = memoryview(bytes(1 << 20))
+
+ReadPiece = tuple[int, bytes | int]
+"""(offset, data) for a data chunk or (offset, length) for a hole."""
+
+
+def read_pieces(dev: BlockDevice, offset: int, length: int, holes: bool) -> list[ReadPiece]:
+    """Read [offset, offset + length) as data pieces and, when ``holes``, hole pieces.
+
+    Data between holes is read with one pread each, so a fully allocated range costs one call.
+    """
+    if not holes:
+        return [(offset, dev.pread(offset, length))]
+    end = offset + length
+    pieces: list[ReadPiece] = []
+    data_from = offset
+    for run in merge_extents(dev.extents(offset, length)):
+        if not run.zero:
+            continue
+        start, stop = max(run.offset, data_from), min(run.end, end)
+        if stop - start < MIN_HOLE:
+            continue
+        if start > data_from:
+            pieces.append((data_from, dev.pread(data_from, start - data_from)))
+        pieces.append((start, stop - start))
+        data_from = stop
+        if data_from >= end:
+            break
+    if data_from < end:
+        pieces.append((data_from, dev.pread(data_from, end - data_from)))
+    return pieces
+
+
+def allocation(dev: BlockDevice, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+    """base:allocation descriptors (length, flags) from ``offset``, at most ``limit`` of them.
+
+    They cover at most the request; a client asks again from where they stop.
+    """
+    end = offset + length
+    runs: list[tuple[int, int]] = []
+    pos = offset
+    for run in merge_extents(dev.extents(offset, length)):
+        start, stop = max(run.offset, pos), min(run.end, end)
+        if stop <= start:
+            continue
+        if start > pos:  # a gap in what the device reported: call it data, the safe answer
+            runs.append((start - pos, 0))
+        flags = STATE_HOLE | STATE_ZERO if run.zero else 0
+        if runs and runs[-1][1] == flags:
+            runs[-1] = (runs[-1][0] + stop - start, flags)
+        else:
+            if len(runs) == limit:
+                break
+            runs.append((stop - start, flags))
+        pos = stop
+        if pos >= end:
+            break
+    if not runs:
+        runs.append((length, 0))
+    return runs[:limit]
+
+
+def write_zeroes(dev: BlockDevice, offset: int, length: int) -> None:
+    """Make [offset, offset + length) read as zeros, writing only where some layer holds data.
+
+    Runs the chain already reports as zero are left alone, so zeroing keeps an image sparse (what
+    `qemu-img convert` to an NBD target relies on). The caller holds the export's write lock, so
+    the extents cannot change underneath.
+    """
+    zero = getattr(dev, "zero", None)
+    if callable(zero):
+        zero(offset, length)
+        return
+    for run in merge_extents(dev.extents(offset, length)):
+        if run.zero:
+            continue
+        pos, stop = max(run.offset, offset), min(run.end, offset + length)
+        while pos < stop:
+            n = min(stop - pos, len(_ZEROS))
+            dev.pwrite(pos, _ZEROS[:n])
+            pos += n
