@@ -85,6 +85,41 @@ def check(path: str, as_json: bool) -> None:
     sys.exit(report.exit_code)
 
 
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="Listen on this unix socket.")
+@click.option("--bind", help="Listen on TCP at this address (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="TCP port (default 10809; 0 picks a free one).")
+@click.option("--read-only", is_flag=True, help="Refuse writes.")
+@click.option("--export-name", default="", help="Export name (default: the empty, default export).")
+@click.option("--snapshot", is_flag=True, help="Write to a temporary differencing layer deleted at exit.")
+def serve(
+    image: str,
+    socket_path: str | None,
+    bind: str | None,
+    port: int | None,
+    read_only: bool,
+    export_name: str,
+    snapshot: bool,
+) -> None:
+    """Serve IMAGE and its whole differencing chain over NBD until SIGINT/SIGTERM.
+
+    Prints the URI to connect to (nbd+unix:///?socket=... or nbd://host:port/).
+    """
+    from vhdtool.nbd.serve import serve_image
+
+    serve_image(
+        image,
+        socket_path=socket_path,
+        bind=bind,
+        port=port,
+        read_only=read_only,
+        export_name=export_name,
+        snapshot=snapshot,
+        on_listening=lambda uri: click.echo(uri),
+    )
+
+
 def main() -> None:
     """Console entry point: VhdError becomes one line and an exit code, never a traceback."""
     try:
