@@ -67,9 +67,7 @@ class NbdServer:
     def exports(self) -> Mapping[str, Export]:
         return self._exports
 
-    def add_export(
-        self, name: str, device: BlockDevice, *, read_only: bool = False, description: str = ""
-    ) -> Export:
+    def add_export(self, name: str, device: BlockDevice, *, read_only: bool = False, description: str = "") -> Export:
         """Serve ``device`` as ``name`` (read-only if asked, or if the device is not writable)."""
         if len(name.encode()) > 4096:
             raise UsageError(f"export name of {len(name.encode())} bytes: NBD allows 4096")

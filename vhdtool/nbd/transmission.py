@@ -66,9 +66,7 @@ class _Refused(Exception):
 class Transmission:
     """Serves requests on one negotiated connection until the client disconnects."""
 
-    def __init__(
-        self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> None:
+    def __init__(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         self.session = session
         self.export = session.export
         self.reader = reader
@@ -119,9 +117,7 @@ class Transmission:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(
-        self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes, cost: int
-    ) -> None:
+    async def _serve(self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes, cost: int) -> None:
         try:
             try:
                 self._check(flags, cmd, offset, length)
@@ -159,9 +155,7 @@ class Transmission:
         if cmd == p.Cmd.BLOCK_STATUS and (BASE_ALLOCATION_ID not in session.contexts or not length):
             raise _Refused(p.Errno.EINVAL, "no metadata context negotiated" if length else "zero length")
 
-    async def _dispatch(
-        self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes
-    ) -> None:
+    async def _dispatch(self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes) -> None:
         export = self.export
         fua = bool(flags & p.CmdFlag.FUA)
         if cmd == p.Cmd.READ:
