@@ -34,12 +34,18 @@ def _open_fd(path: str, writable: bool) -> int:
         raise VhdError(f"{path}: cannot open: {e.strerror}") from None
 
 
-def open_image(path: str | os.PathLike[str], writable: bool = False) -> FixedImage | SparseImage:
-    """Open a VHD (any type) and resolve its chain. Raises VhdError subclasses on bad input."""
-    return _open(os.fspath(path), writable, as_parent=False, seen=())
+def open_image(path: str | os.PathLike[str], writable: bool = False, durable: bool = True) -> FixedImage | SparseImage:
+    """Open a VHD (any type) and resolve its chain. Raises VhdError subclasses on bad input.
+
+    ``durable=False`` skips the fsync that makes each growth of the file crash-safe: for writers
+    that fill a new temporary file and rename it into place only once it is complete.
+    """
+    return _open(os.fspath(path), writable, as_parent=False, seen=(), durable=durable)
 
 
-def _open(path: str, writable: bool, as_parent: bool, seen: tuple[str, ...]) -> FixedImage | SparseImage:
+def _open(
+    path: str, writable: bool, as_parent: bool, seen: tuple[str, ...], durable: bool = True
+) -> FixedImage | SparseImage:
     if len(seen) > MAX_CHAIN_DEPTH:
         raise ParentError(f"{path}: differencing chain deeper than {MAX_CHAIN_DEPTH} images")
     fd = _open_fd(path, writable)
@@ -56,7 +62,7 @@ def _open(path: str, writable: bool, as_parent: bool, seen: tuple[str, ...]) -> 
         if meta.disk_type == DISK_TYPE_DIFFERENCING:
             parent = _open_parent(meta, (*seen, os.path.realpath(path)))
         try:
-            return SparseImage(meta, fd, writable, parent)
+            return SparseImage(meta, fd, writable, parent, sync_growth=durable)
         except BaseException:
             if parent is not None:
                 parent.close_chain()

@@ -24,6 +24,9 @@ from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
 
+GROWTH_BYTES = 32 * rules.MiB
+"""How much room the trailing footer is moved out by at a time when blocks are allocated."""
+
 FULL = None
 """Bitmap cache value meaning 'every sector of the block is present' (the common case)."""
 
@@ -51,7 +54,14 @@ def bit_runs(bitmap: bytes, start: int, end: int) -> Iterator[tuple[bool, int, i
 class SparseImage(ImageBase):
     """A dynamic (parent None) or differencing (parent set) VHD as a BlockDevice."""
 
-    def __init__(self, meta: ImageMetadata, fd: int, writable: bool, parent: BlockDevice | None = None) -> None:
+    def __init__(
+        self,
+        meta: ImageMetadata,
+        fd: int,
+        writable: bool,
+        parent: BlockDevice | None = None,
+        sync_growth: bool = True,
+    ) -> None:
         assert meta.header is not None and meta.bat is not None
         self.meta = meta
         self.warnings: list[str] = list(meta.warnings)
@@ -74,6 +84,8 @@ class SparseImage(ImageBase):
         self._footer_bytes = build_footer(meta.footer)
         # new blocks go where the trailing footer is now, sector aligned
         self._end = -(-meta.footer_offset // SECTOR) * SECTOR
+        self._footer_at = meta.footer_offset
+        self._sync_growth = sync_growth
 
     def _validate_layout(self) -> None:
         meta, bs = self.meta, self.block_size
@@ -219,8 +231,10 @@ class SparseImage(ImageBase):
         return FULL
 
     def _allocate(self, block: int, first: int, last: int, chunk: memoryview) -> None:
+        span = self._bitmap_size + self.block_size
         start = self._end
-        new_end = start + self._bitmap_size + self.block_size
+        if start + span > self._footer_at:
+            self._grow(start, span)
         if self.is_differencing:
             bitmap = bytearray(self._bitmap_size)
             for sector in range(first, last):
@@ -230,13 +244,28 @@ class SparseImage(ImageBase):
             # as an unallocated block did (qemu lays blocks out the same way)
             bitmap = bytearray(b"\xff" * ((self._sectors_per_block + 7) // 8))
             bitmap += bytes(self._bitmap_size - len(bitmap))
-        self._pwrite_all(new_end, memoryview(self._footer_bytes))
         self._pwrite_all(start + self._bitmap_size + first * SECTOR, chunk)
         self._pwrite_all(start, memoryview(bytes(bitmap)))
         self._pwrite_all(self._bat_offset + 4 * block, memoryview((start // SECTOR).to_bytes(4, "big")))
-        self._end = new_end
+        self._end = start + span
         self._bitmaps[block] = self._bitmap_from(bitmap)
         self.bat[block] = start // SECTOR
+
+    def _grow(self, start: int, span: int) -> None:
+        """Move the trailing footer far enough out for the next blocks, before any of them is written.
+
+        The footer lands at the new end first and (with sync_growth) is made durable at once, so
+        neither a kill nor a power cut that drops the unsynced tail can leave a file without a
+        valid trailing footer. Room for several blocks is reserved at a time to keep those fsyncs
+        rare; close() gives back what was not used. After a crash the unused room is a leak.
+        """
+        unallocated = sum(1 for entry in self.bat if entry == UNALLOCATED)
+        blocks = max(1, min(GROWTH_BYTES // span, unallocated))
+        new_footer_at = start + blocks * span
+        self._pwrite_all(new_footer_at, memoryview(self._footer_bytes))
+        if self._sync_growth:
+            os.fdatasync(self._fd)
+        self._footer_at = new_footer_at
 
     def _pwrite_all(self, offset: int, view: memoryview) -> None:
         while view:
@@ -290,6 +319,21 @@ class SparseImage(ImageBase):
         return sum(1 for entry in self.bat if entry != UNALLOCATED)
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if self._fd < 0:
+            return
+        try:
+            if self.writable:
+                self._release_reserved_room()
+                os.fsync(self._fd)
+        finally:
             os.close(self._fd)
             self._fd = -1
+
+    def _release_reserved_room(self) -> None:
+        """Put the footer right after the last block and cut the file there."""
+        if self._footer_at <= self._end:
+            return
+        with self._write_lock:
+            self._pwrite_all(self._end, memoryview(self._footer_bytes))
+            os.ftruncate(self._fd, self._end + len(self._footer_bytes))
+            self._footer_at = self._end

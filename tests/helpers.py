@@ -1,0 +1,124 @@
+"""Shared helpers for the tests: running the real peers and patching images on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vhdtool.format.structs import FOOTER_CHECKSUM_AT, HEADER_CHECKSUM_AT, vhd_checksum
+
+VHDTOOL = [sys.executable, "-m", "vhdtool"]
+
+
+def need(tool: str) -> str:
+    """The path of a peer tool; a missing peer is a failed setup, not a skipped test."""
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin")
+    assert path, f"{tool} is not installed: run fixtures/setup.sh"
+    return path
+
+
+def run(*cmd: str | os.PathLike[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([os.fspath(c) for c in cmd], check=check, capture_output=True, text=True, **kw)
+
+
+def vhdtool(
+    *args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would; never raises on a non-zero exit."""
+    return subprocess.run([*VHDTOOL, *map(os.fspath, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int | None = None) -> None:
+    """A failed command printed one error line and no traceback."""
+    assert result.returncode != 0, result
+    if code is not None:
+        assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip(), "no error message"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vhdtool: error:")]
+    assert len(errors) == 1, result.stderr
+
+
+def qemu_img_size(path: str | os.PathLike[str]) -> int:
+    out = run(need("qemu-img"), "info", "-f", "vpc", "--output=json", path).stdout
+    return json.loads(out)["virtual-size"]
+
+
+def vhdiinfo_size(path: str | os.PathLike[str]) -> int:
+    out = run(need("vhdiinfo"), path).stdout
+    for line in out.splitlines():
+        if "Media size" in line:
+            return int(line.split("(")[1].split()[0])
+    raise AssertionError(f"vhdiinfo printed no media size: {out}")
+
+
+def qemu_raw(path: str | os.PathLike[str], tmp: Path) -> bytes:
+    """What qemu-img reads from a VHD (converted to raw)."""
+    out = tmp / (Path(path).name + ".qemu.raw")
+    run(need("qemu-img"), "convert", "-f", "vpc", "-O", "raw", path, out)
+    return out.read_bytes()
+
+
+def footer_offsets(path: str | os.PathLike[str]) -> list[int]:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        offsets = [size - 512]
+        if f.read(8) == b"conectix":
+            offsets.append(0)
+    return offsets
+
+
+def patch_footer(path: str | os.PathLike[str], fix_checksum: bool = True, **fields: bytes | int) -> None:
+    """Rewrite fields of both footers in place. Fields by byte offset name below."""
+    layout = {
+        "creator_application": (28, "4s"),
+        "original_size": (40, ">Q"),
+        "current_size": (48, ">Q"),
+        "geometry": (56, ">HBB"),
+        "disk_type": (60, ">I"),
+        "checksum": (64, ">I"),
+        "cookie": (0, "8s"),
+        "data_offset": (16, ">Q"),
+    }
+    with open(path, "r+b") as f:
+        for off in footer_offsets(path):
+            f.seek(off)
+            raw = bytearray(f.read(512))
+            for name, value in fields.items():
+                at, fmt = layout[name]
+                packed = struct.pack(fmt, *value) if isinstance(value, tuple) else struct.pack(fmt, value)
+                raw[at : at + len(packed)] = packed
+            if fix_checksum and "checksum" not in fields:
+                raw[64:68] = vhd_checksum(raw, FOOTER_CHECKSUM_AT).to_bytes(4, "big")
+            f.seek(off)
+            f.write(raw)
+
+
+def header_offset(path: str | os.PathLike[str]) -> int:
+    with open(path, "rb") as f:
+        return struct.unpack(">Q", f.read(512)[16:24])[0]
+
+
+def patch_header(path: str | os.PathLike[str], at: int, data: bytes, fix_checksum: bool = True) -> None:
+    hdr = header_offset(path)
+    with open(path, "r+b") as f:
+        f.seek(hdr)
+        raw = bytearray(f.read(1024))
+        raw[at : at + len(data)] = data
+        if fix_checksum:
+            raw[36:40] = vhd_checksum(raw, HEADER_CHECKSUM_AT).to_bytes(4, "big")
+        f.seek(hdr)
+        f.write(raw)
+
+
+def bat_entry_offset(path: str | os.PathLike[str], index: int) -> int:
+    hdr = header_offset(path)
+    with open(path, "rb") as f:
+        f.seek(hdr + 16)
+        return struct.unpack(">Q", f.read(8))[0] + 4 * index

@@ -1,0 +1,5 @@
+"""`python -m vhdtool` runs the CLI."""
+
+from vhdtool.cli import main
+
+main()

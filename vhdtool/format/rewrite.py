@@ -1,0 +1,121 @@
+"""Ordered in-place edits of an image's metadata: footers, dynamic header, BAT, appended regions.
+
+The operations that change an existing image (resize, compact, rebase, relink, reset-id, repair)
+build on these few steps, each of which leaves a readable image if the process dies after it:
+
+- ``append``: the footer is written at the new end first, then the region into the gap (the same
+  order as block allocation in ``sparse.py``); until something points at the region it is a leak.
+- ``set_bat``: BAT entries are 4-byte writes; callers write (and ``sync``) the data an entry points
+  at before the entry.
+- ``set_header``: one 1024-byte write with a fresh checksum.
+- ``set_footer``: the trailing footer (the one readers trust) first, then the copy at offset 0.
+- ``truncate``: the footer is written at the new end, synced, then the file is cut after it.
+
+The editor works on a file descriptor its caller opened (and locked); it keeps ``meta`` up to date
+so that a sequence of steps sees its own changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from construct import Container
+
+from vhdtool.format.metadata import ImageMetadata
+from vhdtool.format.structs import FOOTER_SIZE, SECTOR, build_footer, build_header
+
+
+def pwrite_all(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def round_up(n: int, to: int = SECTOR) -> int:
+    return -(-n // to) * to
+
+
+class MetadataEditor:
+    """In-place, ordered metadata writes on an open image file (see the module docstring)."""
+
+    def __init__(self, fd: int, meta: ImageMetadata) -> None:
+        self.fd = fd
+        self.meta = meta
+        self.footer: Container = Container(meta.footer)
+        self.header: Container | None = Container(meta.header) if meta.header is not None else None
+        # where the trailing footer goes; new regions start here (sector aligned)
+        self.end = round_up(meta.footer_offset)
+
+    # -- single steps ----------------------------------------------------------------------
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def append(self, data: bytes | bytearray | memoryview, align: int = SECTOR) -> int:
+        """Write ``data`` past the current end (footer first); return its offset."""
+        start = round_up(self.end, align)
+        new_end = round_up(start + len(data))
+        pwrite_all(self.fd, new_end, build_footer(self.footer))
+        pwrite_all(self.fd, start, data)
+        self.end = new_end
+        return start
+
+    def reserve(self, length: int, align: int = SECTOR) -> int:
+        """Move the footer past a new region of ``length`` bytes left for the caller to fill."""
+        start = round_up(self.end, align)
+        new_end = round_up(start + length)
+        pwrite_all(self.fd, new_end, build_footer(self.footer))
+        self.end = new_end
+        return start
+
+    def set_bat(self, changes: Mapping[int, int]) -> None:
+        """Write BAT entries {index: sector}; contiguous indexes go out in one write."""
+        assert self.header is not None and self.meta.bat is not None
+        table = int(self.header.table_offset)
+        bat = self.meta.bat
+        for index, value in changes.items():
+            bat[index] = value
+        indexes = sorted(changes)
+        i = 0
+        while i < len(indexes):
+            j = i
+            while j + 1 < len(indexes) and indexes[j + 1] == indexes[j] + 1:
+                j += 1
+            first, last = indexes[i], indexes[j]
+            raw = b"".join(bat[k].to_bytes(4, "big") for k in range(first, last + 1))
+            pwrite_all(self.fd, table + 4 * first, raw)
+            i = j + 1
+
+    def write_bat_range(self, first: int, values: list[int]) -> None:
+        """Write ``values`` as BAT entries first.. (used when the table itself grows)."""
+        assert self.header is not None
+        raw = b"".join(v.to_bytes(4, "big") for v in values)
+        pwrite_all(self.fd, int(self.header.table_offset) + 4 * first, raw)
+
+    def set_header(self, **fields: Any) -> None:
+        assert self.header is not None
+        self.header.update(fields)
+        pwrite_all(self.fd, int(self.footer.data_offset), build_header(self.header))
+        self.meta.header = Container(self.header)
+        self.meta.header_checksum_ok = True
+
+    def set_footer(self, **fields: Any) -> None:
+        """Rewrite the trailing footer, then the copy at offset 0 (dynamic and differencing)."""
+        self.footer.update(fields)
+        raw = build_footer(self.footer)
+        pwrite_all(self.fd, self.end, raw)
+        if self.meta.is_sparse:
+            self.sync()  # the trailing footer is the one readers trust: it lands first
+            pwrite_all(self.fd, 0, raw)
+        self.meta.footer = Container(self.footer)
+
+    def truncate(self, new_end: int) -> None:
+        """Put the footer at ``new_end`` and cut the file after it (only what lies past it is lost)."""
+        new_end = round_up(new_end)
+        pwrite_all(self.fd, new_end, build_footer(self.footer))
+        self.sync()
+        os.ftruncate(self.fd, new_end + FOOTER_SIZE)
+        self.end = new_end
