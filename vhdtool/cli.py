@@ -6,7 +6,10 @@ Errors: a VhdError leaves through ``main()`` as one line on stderr and its exit 
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 
@@ -118,6 +121,130 @@ def serve(
         snapshot=snapshot,
         on_listening=lambda uri: click.echo(uri),
     )
+
+
+# -- image operations (issue 3): each command parses, calls one vhdtool.ops function, renders ----------
+
+
+@contextlib.contextmanager
+def _progress(description: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """An ops progress(done, total) callback drawing render.progress's bar from the first report."""
+    with contextlib.ExitStack() as stack:
+        state: dict[str, Any] = {}
+
+        def report(done: int, total: int) -> None:
+            if "bar" not in state:
+                state["bar"] = stack.enter_context(render.progress(description, total, enabled))
+                state["done"] = 0
+            state["bar"].advance(done - state["done"])
+            state["done"] = done
+
+        yield report
+
+
+_QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (no progress bar).")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("destination", type=click.Path(dir_okay=False))
+@click.option("-O", "--output-format", type=click.Choice(["vhd", "raw"]), help="Default: vhd for a .vhd DESTINATION.")
+@click.option("-f", "--source-format", type=click.Choice(["vhd", "raw"]), help="Default: probed.")
+@click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), help="VHD type. Default: dynamic.")
+@click.option("--block-size", help="Dynamic VHD block size (power of two >= 512K). Default 2M.")
+@click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists.")
+@_QUIET
+@_JSON
+def convert(
+    source: str,
+    destination: str,
+    output_format: str | None,
+    source_format: str | None,
+    disk_type: str | None,
+    block_size: str | None,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Copy a raw file or any VHD (a chain is flattened) into a raw file or a new VHD.
+
+    Zero runs are skipped: raw output is sparse, a dynamic VHD gets no block for them.
+    Crash safety: DESTINATION is written beside itself and renamed into place, so an interrupted
+    convert (Ctrl-C included) leaves no DESTINATION at all.
+    """
+    from vhdtool.ops.convert import convert as convert_image
+
+    with _progress("converting", not (quiet or as_json)) as progress:
+        done = convert_image(
+            source,
+            destination,
+            output_format=output_format,
+            source_format=source_format,
+            disk_type=disk_type,
+            block_size=_size_option(block_size),
+            overwrite=force,
+            progress=progress,
+        )
+    if as_json:
+        render.print_json(done.as_json())
+    elif not quiet:
+        what = f"{done.type} VHD" if done.type else "raw"
+        print(
+            f"converted {source} -> {destination} ({what}, {render.human_size(done.size)}, "
+            f"{render.human_size(done.data_bytes)} of data)"
+        )
+
+
+@cli.command(name="map")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-f", "--format", "fmt", type=click.Choice(["vhd", "raw"]), help="Default: probed.")
+@click.option("--json", "as_json", is_flag=True, help="qemu-img map --output=json's shape, plus 'file'.")
+def map_command(path: str, fmt: str | None, as_json: bool) -> None:
+    """List the runs of the disk that hold data, and which file of the chain holds each."""
+    from vhdtool.ops.map import map_image
+
+    entries = map_image(path, fmt)
+    if as_json:
+        render.print_json([e.as_json() for e in entries])
+        return
+    rows = [[hex(e.start), hex(e.length), hex(e.offset), e.file] for e in entries if not e.zero]
+    render.table(["Offset", "Length", "Mapped to", "File"], rows)
+
+
+@cli.command()
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@click.option("-f", "a_format", type=click.Choice(["vhd", "raw"]), help="Format of A. Default: probed.")
+@click.option("-F", "b_format", type=click.Choice(["vhd", "raw"]), help="Format of B. Default: probed.")
+@click.option("-s", "--strict", is_flag=True, help="Disks of different sizes differ.")
+@_QUIET
+@_JSON
+def compare(
+    a: str, b: str, a_format: str | None, b_format: str | None, strict: bool, quiet: bool, as_json: bool
+) -> None:
+    """Compare what two disks read (either raw or VHD), like qemu-img compare.
+
+    Exit status: 0 identical, 1 different (the first differing offset is printed), 2 error.
+    """
+    from vhdtool.ops.compare import compare as compare_images
+
+    try:
+        with _progress("comparing", not (quiet or as_json)) as progress:
+            result = compare_images(a, b, a_format=a_format, b_format=b_format, strict=strict, progress=progress)
+    except VhdError as e:
+        render.error(str(e))
+        sys.exit(2)
+    if as_json:
+        render.print_json(result.as_json())
+    elif not quiet:
+        if result.size_mismatch:
+            print(f"{'Strict mode: ' if strict else 'Warning: '}Image size mismatch!")
+        if result.offset is not None:
+            print(f"Content mismatch at offset {result.offset}!")
+        elif result.identical:
+            print("Images are identical.")
+    sys.exit(0 if result.identical else 1)
 
 
 def main() -> None:
