@@ -81,26 +81,25 @@ Serve = Callable[..., tuple[ServerThread, str]]
 def serve(tmp_path: Path) -> Iterator[Serve]:
     """serve(image path or device, read_only=False, name="", **server options) -> (thread, uri).
 
-    Listens on a unix socket. An image given by path is opened here (writable unless read_only)
-    and closed after its server stopped; a device given as such stays the caller's.
+    Listens on a unix socket. An image given by path is opened here (writable unless read_only);
+    either way the fixture closes the device after its server stopped.
     """
-    started: list[tuple[ServerThread, BlockDevice | None]] = []
+    started: list[tuple[ServerThread, BlockDevice]] = []
 
     def start(
         target: Path | BlockDevice, *, read_only: bool = False, name: str = "", **options: float
     ) -> tuple[ServerThread, str]:
-        owned = vhdtool.open(target, writable=not read_only) if isinstance(target, Path) else None
+        device = vhdtool.open(target, writable=not read_only) if isinstance(target, Path) else target
         server = NbdServer(**options)  # type: ignore[arg-type]
-        server.add_export(name, owned or target, read_only=read_only)  # type: ignore[arg-type]
+        server.add_export(name, device, read_only=read_only)
         thread = ServerThread(server)
-        started.append((thread, owned))
+        started.append((thread, device))
         return thread, thread.start_unix(tmp_path / f"nbd{len(started)}.sock")
 
     yield start
-    for thread, owned in started:
+    for thread, device in started:
         thread.stop()
-        if owned is not None:
-            owned.close_chain()  # type: ignore[attr-defined]
+        getattr(device, "close_chain", device.close)()
 
 
 def socket_of(uri: str) -> str:

@@ -98,7 +98,7 @@ class Negotiation:
         self.writer.write(p.hello(p.HandshakeFlag.FIXED_NEWSTYLE | p.HandshakeFlag.NO_ZEROES))
         await self.writer.drain()
         (client_flags,) = struct.unpack(">I", await self.reader.readexactly(4))
-        if client_flags & ~(p.ClientFlag.FIXED_NEWSTYLE | p.ClientFlag.NO_ZEROES):
+        if client_flags & ~int(p.ClientFlag.FIXED_NEWSTYLE | p.ClientFlag.NO_ZEROES):  # ~IntFlag drops bits
             raise ProtocolError(f"unknown client flags {client_flags:#x}")
         self.no_zeroes = bool(client_flags & p.ClientFlag.NO_ZEROES)
         while True:
