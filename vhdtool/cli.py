@@ -247,6 +247,148 @@ def compare(
     sys.exit(0 if result.identical else 1)
 
 
+@cli.group()
+def snapshot() -> None:
+    """Consistent snapshots of running guests (freeze, switch write layers, thaw), via hypervisor plugins."""
+
+
+@snapshot.command(name="create")
+@click.option("--hypervisor", default="runner", show_default=True, help="Plugin (see 'snapshot hypervisors').")
+@click.option("--guest", "guests", multiple=True, help="A guest of the group (repeatable).")
+@click.option("--all", "all_guests", is_flag=True, help="Every guest the hypervisor runs.")
+@click.option("--quiesce", type=click.Choice(["required", "preferred", "off"]), default="preferred", show_default=True,
+              help="required: fail unless every guest's agent freezes; preferred: pause guests without one; "
+              "off: pause all (crash-consistent).")
+@click.option("--freeze-timeout", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
+              help="Seconds for the whole group to freeze.")
+@click.option("--hold-timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
+              help="Seconds the guests may stay frozen while their disks switch layers.")
+@click.option("--hypervisor-opt", "hv_opts", multiple=True, metavar="KEY=VALUE", help="Plugin option (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def snapshot_create(
+    hypervisor: str,
+    guests: tuple[str, ...],
+    all_guests: bool,
+    quiesce: str,
+    freeze_timeout: float,
+    hold_timeout: float,
+    hv_opts: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Snapshot one consistency group. Exits 1 (every guest thawed, nothing snapshotted) if it cannot."""
+    from vhdtool.vss import api
+
+    api.cli_create(hypervisor, list(guests), all_guests, quiesce, freeze_timeout, hold_timeout, list(hv_opts), as_json)
+
+
+@snapshot.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def snapshot_list(as_json: bool) -> None:
+    """The snapshot groups on record and whether their images still exist."""
+    from vhdtool.vss import api
+
+    api.cli_list(as_json)
+
+
+@snapshot.command(name="merge")
+@click.argument("snapshot_id", metavar="SNAPSHOT")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_merge(snapshot_id: str, as_json: bool) -> None:
+    """Fold the layer made by SNAPSHOT (a group ID or an image) back into its point-in-time image.
+
+    The disk keeps its current content at its original path; the point in time is gone. Guests
+    must be stopped.
+    """
+    from vhdtool.vss import api
+
+    api.cli_apply(snapshot_id, "merge", as_json)
+
+
+@snapshot.command(name="discard")
+@click.argument("snapshot_id", metavar="SNAPSHOT")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_discard(snapshot_id: str, as_json: bool) -> None:
+    """Drop the layer made by SNAPSHOT: the disk returns to the point in time. Guests must be stopped."""
+    from vhdtool.vss import api
+
+    api.cli_apply(snapshot_id, "discard", as_json)
+
+
+@snapshot.command(name="hypervisors")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_hypervisors(as_json: bool) -> None:
+    """The installed hypervisor plugins, whether each works here, and their options."""
+    from vhdtool.vss import api
+
+    api.cli_hypervisors(as_json)
+
+
+# -- build and the file commands (ls, cat, cp, rm, mkdir) -----------------------------------------
+
+
+def _owner_option(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    uid, sep, gid = text.partition(":")
+    if not (uid.isdigit() and gid.isdigit() and sep):
+        raise click.BadParameter(f"{text!r} is not UID:GID (numbers, like 0:0)", param_hint="--owner")
+    return int(uid), int(gid)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--from-dir", "from_dir", required=True, type=click.Path(file_okay=False), help="Folder to put in.")
+@click.option("--size", "-s", default="auto", show_default=True, help="Virtual disk size (512M, 4G) or auto.")
+@click.option("--fs", type=click.Choice(["ext4", "ext3", "ext2", "vfat", "ntfs"]), default="ext4", show_default=True)
+@click.option("--table", type=click.Choice(["gpt", "mbr", "none"]), default="gpt", show_default=True)
+@click.option("--label", help="Filesystem label (also the GPT partition name).")
+@click.option("--uuid", "fs_uuid", help="Filesystem UUID (ext), volume id XXXX-XXXX (FAT) or serial (NTFS).")
+@click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), default="dynamic", show_default=True)
+@click.option("--owner", help="Give every file this numeric UID:GID (default: the folder's own).")
+@click.option("--reproducible", is_flag=True, help="Fixed ids and times from SOURCE_DATE_EPOCH: identical bytes.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@_JSON
+def build(
+    out: str,
+    from_dir: str,
+    size: str,
+    fs: str,
+    table: str,
+    label: str | None,
+    fs_uuid: str | None,
+    disk_type: str,
+    owner: str | None,
+    reproducible: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Build a VHD holding a partition with a filesystem made from a folder (no root, no FUSE)."""
+    from vhdtool.ops.build import build as build_image
+
+    built = build_image(
+        out,
+        from_dir,
+        fs=fs,
+        table=table,
+        size=None if size == "auto" else _size_option(size),
+        label=label,
+        fs_uuid=fs_uuid,
+        disk_type=disk_type,
+        owner=_owner_option(owner),
+        reproducible=reproducible,
+        overwrite=force,
+    )
+    for w in built.warnings:
+        render.warning(w)
+    if as_json:
+        render.print_json(built.as_json())
+    else:
+        print(
+            f"built {out}: {render.human_size(built.size)} {disk_type} VHD, {built.table} table, "
+            f"{built.filesystem} with {built.files} files ({render.human_size(built.data_bytes)} of data)"
+        )
+
+
 def main() -> None:
     """Console entry point: VhdError becomes one line and an exit code, never a traceback."""
     try:
