@@ -389,6 +389,87 @@ def build(
         )
 
 
+_PARTITION = click.option("--partition", type=int, help="Partition number (default: the first with a filesystem).")
+_UNDO = click.option("--undo", is_flag=True, help="Write into (or read through) the undo disk IMAGE.undo.vhd.")
+
+
+def _file_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        render.warning(w)
+
+
+@cli.command(name="ls")
+@click.argument("target", metavar="IMAGE[:PATH]")
+@click.option("-l", "long", is_flag=True, help="Long listing: type, mode, owner, size.")
+@_PARTITION
+@_UNDO
+@_JSON
+def ls_command(target: str, long: bool, partition: int | None, undo: bool, as_json: bool) -> None:
+    """List a folder (or show a file) inside an image's filesystem."""
+    from vhdtool.ops.files import ls
+
+    _, entries = ls(target, partition=partition, undo=undo)
+    if as_json:
+        render.print_json([{"name": e.name, "type": e.kind, "size": e.size, "mode": e.mode, "uid": e.uid,
+                            "gid": e.gid} for e in entries])
+        return
+    for e in entries:
+        name = e.name + ("/" if e.kind == "dir" else "")
+        if long:
+            mode = f"{e.mode:04o}" if e.mode is not None else "-"
+            owner = f"{e.uid}:{e.gid}" if e.uid is not None else "-"
+            print(f"{e.kind:<7} {mode:>5} {owner:>11} {e.size:>12} {name}")
+        else:
+            print(name)
+
+
+@cli.command(name="cat")
+@click.argument("target", metavar="IMAGE:PATH")
+@_PARTITION
+@_UNDO
+def cat_command(target: str, partition: int | None, undo: bool) -> None:
+    """Write a file inside an image to standard output."""
+    from vhdtool.ops.files import cat
+
+    cat(target, sys.stdout.buffer, partition=partition, undo=undo)
+
+
+@cli.command(name="cp")
+@click.argument("source")
+@click.argument("destination")
+@_PARTITION
+@_UNDO
+def cp_command(source: str, destination: str, partition: int | None, undo: bool) -> None:
+    """Copy a file or folder into an image (DESTINATION is IMAGE:PATH) or out of one (SOURCE is)."""
+    from vhdtool.ops.files import cp
+
+    _file_warnings(cp(source, destination, partition=partition, undo=undo).warnings)
+
+
+@cli.command(name="rm")
+@click.argument("target", metavar="IMAGE:PATH")
+@click.option("-r", "--recursive", is_flag=True, help="Remove a folder and everything in it.")
+@_PARTITION
+@_UNDO
+def rm_command(target: str, recursive: bool, partition: int | None, undo: bool) -> None:
+    """Remove a file or folder inside an image."""
+    from vhdtool.ops.files import rm
+
+    rm(target, recursive=recursive, partition=partition, undo=undo)
+
+
+@cli.command(name="mkdir")
+@click.argument("target", metavar="IMAGE:PATH")
+@click.option("-p", "--parents", is_flag=True, help="Make missing parent folders too; no error if it exists.")
+@_PARTITION
+@_UNDO
+def mkdir_command(target: str, parents: bool, partition: int | None, undo: bool) -> None:
+    """Make a folder inside an image."""
+    from vhdtool.ops.files import mkdir
+
+    mkdir(target, parents=parents, partition=partition, undo=undo)
+
+
 def main() -> None:
     """Console entry point: VhdError becomes one line and an exit code, never a traceback."""
     try:

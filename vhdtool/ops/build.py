@@ -233,7 +233,7 @@ def write_vhd(
     """
     vhdtool.create(path, size=src.size, type=disk_type, unique_id=unique_id, timestamp=timestamp, overwrite=True)
     written = 0
-    with vhdtool.open(path, writable=True) as img:
+    with vhdtool.open(path, writable=True, durable=False) as img:  # renamed into place once complete
         for offset, length in pieces(data_runs(src), 2 * MiB):
             data = src.pread(offset, length)
             if not is_zero(data):

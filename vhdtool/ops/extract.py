@@ -1,0 +1,110 @@
+"""A partition of an image as a sparse temporary raw file, and writing back only what changed.
+
+The filesystems' tools need a raw file. ``extract`` copies a partition's allocated, non-zero
+pieces into a sparse temporary file (zero runs stay holes) and, when the caller will write,
+remembers a digest of every non-zero 64 KiB grain. ``write_back`` then walks the temporary
+file's data (SEEK_DATA/SEEK_HOLE) and writes into the image only the grains whose contents
+changed, plus zeros where a grain that held data has become a hole. Nothing reaches the image
+unless ``write_back`` is called, which callers do only after the tool and a fsck succeeded:
+a failed command leaves the image untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from vhdtool.format.blockdev import BlockDevice, RawFile
+from vhdtool.ops.datapath import data_runs, is_zero, pieces
+
+GRAIN = 64 << 10
+"""Granularity of change tracking: small enough that a changed inode writes little back."""
+CHUNK = 4 << 20
+
+
+def _digest(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass(slots=True)
+class Extract:
+    """A sparse temporary copy of ``source`` (a partition view) at ``path``."""
+
+    source: BlockDevice
+    path: str
+    size: int
+    digests: dict[int, bytes] | None = field(default=None)
+    """Grain offset -> digest of its original non-zero contents (None: read-only extract)."""
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def extract(source: BlockDevice, track: bool, directory: str | None = None) -> Extract:
+    """Copy ``source`` into a new sparse temporary file; ``track`` records grain digests for write_back."""
+    fd, path = tempfile.mkstemp(prefix="vhdtool-volume-", suffix=".raw", dir=directory)
+    digests: dict[int, bytes] | None = {} if track else None
+    try:
+        os.ftruncate(fd, source.size)
+        for offset, length in pieces(data_runs(source), CHUNK):
+            data = source.pread(offset, length)
+            if is_zero(data):
+                continue
+            _pwrite_all(fd, offset, data)
+            if digests is not None:
+                view = memoryview(data)
+                # grains are aligned to the volume, so a piece may start mid-grain only at a run edge
+                for at in range(offset - offset % GRAIN, offset + length, GRAIN):
+                    lo, hi = max(at, offset), min(at + GRAIN, offset + length)
+                    if lo == at and hi == at + GRAIN:
+                        digests[at] = _digest(view[lo - offset : hi - offset])
+                    else:
+                        digests.pop(at, None)
+                        digests[at] = b""  # partial grain: always compared by content on write-back
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    return Extract(source, path, source.size, digests)
+
+
+def write_back(ex: Extract) -> int:
+    """Write the grains of ``ex.path`` that differ from what was extracted into ``ex.source``; returns bytes written."""
+    assert ex.digests is not None, "write_back needs an extract made with track=True"
+    written = 0
+    seen: set[int] = set()
+    with RawFile(ex.path) as tmp:
+        for offset, _length in pieces(data_runs(tmp), GRAIN):
+            grain = offset - offset % GRAIN
+            if grain in seen:  # two runs in one grain: the first visit compared all of it
+                continue
+            seen.add(grain)
+            start, end = grain, min(grain + GRAIN, ex.size)
+            new = tmp.pread(start, end - start)
+            old = ex.digests.get(grain)
+            if old is None and is_zero(new):
+                continue
+            if old is not None and old and _digest(new) == old:
+                continue
+            if old == b"" and ex.source.pread(start, end - start) == new:
+                continue
+            ex.source.pwrite(start, new)
+            written += end - start
+        for grain in ex.digests.keys() - seen:  # held data before, a hole now: reads zeros
+            n = min(GRAIN, ex.size - grain)
+            ex.source.pwrite(grain, bytes(n))
+            written += n
+    ex.source.flush()
+    return written
+
+
+def _pwrite_all(fd: int, offset: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
