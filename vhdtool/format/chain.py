@@ -130,13 +130,18 @@ def _open_parent(meta: ImageMetadata, seen: tuple[str, ...]) -> FixedImage | Spa
     return parent
 
 
-def _check_timestamp(meta: ImageMetadata, parent: ImageBase) -> None:
+def parent_modified_since_link(meta: ImageMetadata, parent_path: str) -> bool:
+    """True when the child's stored parent time stamp says the parent changed after the link.
+
+    The stored value is the parent file's modification time (VirtualBox and vhdtool write it);
+    Windows 10 writes 0, which says nothing.
+    """
     stored = int(meta.header.parent_timestamp) if meta.header is not None else 0
-    if stored == 0:  # Windows 10 writes 0: nothing to compare
-        return
-    mtime = rules.to_vhd_timestamp(os.stat(parent.path).st_mtime)
-    if stored not in (mtime, int(parent.meta.footer.timestamp)):
+    return stored != 0 and stored != rules.to_vhd_timestamp(os.stat(parent_path).st_mtime)
+
+
+def _check_timestamp(meta: ImageMetadata, parent: ImageBase) -> None:
+    if parent_modified_since_link(meta, parent.path):
         meta.warnings.append(
-            f"{meta.path}: parent {parent.path} was modified after the child was created "
-            f"(parent time stamp {stored}, file time {mtime})"
+            f"{meta.path}: parent {parent.path} was modified after the child was created (parent time stamp differs)"
         )

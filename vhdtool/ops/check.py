@@ -14,7 +14,7 @@ from typing import Any
 
 from vhdtool.errors import ParentError, VhdError
 from vhdtool.format import rules
-from vhdtool.format.chain import find_parent
+from vhdtool.format.chain import find_parent, parent_modified_since_link
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
@@ -303,19 +303,9 @@ def _check_parent(meta: ImageMetadata, report: CheckReport) -> None:
     except VhdError as e:  # pragma: no cover - find_parent only raises ParentError today
         report.add(CORRUPTION, "parent", str(e))
         return
-    stored = int(meta.header.parent_timestamp)
-    if stored:
-        try:
-            parent_meta = read_metadata(parent)
-        except VhdError as e:
-            report.add(CORRUPTION, "parent", f"{meta.path}: parent {parent}: {e}")
-            return
-        mtime = rules.to_vhd_timestamp(os.stat(parent).st_mtime)
-        if stored not in (mtime, int(parent_meta.footer.timestamp)):
-            report.add(
-                WARNING,
-                "parent-timestamp",
-                f"{meta.path}: parent {parent} was modified after the child was created",
-            )
+    if parent_modified_since_link(meta, parent):
+        report.add(
+            WARNING, "parent-timestamp", f"{meta.path}: parent {parent} was modified after the child was created"
+        )
     if not any(loc.code == b"W2ru" for loc in meta.locators):
         report.add(WARNING, "parent-no-relative", f"{meta.path}: no relative (W2ru) parent locator")
