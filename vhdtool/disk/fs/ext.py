@@ -120,7 +120,7 @@ class ExtDriver(FsDriver):
             raise ToolError(f"mke2fs failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
         fixups = list(self._fixups(tree, opts))
         if fixups:
-            self._debugfs(vol, fixups, writable=True)
+            self._debugfs(vol, fixups, writable=True, env=env)  # same fake clock: debugfs stamps s_wtime
         return []
 
     def _fixups(self, tree: Tree, opts: MakeOptions) -> Iterable[str]:
@@ -145,14 +145,16 @@ class ExtDriver(FsDriver):
     def _spec(vol: Volume) -> str:
         return f"{vol.path}?offset={vol.offset}" if vol.offset else vol.path
 
-    def _debugfs(self, vol: Volume, requests: list[str], writable: bool = False, out: BinaryIO | None = None) -> bytes:
+    def _debugfs(
+        self, vol: Volume, requests: list[str], writable: bool = False, env: dict[str, str] | None = None
+    ) -> bytes:
         """Run requests in one debugfs; any complaint on stderr (beyond its banner) is an error."""
         with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".debugfs", delete=False) as f:
             f.write("\n".join(requests) + "\n")
             script = f.name
         try:
             args = ["debugfs", *(["-w"] if writable else []), "-f", script, self._spec(vol)]
-            proc = run_tool(args, stdout=out if out is not None else -1, what="debugfs")
+            proc = run_tool(args, what="debugfs", env=env)
         finally:
             os.unlink(script)
         complaints = [
