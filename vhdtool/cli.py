@@ -470,6 +470,56 @@ def mkdir_command(target: str, parents: bool, partition: int | None, undo: bool)
     mkdir(target, parents=parents, partition=partition, undo=undo)
 
 
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("size")
+@click.option("--force", is_flag=True, help="Shrink even if data is stored past the new end (it is lost).")
+@_JSON
+def resize(path: str, size: str, force: bool, as_json: bool) -> None:
+    """Grow or shrink a fixed or dynamic disk to SIZE (absolute, or +1G / -1G relative).
+
+    Differencing disks are refused. Shrinking refuses to drop stored data unless --force: shrink
+    the filesystem inside first. In place, ordered writes (Ctrl-C waits for the current step):
+    an interrupted dynamic resize leaves the old size with the same content (a shrink: the old or
+    the new size); an interrupted fixed grow leaves the new size, its first 512 new bytes possibly
+    holding the old footer.
+    """
+    from vhdtool.ops.resize import resize as resize_image
+
+    done = resize_image(path, size, force=force)
+    if as_json:
+        render.print_json(done.as_json())
+        return
+    for w in done.warnings:
+        render.warning(w)
+    moved = f", {done.moved_blocks} block(s) moved to make room for the BAT" if done.moved_blocks else ""
+    print(f"resized {path}: {done.old_size} -> {done.new_size} bytes{moved}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@_QUIET
+@_JSON
+def compact(path: str, quiet: bool, as_json: bool) -> None:
+    """Drop blocks that read as zeros (or as the parent reads them) and shrink the file.
+
+    Refused when the saved-state flag is set. In place, ordered writes: the content never
+    changes at any step, so an interrupted compact (Ctrl-C stops at the next batch) leaves the
+    same content, at worst with space not yet reclaimed; run it again to finish.
+    """
+    from vhdtool.ops.compact import compact as compact_image
+
+    with _progress("scanning blocks", not (quiet or as_json)) as progress:
+        done = compact_image(path, progress=progress)
+    if as_json:
+        render.print_json(done.as_json())
+    elif not quiet:
+        print(
+            f"compacted {path}: {done.dropped_blocks} block(s) dropped, {done.moved_blocks} moved, "
+            f"{render.human_size(done.reclaimed)} ({done.reclaimed} bytes) reclaimed"
+        )
+
+
 def main() -> None:
     """Console entry point: VhdError becomes one line and an exit code, never a traceback."""
     try:

@@ -24,7 +24,7 @@ from vhdtool.format.blockdev import BlockDevice, Extent
 from vhdtool.format.layout import BAT_OFFSET, footer_fields, new_unique_id, sparse_image_bytes, write_new_file
 from vhdtool.format.rewrite import pwrite_all, round_up
 from vhdtool.format.structs import DISK_TYPE_FIXED, NO_DATA_OFFSET, SECTOR, UNALLOCATED, build_footer
-from vhdtool.ops.datapath import CHUNK, Meter, ProgressCallback, data_runs, is_zero, pieces
+from vhdtool.ops.datapath import Meter, ProgressCallback, data_runs, is_zero, pieces, read_grid, write_out
 from vhdtool.ops.devices import close_device, open_device
 
 OUTPUT_FORMATS = ("vhd", "raw")
@@ -131,10 +131,10 @@ def _convert(
     def write(fd: int) -> None:
         if fmt == "raw":
             os.ftruncate(fd, size)
-            _copy_pieces(src, fd, runs, meter, CHUNK)
+            _copy_pieces(src, fd, runs, meter, read_grid(src))
         elif disk_type == "fixed":
             os.ftruncate(fd, size)
-            _copy_pieces(src, fd, runs, meter, CHUNK)
+            _copy_pieces(src, fd, runs, meter, read_grid(src))
             pwrite_all(fd, size, build_footer(footer_fields(DISK_TYPE_FIXED, size, NO_DATA_OFFSET, uid, stamp)))
         else:
             bs = block_size or rules.DEFAULT_BLOCK_SIZE
@@ -157,7 +157,7 @@ def _copy_pieces(src: BlockDevice, fd: int, runs: list[Extent], meter: Meter, gr
     for offset, length in pieces(runs, grid):
         data = src.pread(offset, length)
         if not is_zero(data):
-            pwrite_all(fd, offset, data)
+            write_out(fd, offset, data)
             meter.written += length
         meter.add(length)
 
@@ -182,7 +182,7 @@ def _write_dynamic(
     bitmap = b"\xff" * (sectors // 8) + (bytes([(0xFF00 >> (sectors % 8)) & 0xFF]) if sectors % 8 else b"")
     bitmap += bytes(bitmap_size - len(bitmap))
     cursor = round_up(len(head))
-    for offset, length in pieces(runs, min(block_size, CHUNK)):
+    for offset, length in pieces(runs, min(block_size, read_grid(src))):
         data = src.pread(offset, length)
         meter.add(length)
         if is_zero(data):
@@ -192,7 +192,7 @@ def _write_dynamic(
             bat[block] = cursor // SECTOR
             pwrite_all(fd, cursor, bitmap)
             cursor += bitmap_size + block_size
-        pwrite_all(fd, bat[block] * SECTOR + bitmap_size + in_block, data)
+        write_out(fd, bat[block] * SECTOR + bitmap_size + in_block, data)
         meter.written += length
     if sys.byteorder == "little":
         bat.byteswap()

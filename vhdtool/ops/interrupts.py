@@ -26,3 +26,35 @@ def deferred_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class StopRequest:
+    """Set by Ctrl-C/SIGTERM inside ``graceful_stop()``; long loops poll it between safe points."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def graceful_stop() -> Iterator[StopRequest]:
+    """Turn Ctrl-C/SIGTERM into a request that a long in-place operation honours at its next safe
+    point (it stops there, leaving a consistent image); KeyboardInterrupt is raised on the way out."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum: int, _frame: object) -> None:
+        stop.signum = signum
+
+    old = {s: signal.signal(s, request) for s in _SIGNALS}
+    try:
+        yield stop
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if stop():
+        raise KeyboardInterrupt

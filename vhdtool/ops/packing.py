@@ -1,0 +1,123 @@
+"""Moving the blocks of a dynamic/differencing image down into free space and cutting the file.
+
+Used by compact (after dropping blocks), resize (after a shrink drops blocks) and repair (to
+reclaim leaked space). The image's content never changes, so every intermediate state is a
+valid image with the same content:
+
+1. the highest block is copied into the lowest free gap that holds a whole block (free: no BAT
+   entry, no metadata points there), in batches;
+2. the batch is synced, then the BAT entries are pointed at the copies and synced; until then
+   the copies are unreferenced space, afterwards the originals are;
+3. finally the footer is written right after the last block or metadata structure and the file
+   is cut there.
+
+Freed originals are not reused within a run, so a block is never written over space that the
+BAT (as it is on disk) still points at.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vhdtool.format import rules
+from vhdtool.format.metadata import ImageMetadata
+from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
+from vhdtool.format.structs import FOOTER_SIZE, HEADER_SIZE, SECTOR, UNALLOCATED
+
+BATCH_BYTES = 64 * rules.MiB
+"""Bytes of blocks moved between two syncs."""
+
+
+@dataclass(slots=True)
+class Packed:
+    moved_blocks: int
+    old_file_size: int
+    new_file_size: int
+
+
+def metadata_ranges(meta: ImageMetadata) -> list[tuple[int, int]]:
+    """(offset, end) of everything that is not a block: footer copy, header, BAT, locator data."""
+    assert meta.header is not None and meta.bat is not None
+    ranges = [(0, FOOTER_SIZE)]
+    header = int(meta.footer.data_offset)
+    ranges.append((header, header + HEADER_SIZE))
+    table = int(meta.header.table_offset)
+    ranges.append((table, table + round_up(4 * len(meta.bat))))
+    for loc in meta.locators:
+        if loc.data_offset and (loc.data_space or loc.data_length):
+            ranges.append((loc.data_offset, loc.data_offset + round_up(max(loc.data_space, loc.data_length))))
+    return ranges
+
+
+def live_blocks(meta: ImageMetadata) -> list[tuple[int, int]]:
+    """(file offset, block index) of the allocated blocks, lowest offset first."""
+    assert meta.bat is not None
+    return sorted((entry * SECTOR, index) for index, entry in enumerate(meta.bat) if entry != UNALLOCATED)
+
+
+def pack(
+    editor: MetadataEditor,
+    block_size: int,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> Packed:
+    """Move blocks down into free gaps and cut the file after the last structure (see module doc).
+
+    ``interrupted()`` is asked between batches: when it returns True, packing stops early and the
+    file is cut after whatever is highest now (the image stays valid, a second run continues).
+    """
+    meta, fd = editor.meta, editor.fd
+    span = rules.bitmap_bytes(block_size) + block_size
+    old_size = os.fstat(fd).st_size
+    blocks = live_blocks(meta)
+    taken = sorted(metadata_ranges(meta) + [(start, start + span) for start, _ in blocks])
+    gaps = _gaps(taken, span)
+    moved = 0
+    batch: dict[int, int] = {}
+    batch_bytes = 0
+    while blocks and gaps and not (batch_bytes == 0 and interrupted()):
+        start, index = blocks[-1]
+        gap_start, gap_end = gaps[0]
+        if gap_start >= start:
+            break
+        data = os.pread(fd, span, start)
+        pwrite_all(fd, gap_start, data)
+        batch[index] = gap_start // SECTOR
+        batch_bytes += span
+        blocks.pop()
+        bisect.insort(blocks, (gap_start, index))
+        gaps[0] = (gap_start + span, gap_end)
+        if gap_end - (gap_start + span) < span:
+            gaps.pop(0)
+        if batch_bytes >= BATCH_BYTES:
+            moved += _commit(editor, batch)
+            batch, batch_bytes = {}, 0
+    moved += _commit(editor, batch)
+    end = max([e for _, e in metadata_ranges(meta)] + [start + span for start, _ in blocks])
+    if round_up(end) < editor.end:
+        editor.truncate(end)
+    editor.sync()
+    return Packed(moved, old_size, os.fstat(fd).st_size)
+
+
+def _commit(editor: MetadataEditor, batch: dict[int, int]) -> int:
+    if not batch:
+        return 0
+    editor.sync()  # the copies are on disk before any BAT entry points at them
+    editor.set_bat(batch)
+    editor.sync()
+    return len(batch)
+
+
+def _gaps(taken: list[tuple[int, int]], span: int) -> list[tuple[int, int]]:
+    """Free (start, end) ranges between taken ones, sector aligned, at least one block long."""
+    gaps = []
+    pos = 0
+    for start, end in taken:
+        gap_start = round_up(pos)
+        if start - gap_start >= span:
+            gaps.append((gap_start, start))
+        pos = max(pos, end)
+    return gaps

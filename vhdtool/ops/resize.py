@@ -1,0 +1,195 @@
+"""`vhdtool resize`: grow or shrink a fixed or dynamic disk, in place.
+
+Both footers get the new Current and Original Size and a geometry every reader agrees with
+(``rules.geometry_for_new_image``). Growing a dynamic disk whose BAT has no room for the new
+entries moves the blocks (and parent locator data) that follow the BAT to the end of the file
+first, as VirtualBox does. Shrinking refuses to drop data unless forced; blocks past the new end
+are dropped and the file is packed. Differencing disks are refused: their size is their parent's.
+
+Crash safety (in-place, ordered writes; Ctrl-C is held back until a step completes):
+- dynamic grow: moved blocks are copied and synced before the BAT points at them, the new BAT
+  entries are written before the header counts them, the footer (the new size) comes last, so
+  an interruption leaves the old size with the same content;
+- dynamic shrink: the footer with the new size goes first, then the dropped BAT entries and the
+  packing, so an interruption leaves the old or the new size (plus reclaimable space);
+- fixed grow: the footer is written at the new end, then the old footer's 512 bytes are zeroed;
+  a power cut between the two leaves the new size with those bytes not yet zeroed;
+- fixed shrink: the footer is written at the new end, then the file is cut after it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vhdtool.errors import UsageError
+from vhdtool.format import rules
+from vhdtool.format.chain import open_image
+from vhdtool.format.fixed import FixedImage
+from vhdtool.format.metadata import read_metadata
+from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
+from vhdtool.format.sparse import SparseImage
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, HEADER_SIZE, SECTOR, UNALLOCATED
+from vhdtool.ops.compact import refuse_saved_state
+from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces
+from vhdtool.ops.interrupts import deferred_interrupts
+from vhdtool.ops.packing import pack
+
+SHRINK_WARNING = "the disk shrank: the filesystem (and partitions) inside must have been shrunk first"
+
+
+@dataclass(frozen=True, slots=True)
+class Resized:
+    path: str
+    type: str
+    old_size: int
+    new_size: int
+    moved_blocks: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+
+def target_size(spec: int | str, current: int) -> int:
+    """An absolute size, or '+1G' / '-1G' relative to ``current``."""
+    if isinstance(spec, int):
+        return spec
+    sign, value = rules.parse_size(spec)
+    return current + value if sign == "+" else current - value if sign == "-" else value
+
+
+def resize(path: str | os.PathLike[str], size: int | str, *, force: bool = False) -> Resized:
+    """Resize a fixed or dynamic VHD to ``size`` bytes (or '+N'/'-N'); ``force`` drops data."""
+    path = os.fspath(path)
+    meta = read_metadata(path)
+    if meta.disk_type == DISK_TYPE_DIFFERENCING:
+        raise UsageError(
+            f"{path}: is a differencing disk; its size is its parent's (merge it, or resize the base "
+            "and create a new child)"
+        )
+    refuse_saved_state(path, meta.footer.saved_state, "resize it")
+    old = meta.virtual_size
+    new = target_size(size, old)
+    if new <= 0:
+        raise UsageError(f"{path}: new size {new} is not positive (current size {old})")
+    rules.validate_virtual_size(new, meta.type_name)
+    if new == old:
+        return Resized(path, meta.type_name, old, new)
+    image = open_image(path, writable=True)
+    try:
+        if new < old and not force and _holds_data(image, new):
+            raise UsageError(
+                f"{path}: shrinking to {new} bytes would drop data stored past that offset; shrink the "
+                "filesystem inside first, then use --force"
+            )
+        editor = MetadataEditor(image.fileno(), image.meta)
+        geometry = rules.geometry_for_new_image(new)
+        fields = {
+            "current_size": new,
+            "original_size": new,
+            "cylinders": geometry.cylinders,
+            "heads": geometry.heads,
+            "sectors_per_track": geometry.sectors_per_track,
+        }
+        with deferred_interrupts():
+            if isinstance(image, FixedImage):
+                _resize_fixed(editor, old, new, fields)
+                moved = 0
+            else:
+                assert isinstance(image, SparseImage)
+                moved = _resize_dynamic(editor, image, new, fields)
+    finally:
+        image.close_chain()
+    return Resized(path, meta.type_name, old, new, moved, [SHRINK_WARNING] if new < old else [])
+
+
+def _holds_data(image: Any, offset: int) -> bool:
+    for start, length in pieces(data_runs(image, offset, image.size - offset), CHUNK):
+        if not is_zero(image.pread(start, length)):
+            return True
+    return False
+
+
+def _resize_fixed(editor: MetadataEditor, old: int, new: int, fields: dict[str, int]) -> None:
+    old_file_end = os.fstat(editor.fd).st_size
+    editor.footer.update(fields)
+    if new < old:
+        editor.truncate(new)
+        return
+    editor.end = new
+    editor.set_footer()
+    editor.sync()
+    # what was the footer (and anything after the old disk) is now disk space that must read zeros
+    zero_end = min(new, old_file_end)
+    for start in range(old, zero_end, CHUNK):
+        pwrite_all(editor.fd, start, bytes(min(CHUNK, zero_end - start)))
+    editor.sync()
+
+
+def _resize_dynamic(editor: MetadataEditor, image: SparseImage, new: int, fields: dict[str, int]) -> int:
+    bs = image.block_size
+    needed = -(-new // bs)
+    if new > image.size:
+        moved = _grow_bat(editor, image, needed) if needed > len(image.bat) else 0
+        editor.set_footer(**fields)
+        editor.sync()
+        return moved
+    # shrink: the tail of a block cut in two must read zeros if the disk grows again
+    last = new // bs
+    if new % bs and last < len(image.bat) and image.bat[last] != UNALLOCATED:
+        tail = (last + 1) * bs - new
+        offset = image.bat[last] * SECTOR + rules.bitmap_bytes(bs) + new % bs
+        for start in range(0, tail, CHUNK):
+            pwrite_all(editor.fd, offset + start, bytes(min(CHUNK, tail - start)))
+        editor.sync()
+    editor.set_footer(**fields)
+    editor.sync()
+    beyond = {i: UNALLOCATED for i in range(needed, len(image.bat)) if image.bat[i] != UNALLOCATED}
+    if beyond:
+        editor.set_bat(beyond)
+        editor.sync()
+        pack(editor, bs)
+    return 0
+
+
+def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
+    """Make room for ``needed`` BAT entries: move what follows the table to the end of the file."""
+    meta = editor.meta
+    assert editor.header is not None
+    table = int(editor.header.table_offset)
+    old_end = table + round_up(4 * len(image.bat))
+    new_end = table + round_up(4 * needed)
+    header_at = int(editor.footer.data_offset)
+    if old_end <= header_at < new_end or header_at < new_end <= header_at + HEADER_SIZE:
+        raise UsageError(f"{image.path}: the dynamic header follows the BAT; the table cannot grow in place")
+    span = rules.bitmap_bytes(image.block_size) + image.block_size
+    in_way = sorted(
+        (entry * SECTOR, i) for i, entry in enumerate(image.bat) if entry != UNALLOCATED and entry * SECTOR < new_end
+    )
+    locators = [loc for loc in meta.locators if loc.data_offset and old_end <= loc.data_offset < new_end]
+    if editor.end < new_end:
+        editor.reserve(new_end - editor.end)  # nothing new may land where the table will grow
+    moves: dict[int, int] = {}
+    for start, index in in_way:
+        moves[index] = editor.append(os.pread(editor.fd, span, start)) // SECTOR
+    entries = list(editor.header.parent_locators)
+    for loc in locators:
+        data = os.pread(editor.fd, round_up(max(loc.data_space, loc.data_length)), loc.data_offset)
+        entries[loc.slot] = {**entries[loc.slot], "platform_data_offset": editor.append(data)}
+    editor.sync()  # copies first, then the pointers to them
+    if moves:
+        editor.set_bat(moves)
+    if locators:
+        editor.set_header(parent_locators=entries)
+    editor.sync()
+    growth = needed - len(image.bat)
+    pwrite_all(editor.fd, table + 4 * len(image.bat), b"\xff" * (new_end - table - 4 * len(image.bat)))
+    editor.sync()  # the new entries read 'unallocated' before the header counts them
+    editor.set_header(max_table_entries=needed)
+    image.bat.extend([UNALLOCATED] * growth)
+    editor.sync()
+    return len(moves)
+
+
