@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from vhdtool.errors import VhdError
 from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
-from vhdtool.format.chain import open_image as open  # noqa: A001 - the documented API name
+from vhdtool.format.chain import open_image as open
 from vhdtool.ops.create import create
 
 __all__ = ["BlockDevice", "Extent", "RawFile", "VhdError", "create", "open"]

@@ -26,7 +26,7 @@ class Created:
 def create(
     path: str | os.PathLike[str],
     size: int | str | None = None,
-    type: str | None = None,  # noqa: A002 - the public keyword matches the CLI's --type
+    type: str | None = None,
     parent: str | os.PathLike[str] | None = None,
     block_size: int | str | None = None,
     *,
