@@ -1,0 +1,98 @@
+"""The files a snapshot adds: naming new write layers, checking room for them, creating and
+removing them.
+
+A snapshot leaves a disk's current top image where it is — it becomes the point-in-time image —
+and puts a new differencing child beside it (same folder, so the child's relative parent locator
+survives moving the folder), named after the group: ``disk.vhd`` -> ``disk.<group>.vhd``. A later
+snapshot of that child names its layer after the original stem again, not ``disk.<g1>.<g2>.vhd``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from vhdtool.errors import VhdError
+from vhdtool.format.rules import DEFAULT_BLOCK_SIZE, human_size
+
+GROUP_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4}")
+_SUFFIX_RE = re.compile(r"\." + GROUP_RE.pattern + "$")
+
+RESERVE = 64 << 20
+"""Free space each filesystem must keep beyond the new layers' own size, so that guests can go on
+writing into them; a snapshot that would leave less is refused before any guest is touched."""
+
+_FIXED_COST = 64 << 10
+"""A new layer's bytes besides its BAT: footer, its copy, dynamic header, parent locators."""
+
+
+class SpaceError(VhdError):
+    """Not enough free space for the new layers."""
+
+
+def new_group_id(now: float | None = None) -> str:
+    """A sortable, readable group ID: UTC time and four random hex digits."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def layer_path(top: str, group: str) -> str:
+    """Where the new write layer over ``top`` goes for snapshot group ``group``."""
+    folder, name = os.path.split(os.path.abspath(top))
+    stem, ext = os.path.splitext(name)
+    stem = _SUFFIX_RE.sub("", stem)
+    return os.path.join(folder, f"{stem}.{group}{ext or '.vhd'}")
+
+
+def layer_cost(top: str) -> int:
+    """Bytes a new differencing child of ``top`` takes when created (mostly its BAT)."""
+    import vhdtool
+
+    with vhdtool.open(top) as image:
+        block = getattr(image, "block_size", None) or DEFAULT_BLOCK_SIZE
+        entries = math.ceil(image.size / block)
+    return _FIXED_COST + -(-entries * 4 // 512) * 512
+
+
+def check_space(layers: Iterable[tuple[str, int]], reserve: int = RESERVE) -> None:
+    """Refuse when a filesystem cannot hold its new layers plus ``reserve`` bytes.
+
+    ``layers`` are (path of the new layer, bytes it will take) pairs.
+    """
+    need: dict[int, int] = defaultdict(int)
+    where: dict[int, str] = {}
+    for path, cost in layers:
+        folder = os.path.dirname(os.path.abspath(path))
+        dev = os.stat(folder).st_dev
+        need[dev] += cost
+        where.setdefault(dev, folder)
+    for dev, total in need.items():
+        st = os.statvfs(where[dev])
+        free = st.f_bavail * st.f_frsize
+        if free < total + reserve:
+            raise SpaceError(
+                f"{where[dev]}: {human_size(free)} free, the new layers need {human_size(total)} "
+                f"plus {human_size(reserve)} for the guests to keep writing"
+            )
+
+
+def create_layer(top: str, path: str) -> str:
+    """Create a differencing child of ``top`` at ``path`` (never over an existing file)."""
+    import vhdtool
+
+    vhdtool.create(path, parent=top)
+    return path
+
+
+def remove_layer(path: str) -> bool:
+    """Delete a new layer; True if there was one. A missing file is not an error (idempotent)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True

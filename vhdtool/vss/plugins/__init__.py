@@ -1,0 +1,1 @@
+"""vhdtool's own hypervisor plugins, registered by entry point like any third party's."""
