@@ -226,11 +226,15 @@ def test_read_only_image_refuses_writes(tmp_path: Path) -> None:
 def test_requests_outside_the_disk(tmp_path: Path) -> None:
     vhdtool.create(tmp_path / "d.vhd", size=4 * MiB)
     with vhdtool.open(tmp_path / "d.vhd", writable=True) as img:
+        # reads behave like os.pread: short at the end, empty past it
+        assert img.pread(4 * MiB - 1, 2) == b"\0"
+        assert img.pread(4 * MiB, 1) == b""
         for offset, length in ((4 * MiB, 1), (-1, 2), (4 * MiB - 1, 2)):
             with pytest.raises(VhdError):
-                img.pread(offset, length)
-            with pytest.raises(VhdError):
                 img.pwrite(offset, bytes(length))
+        with pytest.raises(VhdError):
+            img.pread(-1, 2)
+        assert os.path.getsize(tmp_path / "d.vhd") < 1 * MiB  # nothing was written
 
 
 @pytest.mark.parametrize(

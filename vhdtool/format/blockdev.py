@@ -14,9 +14,12 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from vhdtool.errors import ReadOnlyError, UsageError, VhdError
+
+ZERO_CACHE_LIMIT = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,9 @@ class BlockDevice(Protocol):
     path: str
     writable: bool
 
-    def pread(self, offset: int, length: int) -> bytes: ...
+    def pread(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; fewer only at the end of the disk (like os.pread)."""
+        ...
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -54,6 +59,25 @@ class BlockDevice(Protocol):
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]: ...
 
     def close(self) -> None: ...
+
+
+@lru_cache(maxsize=8)
+def _shared_zeros(length: int) -> bytes:
+    return bytes(length)
+
+
+def zeros(length: int) -> bytes:
+    """``length`` zero bytes. bytes are immutable, so reads of unallocated space share one object
+    per common length instead of allocating and clearing a new buffer each time."""
+    return _shared_zeros(length) if length <= ZERO_CACHE_LIMIT else bytes(length)
+
+
+def clip_read(dev: BlockDevice, offset: int, length: int) -> int:
+    """The length a read at ``offset`` returns: like os.pread, short at the end of the disk and
+    empty past it. Negative offsets or lengths are refused."""
+    if offset < 0 or length < 0:
+        raise VhdError(f"{dev.path}: read of {length} bytes at offset {offset} is not valid")
+    return max(0, min(length, dev.size - offset))
 
 
 def check_range(dev: BlockDevice, offset: int, length: int) -> None:
@@ -127,7 +151,7 @@ class RawFile:
         return self._fd
 
     def pread(self, offset: int, length: int) -> bytes:
-        check_range(self, offset, length)
+        length = clip_read(self, offset, length)
         data = os.pread(self._fd, length, offset)
         if len(data) < length:  # a file shrunk under us: the missing tail reads as zeros
             data += bytes(length - len(data))

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError
-from vhdtool.format.blockdev import Extent, check_range, file_extents
+from vhdtool.format.blockdev import Extent, check_range, clip_read, file_extents
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 
@@ -34,8 +34,7 @@ class FixedImage(ImageBase):
         return self._fd
 
     def pread(self, offset: int, length: int) -> bytes:
-        check_range(self, offset, length)
-        return os.pread(self._fd, length, offset)
+        return os.pread(self._fd, clip_read(self, offset, length), offset)
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if not self.writable:

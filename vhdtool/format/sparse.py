@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice, Extent, check_range
+from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, zeros
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
@@ -127,7 +127,7 @@ class SparseImage(ImageBase):
     # -- reading ---------------------------------------------------------------------------
 
     def pread(self, offset: int, length: int) -> bytes:
-        check_range(self, offset, length)
+        length = clip_read(self, offset, length)
         if length == 0:
             return b""
         block, in_block = offset >> self._shift, offset & self._mask
@@ -164,7 +164,7 @@ class SparseImage(ImageBase):
         """What the layers below hold; zeros past a parent smaller than this disk (or no parent)."""
         parent = self.parent
         if parent is None or offset >= parent.size:
-            return bytes(length)
+            return zeros(length)
         if offset + length <= parent.size:
             return parent.pread(offset, length)
         return parent.pread(offset, parent.size - offset) + bytes(offset + length - parent.size)
