@@ -25,7 +25,7 @@ from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.vss import catalogue
-from vhdtool.vss.layers import check_space, layer_cost, layer_path, new_group_id, remove_layer
+from vhdtool.vss.layers import check_space, new_group_id, remove_layer
 from vhdtool.vss.parallel import Batch, run_all
 from vhdtool.vss.plugin import Disk, Hypervisor, HypervisorError
 from vhdtool.vss.report import DiskResult, GuestResult, Report
@@ -113,7 +113,7 @@ class _Group:
             for d in disks:
                 if not d.layerable:
                     raise HypervisorError(f"{name}: disk {d.id} ({d.path}) cannot take a snapshot layer")
-            layers = {d.id: layer_path(d.path, self.report.group) for d in disks}
+            layers = {d.id: self.hv.layer_path(name, d, self.report.group) for d in disks}
             self.members[name] = _Member(name, disks, layers, "pause", GuestResult(name, "none"))
         self.report.guests = [m.result for m in self.members.values()]
 
@@ -142,7 +142,7 @@ class _Group:
 
     def prepare(self) -> None:
         keys = [(m.name, d.id) for m in self.members.values() for d in m.disks]
-        costs = run_all(keys, lambda k: layer_cost(self._disk(*k).path), 120)
+        costs = run_all(keys, lambda k: self.hv.layer_cost(k[0], self._disk(*k)), 120)
         self._fail_before_freeze(costs, "cannot open the disk image of")
         check_space((self._layer(*k), costs.outcomes[k].value or 0) for k in keys)
         made = run_all(keys, lambda k: self.hv.new_layer(k[0], self._disk(*k), self._layer(*k)), 300)

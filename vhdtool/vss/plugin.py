@@ -138,6 +138,18 @@ class Hypervisor(ABC):
     def status(self, guest: str, timeout: float) -> GuestStatus:
         """Whether the guest runs, whether it is frozen, and where its disks write."""
 
+    def layer_path(self, guest: str, disk: Disk, group: str) -> str:
+        """Where the new write layer of ``disk`` goes for snapshot group ``group``."""
+        from vhdtool.vss.layers import layer_path
+
+        return layer_path(disk.path, group)
+
+    def layer_cost(self, guest: str, disk: Disk) -> int:
+        """Bytes the new layer takes when created (for the space check)."""
+        from vhdtool.vss.layers import layer_cost
+
+        return layer_cost(disk.path)
+
     def new_layer(self, guest: str, disk: Disk, path: str) -> str:
         """Create the new write layer for ``disk`` at ``path`` (a VHD differencing child by
         default); a plugin whose hypervisor makes its own overlays overrides this."""
