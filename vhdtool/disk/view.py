@@ -125,8 +125,11 @@ class Composite:
 
     def pread(self, offset: int, length: int) -> bytes:
         check_range(self, offset, length)
+        runs = list(self._runs(offset, length))
+        if len(runs) == 1 and runs[0][2] is not None:  # the common case: inside one piece, no copy
+            return runs[0][2].pread(runs[0][3], length)
         out = bytearray()
-        for _, n, dev, inner in self._runs(offset, length):
+        for _, n, dev, inner in runs:
             out += bytes(n) if dev is None else dev.pread(inner, n)
         return bytes(out)
 
