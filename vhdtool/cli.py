@@ -520,6 +520,135 @@ def compact(path: str, quiet: bool, as_json: bool) -> None:
         )
 
 
+@cli.command()
+@click.argument("child", type=click.Path(dir_okay=False))
+@click.option("--into", type=click.Path(dir_okay=False), help="Merge into this ancestor (default: the parent).")
+@click.option("--delete-child", is_flag=True, help="Delete CHILD (and the disks between) after merging.")
+@click.option("--force", is_flag=True, help="Merge even if other children of the ancestor are beside it.")
+@_QUIET
+@_JSON
+def merge(child: str, into: str | None, delete_child: bool, force: bool, quiet: bool, as_json: bool) -> None:
+    """Commit a differencing disk's data into its parent (or a further ancestor).
+
+    Refused when other disks beside the ancestor depend on it, unless --force. In place, ordered
+    writes into the ancestor only: CHILD reads the same at every step, so an interrupted merge
+    (Ctrl-C stops after the current piece) leaves the chain intact and can be run again.
+    """
+    from vhdtool.ops.merge import merge as merge_images
+
+    with _progress("merging", not (quiet or as_json)) as progress:
+        done = merge_images(child, into, delete_child=delete_child, force=force, progress=progress)
+    if as_json:
+        render.print_json(done.as_json())
+        return
+    for path in done.stale:
+        render.warning(f"{path} no longer reads as before (its parent changed); delete it")
+    if not quiet:
+        print(f"merged {', '.join(done.merged)} into {done.into} ({render.human_size(done.data_bytes)} written)")
+        for path in done.deleted:
+            print(f"deleted {path}")
+
+
+@cli.command()
+@click.argument("child", type=click.Path(dir_okay=False))
+@click.option("--parent", "-b", "parent", required=True, type=click.Path(dir_okay=False), help="The new parent.")
+@click.option("--unsafe", is_flag=True, help="Only rewrite the parent UUID, time stamp, name and locators.")
+@_QUIET
+@_JSON
+def rebase(child: str, parent: str, unsafe: bool, quiet: bool, as_json: bool) -> None:
+    """Give CHILD another parent, keeping what it reads (like qemu-img rebase).
+
+    Safe mode copies into CHILD what the old chain shows and the new parent does not; --unsafe
+    only relinks (for a moved or renamed parent). In place, ordered writes: CHILD keeps its
+    content and its old parent until one final header write switches it, so an interrupted
+    rebase (Ctrl-C stops after the current piece) leaves it on the old parent.
+    """
+    from vhdtool.ops.rebase import rebase as rebase_image
+
+    with _progress("rebasing", not (quiet or as_json or unsafe)) as progress:
+        done = rebase_image(child, parent, unsafe=unsafe, progress=progress)
+    if as_json:
+        render.print_json(done.as_json())
+    elif not quiet:
+        copied = "" if unsafe else f" ({render.human_size(done.copied_bytes)} copied into the child)"
+        print(f"rebased {child} onto {parent}{copied}")
+
+
+@cli.command()
+@click.argument("child", type=click.Path(dir_okay=False))
+@click.option("--parent", type=click.Path(dir_okay=False), help="The parent file (checked by UUID).")
+@_JSON
+def relink(child: str, parent: str | None, as_json: bool) -> None:
+    """Repair the parent locators of a moved or renamed chain.
+
+    Each parent is found through PARENT, the locators, or by UUID among the VHDs in the child's
+    folder; every disk of the chain gets a relative and an absolute locator. In place: new
+    locator data is written past the end, then one header write switches to it, so an
+    interrupted relink leaves each disk with its old or its new locators.
+    """
+    from vhdtool.ops.relink import relink as relink_chain
+
+    done = relink_chain(child, parent)
+    if as_json:
+        render.print_json(done.as_json())
+        return
+    for c, p in done.links:
+        print(f"{c} -> {p}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Only list what would be done.")
+@_JSON
+def repair(path: str, dry_run: bool, as_json: bool) -> None:
+    """Repair what 'vhdtool check' finds: footers, checksums, bad BAT entries, lost parent, leaks.
+
+    The metadata is saved to PATH.repair-backup first. In place, ordered writes (footer, copy,
+    header, BAT, then packing), each leaving a readable image; Ctrl-C waits until the end.
+    Exit status: 0 when the image checks clean afterwards, 2 when damage remains.
+    """
+    from vhdtool.ops.repair import repair as repair_image
+
+    done = repair_image(path, dry_run=dry_run)
+    if as_json:
+        render.print_json(done.as_json())
+    else:
+        if done.backup:
+            print(f"metadata saved to {done.backup}")
+        for action in done.actions:
+            print(("would: " if dry_run else "") + action)
+        for problem in done.unrepaired:
+            render.warning(f"not repaired: {problem}")
+        if not done.actions and not done.unrepaired:
+            print(f"{path}: nothing to repair")
+    sys.exit(done.exit_code)
+
+
+@cli.command(name="reset-id")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--children", multiple=True, type=click.Path(file_okay=False), help="Update the children in this folder.")
+@click.option("--uuid", "new_uuid", help="Use this UUID (e.g. to finish an interrupted run).")
+@_JSON
+def reset_id(path: str, children: tuple[str, ...], new_uuid: str | None, as_json: bool) -> None:
+    """Give PATH a new UUID, so that copies of a disk do not collide.
+
+    With --children DIR the differencing disks in DIR that point at PATH are updated too. In
+    place, Ctrl-C held back: both footers, then each child's header; the new UUID is printed so
+    that a run cut by a power failure can be finished with --uuid.
+    """
+    from vhdtool.ops.reset_id import reset_id as reset_image_id
+
+    done = reset_image_id(path, children=list(children), new_uuid=new_uuid)
+    if as_json:
+        render.print_json(done.as_json())
+        return
+    print(f"{path}: UUID {done.old_uuid} -> {done.new_uuid}")
+    for kid in done.children:
+        print(f"updated child {kid}")
+    for kid in done.dangling:
+        render.warning(f"{kid} refers to the old UUID; run reset-id with --children to update it")
+
+
 def main() -> None:
     """Console entry point: VhdError becomes one line and an exit code, never a traceback."""
     try:

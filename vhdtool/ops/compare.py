@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from vhdtool.format.blockdev import BlockDevice, Extent
+from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.structs import SECTOR
-from vhdtool.ops.datapath import CHUNK, Meter, ProgressCallback, data_runs, is_zero, pieces
+from vhdtool.ops.datapath import CHUNK, Meter, ProgressCallback, data_runs, is_zero, pieces, union_runs
 from vhdtool.ops.devices import close_device, open_device
 
 
@@ -67,7 +67,7 @@ def compare_devices(
     a: BlockDevice, b: BlockDevice, *, strict: bool = False, progress: ProgressCallback | None = None
 ) -> Comparison:
     common = min(a.size, b.size)
-    both = _union(data_runs(a, 0, common), data_runs(b, 0, common))
+    both = union_runs(data_runs(a, 0, common), data_runs(b, 0, common))
     larger = a if a.size > b.size else b
     tail = data_runs(larger, common, larger.size - common) if a.size != b.size else []
     meter = Meter(progress, sum(r.length for r in both) + sum(r.length for r in tail))
@@ -87,18 +87,6 @@ def compare_devices(
             return result(offset + _first_difference(data, bytes(length)) // SECTOR * SECTOR)
         meter.add(length)
     return result(None)
-
-
-def _union(x: list[Extent], y: list[Extent]) -> list[Extent]:
-    """Runs covered by either list, merged (the lists are sorted and each non-overlapping)."""
-    out: list[Extent] = []
-    for run in sorted(x + y, key=lambda e: e.offset):
-        if out and run.offset <= out[-1].end:
-            last = out[-1]
-            out[-1] = Extent(last.offset, max(last.end, run.end) - last.offset, False)
-        else:
-            out.append(Extent(run.offset, run.length, False))
-    return out
 
 
 def _first_difference(x: bytes, y: bytes) -> int:

@@ -49,6 +49,18 @@ def data_runs(dev: BlockDevice, offset: int = 0, length: int | None = None) -> l
     return [e for e in merge_extents(iter(dev.extents(offset, length))) if not e.zero]
 
 
+def union_runs(x: list[Extent], y: list[Extent]) -> list[Extent]:
+    """Runs covered by either list, merged (each list sorted and non-overlapping)."""
+    out: list[Extent] = []
+    for run in sorted(x + y, key=lambda e: e.offset):
+        if out and run.offset <= out[-1].end:
+            last = out[-1]
+            out[-1] = Extent(last.offset, max(last.end, run.end) - last.offset, False)
+        else:
+            out.append(Extent(run.offset, run.length, False))
+    return out
+
+
 def pieces(runs: Iterable[Extent], grid: int = CHUNK) -> Iterator[tuple[int, int]]:
     """(offset, length) pieces of the runs that never cross a multiple of ``grid``."""
     for run in runs:

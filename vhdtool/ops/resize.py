@@ -191,5 +191,3 @@ def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
     image.bat.extend([UNALLOCATED] * growth)
     editor.sync()
     return len(moves)
-
-

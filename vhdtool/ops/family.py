@@ -1,0 +1,75 @@
+"""Finding images by UUID in folders: the children of a disk, or a moved parent.
+
+A child names its parent by UUID; nothing points the other way, so the children of a disk are
+found by looking at the VHDs beside it (and wherever the user says). Only the footers and the
+dynamic header of each candidate are read.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+
+from vhdtool.errors import VhdError
+from vhdtool.format.locators import candidate_paths
+from vhdtool.format.metadata import ImageMetadata, read_metadata
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
+
+EXTENSIONS = (".vhd", ".avhd")
+
+
+def images_in(folders: Iterable[str]) -> Iterator[ImageMetadata]:
+    """Metadata of every readable VHD (by extension) in the folders, each file once."""
+    seen: set[str] = set()
+    for folder in folders:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real in seen or not name.lower().endswith(EXTENSIONS) or not os.path.isfile(path):
+                continue
+            seen.add(real)
+            try:
+                yield read_metadata(path)
+            except (VhdError, OSError):
+                continue
+
+
+def children_of(parent_uuid: uuid.UUID, folders: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """Paths of the differencing disks in ``folders`` whose parent UUID is ``parent_uuid``."""
+    skip = {os.path.realpath(p) for p in exclude}
+    return [
+        meta.path
+        for meta in images_in(folders)
+        if meta.disk_type == DISK_TYPE_DIFFERENCING
+        and meta.parent_uuid == parent_uuid
+        and os.path.realpath(meta.path) not in skip
+    ]
+
+
+def children_by_path(parent: str, folders: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """Differencing disks in ``folders`` whose locators or parent name lead to the file ``parent``
+    (whatever parent UUID they record)."""
+    target = os.path.realpath(parent)
+    skip = {os.path.realpath(p) for p in exclude}
+    out = []
+    for meta in images_in(folders):
+        if meta.disk_type != DISK_TYPE_DIFFERENCING or os.path.realpath(meta.path) in skip:
+            continue
+        candidates = candidate_paths(meta.path, meta.locators, meta.parent_name)
+        if any(os.path.realpath(c) == target for c in candidates):
+            out.append(meta.path)
+    return out
+
+
+def find_by_uuid(wanted: uuid.UUID, folders: Iterable[str], exclude: Iterable[str] = ()) -> str | None:
+    """The first VHD in ``folders`` whose footer UUID is ``wanted``."""
+    skip = {os.path.realpath(p) for p in exclude}
+    for meta in images_in(folders):
+        if meta.uuid == wanted and os.path.realpath(meta.path) not in skip:
+            return meta.path
+    return None

@@ -1,0 +1,125 @@
+"""`vhdtool rebase`: give a differencing disk another parent.
+
+Safe mode (like `qemu-img rebase`): wherever the child holds no data of its own and the old
+chain reads differently from the new parent, the old data is copied into the child first; then
+the child's header is pointed at the new parent. The child reads the same before and after.
+``unsafe`` only rewrites the parent UUID, time stamp, name and locators (the parent was moved,
+renamed or replaced by an identical copy).
+
+Crash safety: in-place, ordered. The copied data only fills in what the old parent showed, so
+the child reads the same at every step while it still points at the old parent; the switch is
+one header write after the new locator data is in place (``format.parentlink``). An interrupted
+rebase (Ctrl-C stops after the current piece) leaves the child on its old parent, unchanged in
+content.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vhdtool.errors import ParentError, UsageError
+from vhdtool.format import rules
+from vhdtool.format.blockdev import BlockDevice, Extent
+from vhdtool.format.chain import open_image
+from vhdtool.format.image import ImageBase
+from vhdtool.format.metadata import read_metadata
+from vhdtool.format.parentlink import point_at_parent
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
+from vhdtool.ops.datapath import Meter, ProgressCallback, data_runs, pieces, read_grid, union_runs
+from vhdtool.ops.editing import edit_image
+from vhdtool.ops.interrupts import deferred_interrupts, graceful_stop
+
+GRAIN = 64 * 1024
+"""Granularity of the copy: a piece that differs is copied in 64 KiB grains that differ."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rebased:
+    child: str
+    parent: str
+    unsafe: bool
+    copied_bytes: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"filename": self.child, "backing-filename": self.parent, "unsafe": self.unsafe,
+                "copied-bytes": self.copied_bytes}  # fmt: skip
+
+
+def rebase(
+    child: str | os.PathLike[str],
+    parent: str | os.PathLike[str],
+    *,
+    unsafe: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Rebased:
+    child, parent = os.fspath(child), os.fspath(parent)
+    meta = read_metadata(child)
+    if meta.disk_type != DISK_TYPE_DIFFERENCING:
+        raise UsageError(f"{child}: is a {meta.type_name} disk, not a differencing disk")
+    with open_image(parent) as new_parent:  # validates the new parent's whole chain
+        for image in new_parent.chain():
+            if os.path.samefile(image.path, child) or image.meta.uuid == meta.uuid:
+                raise ParentError(f"{parent}: its chain contains {child}; a disk cannot be its own ancestor")
+        parent_uuid = bytes(new_parent.meta.footer.unique_id)
+        copied = 0 if unsafe else _copy_differences(child, new_parent, progress)
+    with edit_image(child) as editor, deferred_interrupts():
+        stamp = rules.to_vhd_timestamp(os.stat(parent).st_mtime)
+        point_at_parent(editor, child, parent, parent_uuid, stamp)
+    return Rebased(child, parent, unsafe, copied)
+
+
+def _copy_differences(child: str, new_parent: ImageBase, progress: ProgressCallback | None) -> int:
+    """Copy into the child what its old chain shows and the new parent does not (same content)."""
+    try:
+        image = open_image(child, writable=True)
+    except ParentError as e:
+        raise ParentError(f"{e} (a safe rebase reads the old parent; use --unsafe if it is gone)") from None
+    try:
+        below = [e for e in image.extents() if e.zero or e.depth > 0]  # what the child does not hold
+        candidates = _intersect(union_runs(data_runs(image), data_runs(new_parent)), below)
+        meter = Meter(progress, sum(r.length for r in candidates))
+        with graceful_stop() as stop:
+            for offset, length in pieces(candidates, read_grid(image)):
+                if stop():
+                    break
+                old = image.pread(offset, length)
+                new = _read(new_parent, offset, length)
+                if old != new:
+                    for start in range(0, length, GRAIN):
+                        end = min(length, start + GRAIN)
+                        if old[start:end] != new[start:end]:
+                            image.pwrite(offset + start, old[start:end])
+                            meter.written += end - start
+                meter.add(length)
+            with deferred_interrupts():
+                image.flush()
+        return meter.written
+    finally:
+        image.close_chain()
+
+
+def _read(dev: BlockDevice, offset: int, length: int) -> bytes:
+    """``dev``'s bytes, zeros past its end (a smaller parent)."""
+    inside = max(0, min(length, dev.size - offset))
+    return (dev.pread(offset, inside) if inside else b"") + bytes(length - inside)
+
+
+def _intersect(runs: list[Extent], mask: list[Extent]) -> list[Extent]:
+    """Parts of ``runs`` inside ``mask`` (both sorted, non-overlapping)."""
+    out: list[Extent] = []
+    i = 0
+    for run in runs:
+        while i < len(mask) and mask[i].end <= run.offset:
+            i += 1
+        j = i
+        while j < len(mask) and mask[j].offset < run.end:
+            lo, hi = max(run.offset, mask[j].offset), min(run.end, mask[j].end)
+            if hi > lo:
+                if out and out[-1].end == lo:
+                    out[-1] = Extent(out[-1].offset, hi - out[-1].offset, False)
+                else:
+                    out.append(Extent(lo, hi - lo, False))
+            j += 1
+    return out

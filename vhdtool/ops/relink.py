@@ -1,0 +1,86 @@
+"""`vhdtool relink`: repair the parent locators of a chain that was moved or renamed.
+
+Each differencing disk of the chain (from CHILD down) gets its parent found again: the given
+``parent`` for the child, else through its locators, else by UUID among the VHDs in its own
+folder. Then its header gets a relative and an absolute locator to that file and the parent
+name (the UUID and time stamp are kept: the parent is the same disk). Every parent is found
+before anything is written, so a chain with a missing link is refused unchanged.
+
+Crash safety: per disk, the new locator data is written past the end of the file and then the
+header switches to it in one write (``format.parentlink``); an interruption leaves each disk
+pointing at its old or its new locators.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vhdtool.errors import ParentError, UsageError
+from vhdtool.format.chain import find_parent
+from vhdtool.format.metadata import ImageMetadata, read_metadata
+from vhdtool.format.parentlink import point_at_parent
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
+from vhdtool.ops.editing import edit_image
+from vhdtool.ops.family import find_by_uuid
+from vhdtool.ops.interrupts import deferred_interrupts
+
+MAX_DEPTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Relinked:
+    links: list[tuple[str, str]]
+    """(child, parent) pairs that were rewritten, the top first."""
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [{"filename": c, "backing-filename": p} for c, p in self.links]
+
+
+def relink(child: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None) -> Relinked:
+    child = os.fspath(child)
+    meta = read_metadata(child)
+    if meta.disk_type != DISK_TYPE_DIFFERENCING:
+        raise UsageError(f"{child}: is a {meta.type_name} disk, not a differencing disk; it has no parent")
+    links: list[tuple[str, str]] = []
+    given = None if parent is None else os.fspath(parent)
+    seen = {os.path.realpath(child)}
+    while meta.disk_type == DISK_TYPE_DIFFERENCING and len(links) < MAX_DEPTH:
+        found = locate_parent(meta, given)
+        links.append((meta.path, found))
+        if os.path.realpath(found) in seen:
+            raise ParentError(f"{meta.path}: differencing chain loops back to {found}")
+        seen.add(os.path.realpath(found))
+        given = None
+        meta = read_metadata(found)
+    for path, found in links:
+        with edit_image(path) as editor, deferred_interrupts():
+            header = editor.header
+            assert header is not None
+            point_at_parent(editor, path, found, bytes(header.parent_unique_id), int(header.parent_timestamp))
+    return Relinked(links)
+
+
+def locate_parent(meta: ImageMetadata, given: str | None = None) -> str:
+    """The file that is ``meta``'s parent: ``given`` (checked by UUID), the locators, or by UUID
+    among the VHDs in the child's folder."""
+    if given is not None:
+        found = read_metadata(given)
+        if found.uuid != meta.parent_uuid:
+            raise ParentError(
+                f"{given}: has UUID {found.uuid}, but {meta.path} expects parent UUID {meta.parent_uuid} "
+                "(use 'vhdtool rebase --unsafe' to give it another parent)"
+            )
+        return given
+    try:
+        return find_parent(meta)
+    except ParentError:
+        folder = os.path.dirname(os.path.abspath(meta.path))
+        assert meta.parent_uuid is not None
+        path = find_by_uuid(meta.parent_uuid, [folder], exclude=[meta.path])
+        if path is None:
+            raise ParentError(
+                f"{meta.path}: parent with UUID {meta.parent_uuid} not found through the locators nor in {folder}"
+            ) from None
+        return path
