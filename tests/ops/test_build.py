@@ -76,6 +76,32 @@ def test_vfat_mbr_read_back_by_mtools(tmp_path: Path, tree: tuple[Path, dict[str
     assert run("fsck.fat", "-n", extract_partition(raw)).returncode == 0
 
 
+def test_ntfs_read_back_by_ntfs3g_tools(tmp_path: Path, tree: tuple[Path, dict[str, str]]) -> None:
+    src, sums = tree
+    out = tmp_path / "out.vhd"
+    r = vhdtool("build", out, "--from-dir", src, "--fs", "ntfs", "--table", "mbr", "--label", "WIN")
+    assert r.returncode == 0, r.stderr
+    raw = to_raw(out)
+    assert "type=7" in run(need("sfdisk"), "--dump", raw).stdout
+    part = extract_partition(raw)
+    assert run(need("ntfsfix"), "-n", part).returncode == 0
+    assert run(need("ntfscat"), part, "/etc/app/app.conf").stdout == "config\n"
+    big = subprocess.run([need("ntfscat"), str(part), "/big.bin"], capture_output=True, check=True).stdout
+    assert sha256_of(big) == sums["big.bin"]
+    assert NON_ASCII in run(need("ntfsls"), "-p", "/deep/a/b/c/d/e/f/g", part).stdout
+    assert "zero" in run(need("ntfsls"), part).stdout
+    # links, as the ntfs-3g driver itself presents them
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run(need("ntfs-3g"), "-o", "ro", part, mnt)
+    try:
+        assert os.readlink(mnt / "link") == "etc/app/app.conf"
+        assert os.stat(mnt / "hardlink").st_nlink == 2
+        assert (mnt / "empty").is_dir() and (mnt / "zero").stat().st_size == 0
+    finally:
+        run("umount", mnt)
+
+
 def test_reproducible_builds_are_identical(tmp_path: Path, tree: tuple[Path, dict[str, str]]) -> None:
     src, _ = tree
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}

@@ -21,6 +21,8 @@ def fsck_clean(image: Path, fs: str) -> None:
     if fs == "ext4":
         off, _ = first_partition(raw)
         r = run(need("e2fsck"), "-fn", f"{raw}?offset={off}", check=False)
+    elif fs == "ntfs":
+        r = run(need("ntfsfix"), "-n", extract_partition(raw), check=False)
     else:
         r = run(need("fsck.fat"), "-n", extract_partition(raw), check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -30,7 +32,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(params=["ext4", "vfat"])
+@pytest.fixture(params=["ext4", "vfat", "ntfs"])
 def image(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
     src = tmp_path / "src"
     (src / "etc").mkdir(parents=True)

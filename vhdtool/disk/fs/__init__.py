@@ -5,9 +5,10 @@ from __future__ import annotations
 from vhdtool.disk.fs.base import FsDriver
 from vhdtool.disk.fs.ext import ExtDriver
 from vhdtool.disk.fs.fat import FatDriver
+from vhdtool.disk.fs.ntfs import NtfsDriver
 from vhdtool.errors import UsageError
 
-_DRIVERS: tuple[FsDriver, ...] = (ExtDriver(), FatDriver())
+_DRIVERS: tuple[FsDriver, ...] = (ExtDriver(), FatDriver(), NtfsDriver())
 
 
 def driver_for(fs_type: str) -> FsDriver:
