@@ -226,3 +226,18 @@ def test_bad_requests_are_one_line_usage_errors(env: Path) -> None:
     assert_clean_error(run_vhdtool("snapshot", "merge", "19990101T000000Z-abcd"), 64)
     listed = json.loads(run_vhdtool("snapshot", "hypervisors", "--json").stdout)
     assert {"runner", "libvirt", "simulated"} <= {h["name"] for h in listed}
+
+
+def test_merge_folds_the_layer_back_into_the_disk(env: Path) -> None:
+    doc = json.loads(snapshot(env, 1).stdout)
+    d = doc["guests"][0]["disks"][0]
+    with vhdtool.open(d["active"], writable=True) as layer:
+        layer.pwrite(4096, b"since the snapshot".ljust(512, b"."))
+    done = run_vhdtool("snapshot", "merge", doc["group"], "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"snapshot": d["snapshot"], "layer": d["active"], "action": "merged"}]
+    assert not os.path.exists(d["active"])
+    with vhdtool.open(d["snapshot"]) as disk:  # the disk, at its original path, has everything
+        assert disk.meta.type_name == "dynamic"
+        assert disk.pread(4096, 512) == b"since the snapshot".ljust(512, b".")
+    assert json.loads(run_vhdtool("snapshot", "list", "--json").stdout) == []
