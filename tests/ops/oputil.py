@@ -1,0 +1,57 @@
+"""Helpers for the image-operation tests: data layouts, peer comparisons, digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import vhdtool
+from tests.helpers import need
+from vhdtool.format.rules import MiB
+
+
+def make_raw(path: Path, size: int, writes: list[tuple[int, bytes]]) -> Path:
+    """A sparse raw file of ``size`` bytes with ``writes`` [(offset, data)] in it."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in writes:
+            f.seek(offset)
+            f.write(data)
+    return path
+
+
+def sample_raw(path: Path, size: int = 24 * MiB) -> Path:
+    """Random data, a hole, an explicitly zero-filled region, odd-sized data near the end."""
+    return make_raw(
+        path,
+        size,
+        [
+            (1 * MiB, os.urandom(3 * MiB)),
+            (8 * MiB, bytes(4 * MiB)),  # allocated in the file but all zeros
+            (13 * MiB + 4096, os.urandom(5000)),
+            (size - 1536, os.urandom(1024)),
+        ],
+    )
+
+
+def qemu_compare(a: Path, fmt_a: str, b: Path, fmt_b: str) -> int:
+    """qemu-img compare's exit status: 0 identical, 1 different."""
+    return subprocess.run(
+        [need("qemu-img"), "compare", "-q", "-f", fmt_a, "-F", fmt_b, a, b], capture_output=True
+    ).returncode
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_all(path: Path) -> bytes:
+    """What vhdtool reads from a VHD (its chain included)."""
+    with vhdtool.open(path) as img:
+        return img.pread(0, img.size)
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    return {p.name: digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
