@@ -17,7 +17,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from vhdtool.format.blockdev import BlockDevice, RawFile
+from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
 from vhdtool.ops.datapath import data_runs, is_zero, pieces
 
 GRAIN = 64 << 10
@@ -54,17 +54,18 @@ def extract(source: BlockDevice, track: bool, directory: str | None = None) -> E
             data = source.pread(offset, length)
             if is_zero(data):
                 continue
-            _pwrite_all(fd, offset, data)
-            if digests is not None:
-                view = memoryview(data)
-                # grains are aligned to the volume, so a piece may start mid-grain only at a run edge
-                for at in range(offset - offset % GRAIN, offset + length, GRAIN):
-                    lo, hi = max(at, offset), min(at + GRAIN, offset + length)
-                    if lo == at and hi == at + GRAIN:
-                        digests[at] = _digest(view[lo - offset : hi - offset])
-                    else:
-                        digests.pop(at, None)
-                        digests[at] = b""  # partial grain: always compared by content on write-back
+            view = memoryview(data)
+            # grain by grain, so that zeros inside allocated blocks stay holes in the extract
+            for lo, n in pieces([Extent(offset, length, False)], GRAIN):
+                hi = lo + n
+                grain = view[lo - offset : hi - offset]
+                if is_zero(grain):
+                    continue
+                _pwrite_all(fd, lo, grain)
+                if digests is not None:
+                    whole = lo % GRAIN == 0 and hi - lo == GRAIN
+                    # a grain cut by a run edge is compared by content on write-back instead
+                    digests[lo - lo % GRAIN] = _digest(grain) if whole else b""
     except BaseException:
         os.close(fd)
         os.unlink(path)
@@ -103,7 +104,7 @@ def write_back(ex: Extract) -> int:
     return written
 
 
-def _pwrite_all(fd: int, offset: int, data: bytes) -> None:
+def _pwrite_all(fd: int, offset: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
