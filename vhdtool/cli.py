@@ -208,8 +208,11 @@ def map_command(path: str, fmt: str | None, as_json: bool) -> None:
     if as_json:
         render.print_json([e.as_json() for e in entries])
         return
-    rows = [[hex(e.start), hex(e.length), hex(e.offset), e.file] for e in entries if not e.zero]
-    render.table(["Offset", "Length", "Mapped to", "File"], rows)
+    # qemu-img map's human format: fixed columns, whole paths (a table would truncate them); C's %#x prints 0 as 0
+    print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")
+    for e in entries:
+        if not e.zero:
+            print("".join(f"{n:#x}".ljust(16) if n else "0".ljust(16) for n in (e.start, e.length, e.offset)) + e.file)
 
 
 @cli.command()
