@@ -107,6 +107,12 @@ def test_bad_paths_leave_the_image_untouched(tmp_path: Path, image: tuple[Path, 
     ):
         assert_clean_error(vhdtool(*args))
     assert digest(img) == before
+    too_big = tmp_path / "too_big.bin"
+    too_big.write_bytes(os.urandom(70 * MiB))
+    r = vhdtool("cp", too_big, f"{img}:/")
+    assert_clean_error(r)
+    assert "not enough free space" in r.stderr
+    assert digest(img) == before
     not_an_image = tmp_path / "plain.vhd"
     not_an_image.write_bytes(bytes(MiB))
     assert_clean_error(vhdtool("ls", not_an_image))

@@ -6,6 +6,10 @@ and for writes a read-only fsck must pass before only the changed 64 KiB grains 
 into the top of the image's chain. Bad paths and failing tools therefore never touch the image.
 With ``undo=True`` writes go instead into an undo disk, a differencing child beside the image
 (``IMAGE.undo.vhd``), created on first use and read through by later commands that pass it too.
+
+ext and FAT need neither root nor FUSE. NTFS reads (and copying a single file in) use ntfs-3g's
+tools; making folders, removing and copying trees in go through an ntfs-3g FUSE mount of the
+temporary extract, since ntfs-3g ships no tool for them.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ class ToolError(VhdError):
     """A filesystem tool failed; the message carries its last line of complaint."""
 
 
+class NoSpaceError(UsageError):
+    """The files do not fit in the filesystem."""
+
+
 class FsPathError(VhdError):
     """A path inside the image does not exist or has the wrong type."""
 
@@ -86,8 +90,19 @@ def run_tool(
     except FileNotFoundError:
         raise ToolError(f"{args[0]} is not installed (needed for {what or 'this filesystem'})") from None
     if check and proc.returncode != 0:
-        raise ToolError(f"{what or args[0]} failed: {last_line(proc.stderr) or f'exit {proc.returncode}'}")
+        complaint = last_line(proc.stderr)
+        if is_no_space(complaint):
+            raise NoSpaceError(f"not enough free space in the filesystem ({what or args[0]}: {complaint})")
+        raise ToolError(f"{what or args[0]} failed: {complaint or f'exit {proc.returncode}'}")
     return proc
+
+
+_NO_SPACE = ("could not allocate block", "could not allocate inode", "no space left", "disk full", "no free space")
+
+
+def is_no_space(complaint: str) -> bool:
+    """Whether a tool's complaint means the filesystem is full (each tool words it its own way)."""
+    return any(s in complaint.lower() for s in _NO_SPACE)
 
 
 def last_line(stderr: bytes) -> str:

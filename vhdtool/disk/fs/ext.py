@@ -20,9 +20,11 @@ from vhdtool.disk.fs.base import (
     Entry,
     FsDriver,
     MakeOptions,
+    NoSpaceError,
     ToolError,
     UsageError,
     Volume,
+    is_no_space,
     name_of,
     parent_of,
     run_tool,
@@ -163,6 +165,8 @@ class ExtDriver(FsDriver):
             if ln.strip() and not ln.startswith("debugfs ")
         ]
         if complaints:
+            if any(is_no_space(c) for c in complaints):
+                raise NoSpaceError(f"not enough free space in the filesystem (debugfs: {complaints[0].strip()})")
             raise ToolError(f"debugfs: {complaints[0].strip()}")
         return proc.stdout or b""
 
