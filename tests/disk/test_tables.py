@@ -167,3 +167,25 @@ def test_bad_layouts_are_refused(tmp_path: Path, scheme: str, parts: list[Partit
     with RawFile(path, writable=True) as dev, pytest.raises(UsageError, match=message):
         write_table(dev, scheme, parts, "00000000" if scheme == "mbr" else str(uuid.uuid4()))
     assert path.read_bytes() == bytes(16 * MiB)  # nothing written
+
+
+def test_select_picks_the_first_partition_with_a_filesystem(tmp_path: Path) -> None:
+    from vhdtool.disk.partitions import NoFilesystemError, partition_view, select
+
+    path = sparse_disk(tmp_path)
+    parts = [
+        Partition(1, 1 * MiB, 8 * MiB, GPT_LINUX_FS, uuid=str(uuid.uuid4())),
+        Partition(2, 9 * MiB, 20 * MiB, GPT_LINUX_FS, uuid=str(uuid.uuid4())),
+    ]
+    with RawFile(path, writable=True) as dev:
+        write_table(dev, "gpt", parts, str(uuid.uuid4()))
+    run("mke2fs", "-q", "-t", "ext4", "-E", f"offset={9 * MiB}", str(path), "20M")
+    with RawFile(path) as dev:
+        table = read_table(dev)
+        part, fs = select(dev, table)
+        assert part.number == 2 and fs.type == "ext4" and fs.size == 20 * MiB
+        assert partition_view(dev, part).size == 20 * MiB
+        with pytest.raises(NoFilesystemError, match="partition 1 holds no supported filesystem"):
+            select(dev, table, 1)
+        with pytest.raises(UsageError, match=r"no partition 9 \(partitions: 1, 2\)"):
+            select(dev, table, 9)
