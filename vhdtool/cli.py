@@ -473,7 +473,7 @@ def mkdir_command(target: str, parents: bool, partition: int | None, undo: bool)
     mkdir(target, parents=parents, partition=partition, undo=undo)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})  # so that "-1G" is a SIZE, not an option
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.argument("size")
 @click.option("--force", is_flag=True, help="Shrink even if data is stored past the new end (it is lost).")

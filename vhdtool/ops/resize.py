@@ -155,39 +155,29 @@ def _resize_dynamic(editor: MetadataEditor, image: SparseImage, new: int, fields
 
 
 def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
-    """Make room for ``needed`` BAT entries: move what follows the table to the end of the file."""
-    meta = editor.meta
+    """Make room for ``needed`` BAT entries: move the blocks that follow the table to the end of
+    the file (a dynamic disk has no parent locator data to move)."""
     assert editor.header is not None
     table = int(editor.header.table_offset)
-    old_end = table + round_up(4 * len(image.bat))
+    old_entries = len(image.bat)
     new_end = table + round_up(4 * needed)
     header_at = int(editor.footer.data_offset)
-    if old_end <= header_at < new_end or header_at < new_end <= header_at + HEADER_SIZE:
+    if table < header_at + HEADER_SIZE and header_at < new_end:
         raise UsageError(f"{image.path}: the dynamic header follows the BAT; the table cannot grow in place")
     span = rules.bitmap_bytes(image.block_size) + image.block_size
     in_way = sorted(
         (entry * SECTOR, i) for i, entry in enumerate(image.bat) if entry != UNALLOCATED and entry * SECTOR < new_end
     )
-    locators = [loc for loc in meta.locators if loc.data_offset and old_end <= loc.data_offset < new_end]
     if editor.end < new_end:
         editor.reserve(new_end - editor.end)  # nothing new may land where the table will grow
-    moves: dict[int, int] = {}
-    for start, index in in_way:
-        moves[index] = editor.append(os.pread(editor.fd, span, start)) // SECTOR
-    entries = list(editor.header.parent_locators)
-    for loc in locators:
-        data = os.pread(editor.fd, round_up(max(loc.data_space, loc.data_length)), loc.data_offset)
-        entries[loc.slot] = {**entries[loc.slot], "platform_data_offset": editor.append(data)}
-    editor.sync()  # copies first, then the pointers to them
+    moves = {index: editor.append(os.pread(editor.fd, span, start)) // SECTOR for start, index in in_way}
     if moves:
+        editor.sync()  # the copies first, then the entries pointing at them
         editor.set_bat(moves)
-    if locators:
-        editor.set_header(parent_locators=entries)
-    editor.sync()
-    growth = needed - len(image.bat)
-    pwrite_all(editor.fd, table + 4 * len(image.bat), b"\xff" * (new_end - table - 4 * len(image.bat)))
+        editor.sync()
+    pwrite_all(editor.fd, table + 4 * old_entries, b"\xff" * (new_end - table - 4 * old_entries))
     editor.sync()  # the new entries read 'unallocated' before the header counts them
     editor.set_header(max_table_entries=needed)
-    image.bat.extend([UNALLOCATED] * growth)
+    image.bat.extend([UNALLOCATED] * (needed - old_entries))
     editor.sync()
     return len(moves)

@@ -1,0 +1,112 @@
+"""`vhdtool resize`: grown disks keep their data and read zeros beyond, peers see the new size;
+shrinking refuses to drop data; bad input changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import vhdtool
+from tests.helpers import assert_clean_error, need, patch_footer, qemu_img_size, run, vhdiinfo_size
+from tests.helpers import vhdtool as cli
+from tests.ops.oputil import digest, folder_digests, qemu_compare, read_all
+from vhdtool.format.rules import MiB
+
+
+def _qemu_image(path: Path, size: str, *options: str) -> Path:
+    run(need("qemu-img"), "create", "-q", "-f", "vpc", *options, path, size)
+    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x5a 0 3M", "-c", "write -P 0x11 9M 1M", path)
+    return path
+
+
+def _grown_ok(path: Path, before: bytes, new_size: int) -> None:
+    assert qemu_img_size(path) == vhdiinfo_size(path) == new_size
+    after = read_all(path)
+    assert after[: len(before)] == before and after[len(before) :] == bytes(new_size - len(before))
+    assert cli("check", path).returncode == 0
+    raw = path.with_suffix(".expected.raw")
+    raw.write_bytes(after)
+    assert qemu_compare(raw, "raw", path, "vpc") == 0
+
+
+@pytest.mark.parametrize("options", [["-o", "force_size=on"], ["-o", "force_size=on,subformat=fixed"]])
+def test_grow(tmp_path: Path, options: list[str]) -> None:
+    img = _qemu_image(tmp_path / "d.vhd", "10M", *options)
+    before = read_all(img)
+    result = cli("resize", img, "+20M")
+    assert result.returncode == 0, result.stderr
+    _grown_ok(img, before, 30 * MiB)
+
+
+def test_grow_beyond_the_bat_moves_blocks(tmp_path: Path) -> None:
+    # qemu's BAT for 10M holds 128 entries (one sector); 300M needs 150: the first blocks must move
+    img = _qemu_image(tmp_path / "d.vhd", "10M", "-o", "force_size=on")
+    before = read_all(img)
+    doc = json.loads(cli("resize", "--json", img, "300M").stdout)
+    assert doc["moved-blocks"] >= 1 and doc["new-size"] == 300 * MiB
+    _grown_ok(img, before, 300 * MiB)
+    with vhdtool.open(img, writable=True) as disk:  # the grown table takes new blocks
+        disk.pwrite(290 * MiB, b"new block")
+    assert read_all(img)[290 * MiB : 290 * MiB + 9] == b"new block"
+    assert cli("check", img).returncode == 0
+
+
+def test_grow_vhdtool_made_disk_with_small_blocks(tmp_path: Path) -> None:
+    # 512 KiB blocks: 300M needs 600 entries, the 12 entries' sector holds 128
+    vhdtool.create(tmp_path / "v.vhd", size=6 * MiB, block_size=512 * 1024)
+    with vhdtool.open(tmp_path / "v.vhd", writable=True) as disk:
+        disk.pwrite(0, b"\x77" * MiB)
+    before = read_all(tmp_path / "v.vhd")
+    assert cli("resize", tmp_path / "v.vhd", "300M").returncode == 0
+    _grown_ok(tmp_path / "v.vhd", before, 300 * MiB)
+
+
+@pytest.mark.parametrize("options", [["-o", "force_size=on"], ["-o", "force_size=on,subformat=fixed"]])
+def test_shrink(tmp_path: Path, options: list[str]) -> None:
+    img = _qemu_image(tmp_path / "d.vhd", "12M", *options)
+    before = read_all(img)
+    untouched = digest(img)
+    result = cli("resize", img, "4M")  # data at 9M would be lost
+    assert_clean_error(result)
+    assert "--force" in result.stderr and digest(img) == untouched
+    result = cli("resize", img, "10M")  # only zeros past 10M
+    assert result.returncode == 0 and "filesystem" in result.stderr
+    assert qemu_img_size(img) == 10 * MiB and read_all(img) == before[: 10 * MiB]
+    assert cli("resize", "--force", img, "-7M").returncode == 0
+    assert read_all(img) == before[: 3 * MiB]
+    assert cli("check", img).returncode == 0
+    assert cli("resize", img, "9M").returncode == 0  # what was dropped does not come back
+    assert read_all(img) == before[: 3 * MiB] + bytes(6 * MiB)
+
+
+def test_shrink_reclaims_blocks(tmp_path: Path) -> None:
+    img = _qemu_image(tmp_path / "d.vhd", "12M", "-o", "force_size=on")
+    size = img.stat().st_size
+    assert cli("resize", "--force", img, "4M").returncode == 0
+    assert img.stat().st_size < size - 2 * MiB
+    assert cli("check", img).returncode == 0
+
+
+def test_refusals_change_nothing(tmp_path: Path) -> None:
+    base = _qemu_image(tmp_path / "base.vhd", "10M", "-o", "force_size=on")
+    vhdtool.create(tmp_path / "child.vhd", parent=base)
+    saved = _qemu_image(tmp_path / "saved.vhd", "10M", "-o", "force_size=on")
+    with open(saved, "r+b") as f:  # set the saved-state byte in both footers, fix the checksums
+        for offset in (0, saved.stat().st_size - 512):
+            f.seek(offset + 84)
+            f.write(b"\x01")
+    patch_footer(saved)
+    before = folder_digests(tmp_path)
+    for args in (
+        ["child.vhd", "20M"],
+        ["saved.vhd", "20M"],
+        ["base.vhd", "10M+1"],
+        ["base.vhd", "3000G"],
+        ["base.vhd", "-20M"],
+        ["base.vhd", "lots"],
+        ["missing.vhd", "20M"],
+    ):
+        assert_clean_error(cli("resize", *args, cwd=tmp_path))
+    assert folder_digests(tmp_path) == before
