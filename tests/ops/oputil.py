@@ -10,6 +10,7 @@ from pathlib import Path
 import vhdtool
 from tests.helpers import need
 from vhdtool.format.rules import MiB
+from vhdtool.ops.convert import convert
 
 
 def make_raw(path: Path, size: int, writes: list[tuple[int, bytes]]) -> Path:
@@ -55,3 +56,17 @@ def read_all(path: Path) -> bytes:
 
 def folder_digests(folder: Path) -> dict[str, str]:
     return {p.name: digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def make_chain(folder: Path, depth: int) -> list[Path]:
+    """base.vhd (converted from a raw sample) and ``depth`` children, each with writes of its own."""
+    paths = [folder / "base.vhd"]
+    convert(sample_raw(folder / "src.raw"), paths[0])
+    for level in range(1, depth + 1):
+        paths.append(folder / f"layer{level}.vhd")
+        vhdtool.create(paths[-1], parent=paths[-2])
+        with vhdtool.open(paths[-1], writable=True) as img:
+            img.pwrite(level * MiB + 1000, bytes([level]) * 70000)  # partial sectors, over parent data
+            img.pwrite(9 * MiB + level * 4096, bytes(8192))  # zeros inside the zero-filled region
+            img.pwrite(18 * MiB, bytes([0x40 + level]) * MiB)  # where nobody held data
+    return paths

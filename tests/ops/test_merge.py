@@ -13,24 +13,9 @@ import pytest
 import vhdtool
 from tests.helpers import assert_clean_error
 from tests.helpers import vhdtool as cli
-from tests.ops.oputil import folder_digests, qemu_compare, read_all, sample_raw
-from vhdtool.format.rules import MiB
+from tests.ops.oputil import folder_digests, make_chain, qemu_compare, read_all
 from vhdtool.ops.convert import convert
 from vhdtool.ops.merge import merge
-
-
-def _chain(folder: Path, depth: int) -> list[Path]:
-    """base.vhd (converted from a raw sample) and ``depth`` children, each with writes of its own."""
-    paths = [folder / "base.vhd"]
-    convert(sample_raw(folder / "src.raw"), paths[0])
-    for level in range(1, depth + 1):
-        paths.append(folder / f"layer{level}.vhd")
-        vhdtool.create(paths[-1], parent=paths[-2])
-        with vhdtool.open(paths[-1], writable=True) as img:
-            img.pwrite(level * MiB + 1000, bytes([level]) * 70000)  # partial sectors, over parent data
-            img.pwrite(9 * MiB + level * 4096, bytes(8192))  # zeros inside the zero-filled region
-            img.pwrite(18 * MiB, bytes([0x40 + level]) * MiB)  # where nobody held data
-    return paths
 
 
 def _flattened(top: Path, out: Path) -> Path:
@@ -39,7 +24,7 @@ def _flattened(top: Path, out: Path) -> Path:
 
 
 def test_merge_into_parent(tmp_path: Path) -> None:
-    base, child = _chain(tmp_path, 1)
+    base, child = make_chain(tmp_path, 1)
     expected = _flattened(child, tmp_path / "chain.raw")
     result = cli("merge", "--json", child)
     assert result.returncode == 0, result.stderr
@@ -53,7 +38,7 @@ def test_merge_into_parent(tmp_path: Path) -> None:
 
 
 def test_merge_into_grandparent_and_delete(tmp_path: Path) -> None:
-    base, mid, top = _chain(tmp_path, 2)
+    base, mid, top = make_chain(tmp_path, 2)
     expected = _flattened(top, tmp_path / "chain.raw")
     done = merge(top, into=base, delete_child=True)
     assert [Path(p).name for p in done.merged] == ["layer2.vhd", "layer1.vhd"]
@@ -63,7 +48,7 @@ def test_merge_into_grandparent_and_delete(tmp_path: Path) -> None:
 
 
 def test_stale_intermediate_is_reported(tmp_path: Path) -> None:
-    base, _mid, top = _chain(tmp_path, 2)
+    base, _mid, top = make_chain(tmp_path, 2)
     expected = read_all(top)
     result = cli("merge", "--into", base, top)
     assert result.returncode == 0 and "layer1.vhd" in result.stderr
@@ -71,7 +56,7 @@ def test_stale_intermediate_is_reported(tmp_path: Path) -> None:
 
 
 def test_siblings_stop_the_merge(tmp_path: Path) -> None:
-    base, child = _chain(tmp_path, 1)
+    base, child = make_chain(tmp_path, 1)
     vhdtool.create(tmp_path / "sibling.vhd", parent=base)
     before = folder_digests(tmp_path)
     result = cli("merge", child)
@@ -83,7 +68,7 @@ def test_siblings_stop_the_merge(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_leaves_the_chain_reading_the_same(tmp_path: Path) -> None:
-    base, child = _chain(tmp_path, 1)
+    base, child = make_chain(tmp_path, 1)
     expected = read_all(child)
 
     def interrupt(done: int, total: int) -> None:
@@ -98,7 +83,7 @@ def test_ctrl_c_leaves_the_chain_reading_the_same(tmp_path: Path) -> None:
 
 
 def test_refusals_change_nothing(tmp_path: Path) -> None:
-    _chain(tmp_path, 1)
+    make_chain(tmp_path, 1)
     convert(tmp_path / "src.raw", tmp_path / "other.vhd")
     before = folder_digests(tmp_path)
     for args in (["base.vhd"], ["--into", "other.vhd", "layer1.vhd"], ["--into", "layer1.vhd", "layer1.vhd"],
