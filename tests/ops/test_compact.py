@@ -58,6 +58,17 @@ def test_differencing_blocks_equal_to_the_parent(tmp_path: Path, dynamic: Path) 
     assert cli("check", child).returncode == 0
 
 
+def test_children_keep_a_true_parent_time_stamp(tmp_path: Path, dynamic: Path) -> None:
+    vhdtool.create(tmp_path / "c.vhd", parent=dynamic)  # records the parent's file time
+    st = dynamic.stat()
+    data = dynamic.read_bytes()
+    dynamic.write_bytes(data[:-512] + bytes(3 * MiB) + data[-512:])  # room no BAT entry owns
+    os.utime(dynamic, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert compact(dynamic).reclaimed == 3 * MiB  # the file changes, its content does not
+    check = json.loads(cli("check", "--json", tmp_path / "c.vhd").stdout)
+    assert check["findings"] == [], check
+
+
 def test_leaked_space_is_reclaimed(dynamic: Path) -> None:
     data = dynamic.read_bytes()
     dynamic.write_bytes(data[:-512] + bytes(5 * MiB) + data[-512:])

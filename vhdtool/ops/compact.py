@@ -23,6 +23,7 @@ from vhdtool.format.rewrite import MetadataEditor
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import UNALLOCATED
 from vhdtool.ops.datapath import Meter, ProgressCallback, is_zero
+from vhdtool.ops.editing import file_stamp, restamp_children
 from vhdtool.ops.interrupts import graceful_stop
 from vhdtool.ops.packing import pack
 
@@ -57,6 +58,7 @@ def compact(path: str | os.PathLike[str], progress: ProgressCallback | None = No
     if not meta.is_sparse:
         raise UsageError(f"{path}: is a fixed disk; only dynamic and differencing disks can be compacted")
     refuse_saved_state(path, meta.footer.saved_state, "compact it")
+    before = file_stamp(path)
     image = open_image(path, writable=True)
     try:
         assert isinstance(image, SparseImage)
@@ -69,6 +71,7 @@ def compact(path: str | os.PathLike[str], progress: ProgressCallback | None = No
             packed = pack(editor, image.block_size, interrupted=stop)
     finally:
         image.close_chain()
+    restamp_children(path, [os.path.dirname(os.path.abspath(path))], before)  # same content, new file time
     return Compacted(path, len(droppable), packed.moved_blocks, packed.old_file_size, packed.new_file_size)
 
 

@@ -1,4 +1,5 @@
-"""Opening one image file for an in-place metadata edit: exclusive lock, metadata, editor."""
+"""In-place metadata edits of one image file: exclusive lock, metadata, editor; and keeping the
+parent time stamps of its children true afterwards."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from vhdtool.errors import CorruptImageError, VhdError
+from vhdtool.format import rules
 from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.rewrite import MetadataEditor
+from vhdtool.ops.family import children_by_path
+from vhdtool.ops.interrupts import deferred_interrupts
 
 
 @contextmanager
@@ -37,3 +41,42 @@ def refuse_damaged(meta: ImageMetadata) -> None:
         raise CorruptImageError(f"{meta.path}: the footer is damaged; run 'vhdtool repair' first")
     if not meta.header_checksum_ok:
         raise CorruptImageError(f"{meta.path}: the dynamic header checksum is wrong; run 'vhdtool repair' first")
+
+
+def file_stamp(path: str) -> int:
+    """The file's modification time as a VHD time stamp (what children record of a parent)."""
+    return rules.to_vhd_timestamp(os.stat(path).st_mtime)
+
+
+def restamp_children(parent: str, folders: list[str], stamp_before: int, seen: set[str] | None = None) -> list[str]:
+    """Keep children's parent time stamps true after ``parent``'s file was edited without its
+    content changing (a header or footer rewrite).
+
+    The differencing disks in ``folders`` that point at ``parent`` and recorded its old time
+    (``stamp_before``) get its new one; their own files change with it, so the same goes on down.
+    A child that already recorded another time keeps it: that warning was not ours to clear.
+    """
+    seen = seen if seen is not None else {os.path.realpath(parent)}
+    parent_uuid = read_metadata(parent).uuid
+    stamp = file_stamp(parent)
+    done: list[str] = []
+    for kid in children_by_path(parent, folders):
+        if os.path.realpath(kid) in seen:
+            continue
+        seen.add(os.path.realpath(kid))
+        kid_before = file_stamp(kid)
+        try:
+            with edit_image(kid) as editor:
+                header = editor.header
+                if editor.meta.parent_uuid != parent_uuid or header is None:
+                    continue
+                if int(header.parent_timestamp) != stamp_before:
+                    continue
+                with deferred_interrupts():
+                    editor.set_header(parent_timestamp=stamp)
+                    editor.sync()
+        except VhdError:  # damaged or in use: it keeps its time stamp (and its warning)
+            continue
+        done.append(kid)
+        done += restamp_children(kid, folders, kid_before, seen)
+    return done

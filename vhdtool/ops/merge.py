@@ -21,16 +21,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vhdtool.errors import UsageError
-from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, merge_extents
 from vhdtool.format.chain import open_image
 from vhdtool.format.layers import open_over
-from vhdtool.format.lock import lock_image
-from vhdtool.format.metadata import read_metadata
-from vhdtool.format.rewrite import MetadataEditor
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 from vhdtool.ops.datapath import Meter, ProgressCallback, is_zero, pieces, read_grid
+from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.family import children_of
 from vhdtool.ops.interrupts import deferred_interrupts, graceful_stop
 
@@ -150,13 +147,10 @@ def _copy_down(plan: _Plan, progress: ProgressCallback | None) -> int:
 
 
 def _restamp(child: str, parent: str) -> None:
-    """The kept child names its parent's new modification time, so opening it does not warn."""
-    fd = os.open(child, os.O_RDWR)
-    try:
-        lock_image(fd, child, exclusive=True)
-        editor = MetadataEditor(fd, read_metadata(child, fd))
-        with deferred_interrupts():
-            editor.set_header(parent_timestamp=rules.to_vhd_timestamp(os.stat(parent).st_mtime))
-            editor.sync()
-    finally:
-        os.close(fd)
+    """The kept child names its parent's new modification time, so opening it does not warn (and
+    so on down to the child's own children, whose parent file changed with it)."""
+    before = file_stamp(child)
+    with edit_image(child) as editor, deferred_interrupts():
+        editor.set_header(parent_timestamp=file_stamp(parent))
+        editor.sync()
+    restamp_children(child, [os.path.dirname(os.path.abspath(child))], before)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vhdtool.errors import ParentError, UsageError
-from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, Extent
 from vhdtool.format.chain import open_image
 from vhdtool.format.image import ImageBase
@@ -28,7 +27,7 @@ from vhdtool.format.metadata import read_metadata
 from vhdtool.format.parentlink import point_at_parent
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 from vhdtool.ops.datapath import Meter, ProgressCallback, data_runs, pieces, read_grid, union_runs
-from vhdtool.ops.editing import edit_image
+from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts, graceful_stop
 
 GRAIN = 64 * 1024
@@ -58,6 +57,7 @@ def rebase(
     meta = read_metadata(child)
     if meta.disk_type != DISK_TYPE_DIFFERENCING:
         raise UsageError(f"{child}: is a {meta.type_name} disk, not a differencing disk")
+    before = file_stamp(child)
     with open_image(parent) as new_parent:  # validates the new parent's whole chain
         for image in new_parent.chain():
             if os.path.samefile(image.path, child) or image.meta.uuid == meta.uuid:
@@ -65,8 +65,8 @@ def rebase(
         parent_uuid = bytes(new_parent.meta.footer.unique_id)
         copied = 0 if unsafe else _copy_differences(child, new_parent, progress)
     with edit_image(child) as editor, deferred_interrupts():
-        stamp = rules.to_vhd_timestamp(os.stat(parent).st_mtime)
-        point_at_parent(editor, child, parent, parent_uuid, stamp)
+        point_at_parent(editor, child, parent, parent_uuid, file_stamp(parent))
+    restamp_children(child, [os.path.dirname(os.path.abspath(child))], before)
     return Rebased(child, parent, unsafe, copied)
 
 

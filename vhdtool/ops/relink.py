@@ -3,7 +3,8 @@
 Each differencing disk of the chain (from CHILD down) gets its parent found again: the given
 ``parent`` for the child, else through its locators, else by UUID among the VHDs in its own
 folder. Then its header gets a relative and an absolute locator to that file and the parent
-name (the UUID and time stamp are kept: the parent is the same disk). Every parent is found
+name (the UUID is kept: the parent is the same disk; so is the time stamp, unless it was the
+parent file's time, which then follows the parent's own relink). Every parent is found
 before anything is written, so a chain with a missing link is refused unchanged.
 
 Crash safety: per disk, the new locator data is written past the end of the file and then the
@@ -22,7 +23,7 @@ from vhdtool.format.chain import find_parent
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.parentlink import point_at_parent
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
-from vhdtool.ops.editing import edit_image
+from vhdtool.ops.editing import edit_image, file_stamp
 from vhdtool.ops.family import find_by_uuid
 from vhdtool.ops.interrupts import deferred_interrupts
 
@@ -54,11 +55,17 @@ def relink(child: str | os.PathLike[str], parent: str | os.PathLike[str] | None 
         seen.add(os.path.realpath(found))
         given = None
         meta = read_metadata(found)
-    for path, found in links:
+    # deepest first: a disk's own edit changes its file time, which its child then records (when the
+    # child recorded the time the file had before; any other time is kept, and so is its warning)
+    before = {found: file_stamp(found) for _, found in links}
+    for path, found in reversed(links):
         with edit_image(path) as editor, deferred_interrupts():
             header = editor.header
             assert header is not None
-            point_at_parent(editor, path, found, bytes(header.parent_unique_id), int(header.parent_timestamp))
+            stamp = int(header.parent_timestamp)
+            if stamp == before[found]:
+                stamp = file_stamp(found)
+            point_at_parent(editor, path, found, bytes(header.parent_unique_id), stamp)
     return Relinked(links)
 
 

@@ -40,7 +40,7 @@ from vhdtool.format.structs import (
     build_header,
 )
 from vhdtool.ops.check import CORRUPTION, LEAK, CheckReport, check_image
-from vhdtool.ops.editing import edit_image
+from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts
 from vhdtool.ops.packing import metadata_ranges, pack
 
@@ -77,6 +77,7 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
     report = check_image(path)
     if not _needs_repair(report):
         return result
+    before = file_stamp(path)
     with edit_image(path, damaged_ok=True) as editor:
         result.backup = None if dry_run else write_backup(path, editor)
         with deferred_interrupts():
@@ -87,6 +88,7 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
             if not result.unrepaired:  # blocks are only judged against trustworthy structures
                 editor = MetadataEditor(editor.fd, read_metadata(path, editor.fd))
                 _fix_blocks(editor, check_image(path), result)
+    restamp_children(path, [os.path.dirname(os.path.abspath(path))], before)
     final = check_image(path)
     result.unrepaired = [f.message for f in final.findings if f.severity in (CORRUPTION, LEAK)]
     return result

@@ -21,7 +21,7 @@ from typing import Any
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.metadata import read_metadata
-from vhdtool.ops.editing import edit_image
+from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.family import children_by_path, children_of
 from vhdtool.ops.interrupts import deferred_interrupts
 
@@ -66,6 +66,7 @@ def reset_id(
     # by UUID, and by where they point: a run interrupted after the footer finds its children again
     kids = _merge(children_of(old, folders, [path]), children_by_path(path, folders, [path])) if folders else []
     beside = [] if folders else children_of(old, [os.path.dirname(os.path.abspath(path))], exclude=[path])
+    kid_stamps = {kid: file_stamp(kid) for kid in kids}
     with contextlib.ExitStack() as stack:
         editor = stack.enter_context(edit_image(path))
         kid_editors = [stack.enter_context(edit_image(kid)) for kid in kids]  # all locked before any write
@@ -77,6 +78,8 @@ def reset_id(
             for kid in kid_editors:
                 kid.set_header(parent_unique_id=new.bytes, parent_timestamp=stamp)
                 kid.sync()
+    for kid in kids:
+        restamp_children(kid, folders, kid_stamps[kid])
     return IdReset(path, str(old), str(new), kids, beside)
 
 
