@@ -11,6 +11,7 @@ import pytest
 
 import vhdtool
 from tests.helpers import need, run
+from vhdtool.errors import LockedError
 from vhdtool.nbd import NbdServer, ServerThread
 from vhdtool.vss import control
 from vhdtool.vss.plugin import HypervisorError
@@ -68,6 +69,10 @@ def test_switch_then_roll_back(served: Served, tmp_path: Path) -> None:
     served.write(0xBB)
     assert first_bytes(served.top) == b"\xaa" * 4096  # the point in time
     served.reads(0xBB)  # the guest's view: the new layer over it
+    with vhdtool.open(layer) as chain:  # the old top is held as a parent (shared): others can read
+        assert chain.pread(0, 4096) == b"\xbb" * 4096
+    with pytest.raises(LockedError):  # but nobody may write the point in time
+        vhdtool.open(served.top, writable=True)
     served.ask(op="switch", export="vda", layer=str(layer))  # idempotent
     served.ask(op="switch", export="vda", layer=str(served.top))  # roll back
     assert served.ask(op="layers")["layers"] == {"vda": str(served.top)}

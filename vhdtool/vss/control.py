@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import uuid
 from typing import Any
 
-from vhdtool.errors import ParentError, UsageError, VhdError
+from vhdtool.errors import LockedError, ParentError, UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import read_metadata
@@ -57,6 +58,18 @@ def open_child_for_writing(path: str, parent: BlockDevice) -> SparseImage:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _relock(device: BlockDevice, exclusive: bool) -> None:
+    """Turn the flock a device holds on its file into a shared or an exclusive one (flock
+    converts in place on the same open file)."""
+    fileno = getattr(device, "fileno", None)
+    if fileno is None:
+        return
+    try:
+        fcntl.flock(fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LockedError(f"{device.path}: another process holds the point-in-time image open") from None
 
 
 class LayerControl:
@@ -132,8 +145,10 @@ class LayerControl:
             return  # already there: switching is idempotent
         loop = asyncio.get_running_loop()
         if below and os.path.realpath(layer) == os.path.realpath(below[-1].path):
-            previous = below.pop()
+            previous = below[-1]
+            _relock(previous, exclusive=True)  # a writer again
             child = await self.server.switch_write_layer(name, previous)
+            below.pop()
             await loop.run_in_executor(None, child.close)  # the child only: its parent writes again
             return
         child = await loop.run_in_executor(None, open_child_for_writing, layer, current)
@@ -143,6 +158,10 @@ class LayerControl:
             child.close()
             raise
         below.append(current)
+        # the old top is a parent now: hold it with a shared lock, as every parent is held, so
+        # that other processes can open the chain (the next snapshot's create, a backup reading
+        # the new layer) while nobody may write the point-in-time image
+        _relock(current, exclusive=False)
 
 
 def call(path: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
