@@ -652,6 +652,104 @@ def reset_id(path: str, children: tuple[str, ...], new_uuid: str | None, as_json
         render.warning(f"{kid} refers to the old UUID; run reset-id with --children to update it")
 
 
+@cli.command(name="run")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--kernel", type=click.Path(dir_okay=False), help="Boot this kernel directly (images: /dev/vda, ...).")
+@click.option("--initrd", type=click.Path(dir_okay=False), help="Initramfs for --kernel.")
+@click.option("--append", help="Kernel command line (default: console=ttyS0 root=/dev/vda rw panic=-1).")
+@click.option("--memory", "-m", default="512M", show_default=True, help="Guest memory (512M, 2G; bare number: MiB).")
+@click.option("--cpus", type=int, default=1, show_default=True, help="Virtual CPUs.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="auto: KVM only with real hardware virtualisation, else TCG.")  # fmt: skip
+@click.option("--snapshot", is_flag=True, help="Throw the guest's writes away at exit: the images stay as they are.")
+@click.option("--expect", metavar="REGEX", help="Exit 0 once the console matches; 1 if the guest stops first.")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Stop the guest after this long and exit 1.")
+@click.option("--console", is_flag=True, help="Interactive serial console (Ctrl-] stops); default: output only.")
+@click.option("--net", type=click.Choice(["none", "user"]), default="none", show_default=True, help="Guest network.")
+@click.option("--qmp", type=click.Path(dir_okay=False), metavar="SOCKET", help="Put the QMP socket at this path.")
+@click.option("--agent", is_flag=True, help="Add a virtio-serial channel for the QEMU guest agent.")
+@click.option("--name", help="Guest name (default: the first image's file stem, made unique).")
+def run_command(
+    images: tuple[str, ...],
+    kernel: str | None,
+    initrd: str | None,
+    append: str | None,
+    memory: str,
+    cpus: int,
+    accel: str,
+    snapshot: bool,
+    expect: str | None,
+    timeout: float | None,
+    console: bool,
+    net: str,
+    qmp: str | None,
+    agent: bool,
+    name: str | None,
+) -> None:
+    """Boot IMAGES under QEMU (q35, virtio disks served by vhdtool's NBD server), until the guest stops.
+
+    Without --kernel the first image boots through its own bootloader (BIOS); with it, the
+    kernel boots directly with the images as /dev/vda, /dev/vdb, ... The serial console is
+    streamed to standard output. Ctrl-C or SIGTERM stops the guest and flushes the images.
+    Each running guest is listed by `vhdtool ps`.
+
+    Exit codes: 0 the guest stopped by itself or --expect matched; 1 no match before the guest
+    stopped or --timeout passed, or QEMU failed; 64 bad input; 130/143 stopped by SIGINT/SIGTERM.
+    """
+    from vhdtool.run.runner import RunOptions, run
+
+    options = RunOptions(
+        images=list(images),
+        kernel=kernel,
+        initrd=initrd,
+        append=append,
+        memory=memory,
+        cpus=cpus,
+        accel=accel,
+        snapshot=snapshot,
+        expect=expect,
+        timeout=timeout,
+        console=console,
+        net=net,
+        qmp=qmp,
+        agent=agent,
+        name=name,
+    )
+    sys.exit(run(options))
+
+
+@cli.command(name="ps")
+@_JSON
+def ps_command(as_json: bool) -> None:
+    """List the guests `vhdtool run` is running: name, pid, accelerator, uptime, sockets, disks."""
+    from vhdtool.run.listing import running_guests
+
+    guests = running_guests()
+    if as_json:
+        render.print_json(guests)
+        return
+    if not guests:
+        from vhdtool.run.state import state_dir
+
+        print(f"no running guests in {state_dir()}", file=sys.stderr)
+        return
+    render.table(
+        ["name", "pid", "accel", "up", "disks", "QMP", "agent"],
+        [
+            [
+                g["name"],
+                str(g["pid"]),
+                g["accel"],
+                f"{g['uptime']:.0f}s",
+                "\n".join(f"{d['id']}: {d['active']}" for d in g["disks"]),
+                g["qmp"],
+                g["agent"] or "-",
+            ]
+            for g in guests
+        ],
+    )
+
+
 def main() -> None:
     """Console entry point: VhdError becomes one line and an exit code, never a traceback."""
     try:
