@@ -13,6 +13,7 @@ connection is closed — by exit or by ``kill -9``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import threading
@@ -60,14 +61,20 @@ class Entry:
     """Export name -> the image the runner was started with."""
 
 
-def _alive(pid: int) -> bool:
+def _alive(state_dir: str, name: str) -> bool:
+    """Whether the runner of ``name`` lives: it holds ``NAME.lock`` with an exclusive flock for
+    its whole life (see vhdtool.run.state); a lock we can take means a stale entry."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(os.path.join(state_dir, f"{name}.lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)  # closing drops a lock we may have taken
+    return False
 
 
 def _read_entry(path: str) -> Entry | None:
@@ -105,18 +112,19 @@ class RunnerHypervisor(Hypervisor):
         return None
 
     def _entries(self) -> dict[str, Entry]:
+        """The live guests' entries (``NAME.json`` beside ``NAME.lock``, as vhdtool.run.state
+        writes them); stale ones are skipped and left to ``vhdtool ps``/``run`` to clean."""
         try:
             names = sorted(os.listdir(self.state_dir))
         except FileNotFoundError:
             return {}
         found = {}
         for name in names:
-            path = os.path.join(self.state_dir, name)
-            candidates = [path] if name.endswith(".json") else [os.path.join(path, "guest.json")]
-            for candidate in candidates:
-                entry = _read_entry(candidate)
-                if entry is not None and _alive(entry.pid):
-                    found[entry.name] = entry
+            if not name.endswith(".json"):
+                continue
+            entry = _read_entry(os.path.join(self.state_dir, name))
+            if entry is not None and _alive(self.state_dir, entry.name):
+                found[entry.name] = entry
         return found
 
     def _entry(self, guest: str) -> Entry:
