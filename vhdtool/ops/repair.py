@@ -5,16 +5,19 @@ Two passes, each driven by ``check_image``'s findings (repair does not validate 
 1. the structures everything else is found through: a damaged or missing trailing footer is
    restored from the copy at offset 0 (or its checksum recomputed when its fields are the only
    copy), the copy at offset 0 is rewritten from the trailing footer, the dynamic header's
-   checksum is recomputed when its fields are sane, the reserved feature bit is set;
-2. checked again against the restored footer: BAT entries pointing past the end of the file, at
-   metadata or into another block are cleared (those blocks read as zeros, or as the parent
-   reads); a lost parent is found again by UUID beside the child and the locators rewritten;
-   leaked space is reclaimed by packing the blocks (``packing``).
+   checksum is recomputed when its fields are sane, the reserved feature bit is set, a fixed
+   disk whose file ends early gets its footer at the end of the disk;
+2. checked again against the restored footer: BAT entries pointing past the end of the file or
+   at metadata are cleared, then (checked again) those still overlapping another block (the
+   cleared blocks read as zeros, or as the parent reads); a lost parent (or one named by no
+   relative locator) is found again by UUID beside the child and the locators rewritten; leaked
+   space is reclaimed by packing the blocks (``packing``).
 
-Before the first write, every metadata range (both footers, header, BAT, locator data) is saved
-to ``PATH.repair-backup`` (``.2``, ``.3``... if that exists): a line of JSON describing the ranges,
-then their bytes. Crash safety: in-place writes in the order above, each leaving a readable image;
-Ctrl-C is held back until the repair is done.
+Left alone, and reported: a block size or BAT that cannot describe the disk, an unaligned size, a
+parent that is not found. Before the first write, every metadata range (both footers, header,
+BAT, locator data) is saved to ``PATH.repair-backup`` (``.2``, ``.3``... if that exists): a line
+naming the format, a line of JSON describing the ranges, then their bytes. Crash safety: in-place
+writes in the order above, each leaving a readable image; Ctrl-C is held back until the end.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
                 return result
             if not result.unrepaired:  # blocks are only judged against trustworthy structures
                 editor = MetadataEditor(editor.fd, read_metadata(path, editor.fd))
-                _fix_blocks(editor, check_image(path), result)
+                _fix_blocks(editor, path, result)
     restamp_children(path, [os.path.dirname(os.path.abspath(path))], before)
     final = check_image(path)
     result.unrepaired = [f.message for f in final.findings if f.severity in (CORRUPTION, LEAK)]
@@ -95,7 +98,8 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
 
 
 def _needs_repair(report: CheckReport) -> bool:
-    return report.exit_code != 0 or any(f.code == "footer-features" for f in report.findings)
+    """Corruption or leaks; or one of the warnings repair fixes (reserved bit, no relative locator)."""
+    return report.exit_code != 0 or any(f.code in ("footer-features", "parent-no-relative") for f in report.findings)
 
 
 # -- pass 1: footers and header -----------------------------------------------------------------
@@ -118,6 +122,8 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
         if not dry_run:
             pwrite_all(editor.fd, at, build_footer(footer))
             editor.sync()
+    if "fixed-truncated" in codes:
+        _move_fixed_footer(editor, footer, result, dry_run)
     copy_codes = {"footer-copy-missing", "footer-copy-checksum", "footer-copy-differs", "footer-features"}
     if meta.is_sparse and (codes & copy_codes or (meta.footer_source != "copy" and rewrite_trailing)):
         result.actions.append("rewrote the footer copy at offset 0 from the footer")
@@ -133,6 +139,19 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
             if not dry_run:
                 pwrite_all(editor.fd, int(footer.data_offset), build_header(meta.header))
                 editor.sync()
+
+
+def _move_fixed_footer(editor: MetadataEditor, footer: Container, result: Repaired, dry_run: bool) -> None:
+    """A fixed disk's file ends before the disk does: the footer goes to the end of the disk (the
+    missing part then reads as zeros), and its old place, now disk space, is zeroed."""
+    old, size = editor.meta.footer_offset, editor.meta.virtual_size
+    result.actions.append(f"moved the footer from offset {old} to {size}: the missing end of the disk reads as zeros")
+    if dry_run:
+        return
+    pwrite_all(editor.fd, size, build_footer(footer))
+    editor.sync()
+    pwrite_all(editor.fd, old, bytes(min(FOOTER_SIZE, size - old)))
+    editor.sync()
 
 
 def _trailing_position(meta: ImageMetadata) -> int:
@@ -167,25 +186,33 @@ def _header_problem(meta: ImageMetadata) -> str | None:
 # -- pass 2: BAT, parent, leaks -----------------------------------------------------------------
 
 
-def _fix_blocks(editor: MetadataEditor, report: CheckReport, result: Repaired) -> None:
+RELINK_CODES = ("parent", "parent-no-locator", "parent-no-relative")
+REASONS = {
+    "bat-outside": "past the end of the file",
+    "bat-overlap-metadata": "at metadata",
+    "bat-overlap": "into another block",
+}
+
+
+def _fix_blocks(editor: MetadataEditor, path: str, result: Repaired) -> None:
     meta = editor.meta
-    bad = {
-        f.block: f.code
-        for f in report.findings
-        if f.code in ("bat-outside", "bat-overlap", "bat-overlap-metadata") and f.block is not None
-    }
-    if bad:
+    report = check_image(path)
+    cleared = False
+    # entries pointing outside or at metadata first: an overlap with one of those is its fault alone
+    for codes in (("bat-outside", "bat-overlap-metadata"), ("bat-overlap",)):
+        bad = {f.block: f.code for f in report.findings if f.code in codes and f.block is not None}
+        if not bad:
+            continue
         editor.set_bat(dict.fromkeys(bad, UNALLOCATED))
         editor.sync()
+        cleared = True
         what = "from the parent" if meta.parent_uuid else "as zeros"
         for block, code in sorted(bad.items()):
-            reason = {"bat-outside": "past the end of the file", "bat-overlap": "into another block"}.get(
-                code, "at metadata"
-            )
-            result.actions.append(f"cleared BAT entry {block} (pointed {reason}); its range now reads {what}")
-    if any(f.code == "parent" for f in report.findings):
+            result.actions.append(f"cleared BAT entry {block} (pointed {REASONS[code]}); its range now reads {what}")
+        report = check_image(path)
+    if any(f.code in RELINK_CODES for f in report.findings):
         _relink(editor, result)
-    if bad or (meta.is_sparse and any(f.severity == LEAK for f in report.findings)):
+    if cleared or any(f.severity == LEAK for f in report.findings):
         packed = pack(editor, meta.block_size)
         reclaimed = packed.old_file_size - packed.new_file_size
         result.actions.append(f"reclaimed {reclaimed} bytes of leaked space ({packed.moved_blocks} block(s) moved)")

@@ -1,0 +1,198 @@
+"""`vhdtool repair` on images damaged in each way `check` detects: check is clean afterwards,
+the content is kept (or, for a cleared block, only that block changes), the metadata is backed up."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import vhdtool
+from tests.helpers import assert_clean_error, bat_entry_offset, need, patch_footer, patch_header, run
+from tests.helpers import vhdtool as cli
+from tests.ops.oputil import digest, folder_digests, qemu_compare, read_all
+from vhdtool.format.rules import MiB
+from vhdtool.format.structs import vhd_checksum
+from vhdtool.ops.repair import BACKUP_MAGIC
+
+BLOCK = 2 * MiB
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    img = tmp_path / "q.vhd"
+    run(need("qemu-img"), "create", "-q", "-f", "vpc", img, "64M")
+    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x5a 1M 5M", "-c", "write -P 0xa5 40M 512", img)
+    return img
+
+
+def _bat(img: Path, index: int) -> int:
+    with open(img, "rb") as f:
+        f.seek(bat_entry_offset(img, index))
+        return struct.unpack(">I", f.read(4))[0]
+
+
+def _set_bat(img: Path, index: int, value: int) -> None:
+    with open(img, "r+b") as f:
+        f.seek(bat_entry_offset(img, index))
+        f.write(struct.pack(">I", value))
+
+
+def _poke(img: Path, offset: int, data: bytes, fix_checksum_at: int | None = None) -> None:
+    """Overwrite bytes of the 512-byte footer at ``offset`` (negative: from the end)."""
+    with open(img, "r+b") as f:
+        f.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+        start = f.tell()
+        raw = bytearray(f.read(512))
+        raw[: len(data)] = data if len(data) == 512 else raw[: len(data)]
+        if len(data) != 512:
+            raw[100 : 100 + len(data)] = data  # reserved area: only the checksum notices
+        if fix_checksum_at is not None:
+            raw[64:68] = vhd_checksum(raw, 64).to_bytes(4, "big")
+        f.seek(start)
+        f.write(raw)
+
+
+def _copy_differs(img: Path) -> None:
+    with open(img, "r+b") as f:
+        raw = bytearray(f.read(512))
+        raw[24] ^= 1  # the copy's time stamp
+        raw[64:68] = vhd_checksum(raw, 64).to_bytes(4, "big")
+        f.seek(0)
+        f.write(raw)
+
+
+def _leak(img: Path) -> None:
+    data = img.read_bytes()
+    img.write_bytes(data[:-512] + bytes(BLOCK + 512) + data[-512:])
+
+
+def _no_reserved_bit(img: Path) -> None:
+    with open(img, "r+b") as f:
+        for offset in (0, img.stat().st_size - 512):
+            f.seek(offset + 8)
+            f.write(b"\0\0\0\0")
+    patch_footer(img)
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], set[str]]] = {
+    "trailing-destroyed": (lambda p: _poke(p, -512, os.urandom(512)), {"footer-missing"}),
+    "trailing-checksum": (lambda p: _poke(p, -512, b"junk"), {"footer-checksum"}),
+    "copy-destroyed": (lambda p: _poke(p, 0, bytes(512)), {"footer-copy-missing"}),
+    "copy-checksum": (lambda p: _poke(p, 0, b"junk"), {"footer-copy-checksum"}),
+    "copy-differs": (_copy_differs, {"footer-copy-differs"}),
+    "header-checksum": (lambda p: patch_header(p, 600, b"junk", fix_checksum=False), {"header-checksum"}),
+    "reserved-bit": (_no_reserved_bit, {"footer-features"}),
+    "bat-outside": (lambda p: _set_bat(p, 30, 0x7FFFFFF0), {"bat-outside"}),
+    "bat-over-metadata": (lambda p: _set_bat(p, 3, 1), {"bat-overlap-metadata"}),
+    "leak": (_leak, {"leak"}),
+}
+
+
+def _codes(img: Path) -> set[str]:
+    return {f["code"] for f in json.loads(cli("check", "--json", img).stdout)["findings"]}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_repair_each_damage(tmp_path: Path, image: Path, damage: str) -> None:
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(read_all(image))
+    hurt, codes = DAMAGE[damage]
+    hurt(image)
+    assert codes <= _codes(image)
+    damaged = image.read_bytes()
+    result = cli("repair", image)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout.strip()
+    assert cli("check", image).returncode == 0 and _codes(image) == set()
+    assert qemu_compare(expected, "raw", image, "vpc") == 0
+    backup = Path(f"{image}.repair-backup")
+    head, _, body = backup.read_bytes().partition(b"\n" + b"{")
+    doc = json.loads(b"{" + body.split(b"\n", 1)[0])
+    assert head + b"\n" == BACKUP_MAGIC and doc["file-size"] == len(damaged)
+    blob = body.split(b"\n", 1)[1]
+    for offset, length in doc["ranges"]:  # the backup holds the damaged metadata as it was
+        assert blob[:length] == damaged[offset : offset + length]
+        blob = blob[length:]
+
+
+def test_overlapping_blocks(tmp_path: Path, image: Path) -> None:
+    before = read_all(image)
+    _set_bat(image, 1, _bat(image, 0) + 8)
+    assert "bat-overlap" in _codes(image)
+    assert cli("repair", image).returncode == 0
+    assert _codes(image) == set()
+    after = read_all(image)
+    assert after[BLOCK : 2 * BLOCK] == bytes(BLOCK)  # the cleared block reads zeros, the rest is kept
+    assert after[:BLOCK] == before[:BLOCK] and after[2 * BLOCK :] == before[2 * BLOCK :]
+
+
+def test_fixed_footer_checksum(tmp_path: Path) -> None:
+    img = tmp_path / "f.vhd"
+    run(need("qemu-img"), "create", "-q", "-f", "vpc", "-o", "subformat=fixed", img, "8M")
+    _poke(img, -512, b"junk")
+    assert _codes(img) == {"footer-checksum"}
+    assert cli("repair", img).returncode == 0 and _codes(img) == set()
+
+
+def test_lost_parent_is_found_by_uuid(tmp_path: Path, image: Path) -> None:
+    child = tmp_path / "c.vhd"
+    vhdtool.create(child, parent=image)
+    expected = read_all(child)
+    image.rename(tmp_path / "renamed.vhd")
+    assert "parent" in _codes(child)
+    result = cli("repair", child)
+    assert result.returncode == 0, result.stderr
+    assert read_all(child) == expected and _codes(child) == set()
+
+
+def test_unrepairable_parent_exits_2(tmp_path: Path, image: Path) -> None:
+    child = tmp_path / "c.vhd"
+    vhdtool.create(child, parent=image)
+    vhdtool.create(image, size=4 * MiB, overwrite=True)  # another disk under the parent's name
+    result = cli("repair", child)
+    assert result.returncode == 2 and "not repaired" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_clean_image_and_dry_run_change_nothing(tmp_path: Path, image: Path) -> None:
+    before = folder_digests(tmp_path)
+    result = cli("repair", image)
+    assert result.returncode == 0 and "nothing to repair" in result.stdout
+    assert folder_digests(tmp_path) == before
+    _poke(image, 0, b"junk")
+    before = folder_digests(tmp_path)
+    result = cli("repair", "--dry-run", image)
+    assert result.returncode == 0 and "would: rewrote the footer copy" in result.stdout
+    assert folder_digests(tmp_path) == before
+
+
+def test_not_a_vhd(tmp_path: Path) -> None:
+    (tmp_path / "x.raw").write_bytes(os.urandom(8192))
+    digest_before = digest(tmp_path / "x.raw")
+    assert_clean_error(cli("repair", tmp_path / "x.raw"))
+    assert digest(tmp_path / "x.raw") == digest_before and not (tmp_path / "x.raw.repair-backup").exists()
+
+
+def test_fixed_disk_cut_short(tmp_path: Path) -> None:
+    img = tmp_path / "f.vhd"
+    run(need("qemu-img"), "create", "-q", "-f", "vpc", "-o", "subformat=fixed,force_size=on", img, "8M")
+    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x33 0 5M", img)
+    data = img.read_bytes()
+    img.write_bytes(data[: 6 * MiB] + data[-512:])  # the last 2 MiB of the disk are gone
+    assert "fixed-truncated" in _codes(img)
+    assert cli("repair", img).returncode == 0 and _codes(img) == set()
+    assert read_all(img) == data[: 5 * MiB] + bytes(3 * MiB)
+
+
+def test_child_naming_no_parent(tmp_path: Path, image: Path) -> None:
+    child = tmp_path / "c.vhd"
+    vhdtool.create(child, parent=image)
+    expected = read_all(child)
+    patch_header(child, 64, bytes(512 + 8 * 24))  # no parent name, no locators
+    assert "parent-no-locator" in _codes(child)
+    assert cli("repair", child).returncode == 0
+    assert _codes(child) == set() and read_all(child) == expected
