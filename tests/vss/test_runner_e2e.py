@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import vhdtool
 from tests.helpers import need
 from tests.vss.guest import VHDTOOL, RunningGuest, booted_guest, runner_available
 from vhdtool.vss.plugin import FreezeState, RunState
@@ -110,6 +111,9 @@ def test_quiesced_snapshot_is_a_clean_point_in_time(guest: RunningGuest, tmp_pat
     run, freeze, active = guest_state(guest)
     assert (run, freeze) == (RunState.RUNNING, FreezeState.THAWED)
     assert active == {d["id"]: d["active"]}  # the guest writes into the new layer
+    with vhdtool.open(d["active"]) as chain:  # readable while in use, and no stale-parent warning
+        assert chain.all_warnings() == []
+        assert os.path.samefile(chain.parent.path, d["snapshot"])
 
 
 def test_freeze_past_its_deadline_thaws_and_leaves_no_layer(guest: RunningGuest) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.vss import catalogue
-from vhdtool.vss.layers import check_space, new_group_id, remove_layer
+from vhdtool.vss.layers import check_space, new_group_id, remove_layer, settle_parent_time
 from vhdtool.vss.parallel import Batch, run_all
 from vhdtool.vss.plugin import Disk, Hypervisor, HypervisorError
 from vhdtool.vss.report import DiskResult, GuestResult, Report
@@ -280,6 +280,9 @@ class _Group:
         thawed = run_all(list(self.members), self._release_one, self.opts.thaw_timeout)
         self.report.freeze_window_ms = round((thawed.last_finish() - self.first_freeze) * 1000)
         stuck = {**{n: str(e) for n, e in thawed.failures().items()}, **dict.fromkeys(thawed.unfinished(), "no answer")}
+        for m in self.members.values():
+            for layer in m.layers.values():
+                settle_parent_time(layer)
         self._record(self.report, catalogue.COMPLETE)
         if stuck:
             self._hand_over(stuck)

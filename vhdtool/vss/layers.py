@@ -96,3 +96,33 @@ def remove_layer(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def settle_parent_time(layer: str) -> None:
+    """Give the point-in-time image the modification time its new layer recorded for it.
+
+    The layer is created (and stamps its parent's mtime) before the freeze; the guest writes to
+    the parent until the switch, so every later open of the chain would warn that the parent
+    changed after the child was made. Those writes belong to the point in time — the child was
+    made for the parent as it stands at the switch — so once the switch has flushed the parent,
+    its mtime is set back to the stamp. Layers that are not VHDs are left alone.
+    """
+    from vhdtool.format.chain import find_parent
+    from vhdtool.format.metadata import read_metadata
+    from vhdtool.format.rules import from_vhd_timestamp
+    from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
+
+    try:
+        fd = os.open(layer, os.O_RDONLY)
+        try:
+            meta = read_metadata(layer, fd)
+        finally:
+            os.close(fd)
+        if meta.disk_type != DISK_TYPE_DIFFERENCING or meta.header is None:
+            return
+        stamp = int(meta.header.parent_timestamp)
+        if stamp:
+            parent = find_parent(meta)
+            os.utime(parent, (os.stat(parent).st_atime, from_vhd_timestamp(stamp)))
+    except (VhdError, OSError):
+        return
