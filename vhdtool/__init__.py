@@ -18,6 +18,7 @@ from __future__ import annotations
 from vhdtool.errors import VhdError
 from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
 from vhdtool.format.chain import open_image as open
+from vhdtool.mount.api import mount as mount
 from vhdtool.ops.create import create
 
 __all__ = ["BlockDevice", "Extent", "RawFile", "VhdError", "create", "open"]

@@ -1,0 +1,174 @@
+"""The FUSE adapter of the raw view: a protocol adapter only, over ``RawTree``'s BlockDevices.
+
+Each callback is a few lines; domain errors become errno values. Requests are large (libfuse3,
+1 MiB max_read/max_write) and every file is opened ``direct_io``: reads and writes go straight
+to the image without a second copy in the page cache, at the size the caller asked for. The
+files behave like block devices: their size is fixed, O_TRUNC is ignored, truncate() to another
+size fails with EINVAL. Callbacks run on several threads; the images are safe for concurrent
+pread and serialise pwrite themselves.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vhdtool.errors import ReadOnlyError, VhdError
+from vhdtool.format.blockdev import BlockDevice
+from vhdtool.mount import fusebind
+from vhdtool.mount.rawtree import RawTree
+
+fuse = fusebind.load()
+FuseOSError = fuse.FuseOSError
+
+REQUEST = 1 << 20
+"""Largest read/write request (libfuse3's ceiling)."""
+FUSE_CAP_ATOMIC_O_TRUNC = 1 << 3
+"""O_TRUNC arrives as an open flag (ignored here) instead of a truncate call."""
+
+log = logging.getLogger("vhdtool.mount")
+
+
+class RawView(fuse.Operations):  # type: ignore[misc]
+    """``/disk`` and ``/p1``..``/pN`` as regular files of fixed size."""
+
+    use_ns = True
+
+    def __init__(self, tree: RawTree, read_only: bool, like: os.stat_result, on_init: Callable[[], None]) -> None:
+        self.tree = tree
+        self.read_only = read_only
+        self._on_init = on_init
+        # the files look like the image file: same owner, same permissions (minus write when read-only)
+        self._mode = stat.S_IMODE(like.st_mode) & (0o444 if read_only else 0o666)
+        self._owner = {"st_uid": like.st_uid, "st_gid": like.st_gid}
+        self._time = time.time_ns()
+        self._handles: dict[int, BlockDevice] = {}
+        self._next = itertools.count(1)
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        conn.max_write = conn.max_read = conn.max_readahead = REQUEST
+        if conn.capable & FUSE_CAP_ATOMIC_O_TRUNC:
+            conn.want |= FUSE_CAP_ATOMIC_O_TRUNC
+        if config is not None:
+            # p-files come and go when the disk is repartitioned: no cached lookups or sizes
+            config.entry_timeout = config.attr_timeout = config.negative_timeout = 0.0
+        self._on_init()
+
+    def _device(self, path: str) -> BlockDevice:
+        dev = self.tree.get(path.lstrip("/"))
+        if dev is None:
+            raise FuseOSError(errno.ENOENT)
+        return dev
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        times = {"st_atime": self._time, "st_mtime": self._time, "st_ctime": self._time}
+        if path == "/":
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, **times}
+        dev = self._handles.get(fh) if fh else None
+        size = (dev or self._device(path)).size
+        return {
+            "st_mode": stat.S_IFREG | self._mode,
+            "st_nlink": 1,
+            "st_size": size,
+            "st_blocks": -(-size // 512),
+            "st_blksize": REQUEST,
+            **self._owner,
+            **times,
+        }
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        if path != "/":
+            raise FuseOSError(errno.ENOTDIR)
+        return [".", "..", *self.tree.names()]
+
+    def open(self, path: str, flags: int) -> int:
+        dev = self._device(path)
+        if flags & os.O_ACCMODE != os.O_RDONLY and (self.read_only or not dev.writable):
+            raise FuseOSError(errno.EROFS)
+        fh = next(self._next)
+        self._handles[fh] = dev
+        return fh
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        dev = self._handles[fh]
+        length = max(0, min(size, dev.size - offset))
+        try:
+            return dev.pread(offset, length) if length else b""
+        except VhdError as e:
+            log.error("read of %s at %d: %s", path, offset, e)
+            raise FuseOSError(errno.EIO) from None
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        dev = self._handles[fh]
+        length = min(len(data), dev.size - offset)
+        if length <= 0:
+            raise FuseOSError(errno.ENOSPC)  # past the end of a fixed-size disk
+        try:
+            dev.pwrite(offset, memoryview(data)[:length])
+        except ReadOnlyError:
+            raise FuseOSError(errno.EROFS) from None
+        except VhdError as e:
+            log.error("write of %s at %d: %s", path, offset, e)
+            raise FuseOSError(errno.EIO) from None
+        if dev is self.tree.dev:
+            self.tree.disk_written(offset, length)
+        return length
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        dev = self._handles.get(fh) if fh else None
+        if (dev or self._device(path)).size != length:
+            raise FuseOSError(errno.EINVAL)  # as on a block device: the size is the disk's
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        try:
+            self._handles[fh].flush()
+        except (VhdError, OSError) as e:
+            log.error("fsync of %s: %s", path, e)
+            raise FuseOSError(errno.EIO) from None
+        return 0
+
+    def release(self, path: str, fh: int) -> int:
+        self._handles.pop(fh, None)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        block = 4096
+        return {
+            "f_bsize": block,
+            "f_frsize": block,
+            "f_blocks": -(-self.tree.dev.size // block),
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_files": len(self.tree.names()),
+            "f_ffree": 0,
+            "f_namemax": 255,
+        }
+
+
+def serve(view: RawView, mountpoint: str, read_only: bool) -> None:
+    """Mount ``view`` at ``mountpoint`` and serve it until it is unmounted (blocks).
+
+    Run it on a thread other than the main one: libfuse then installs no signal handlers of
+    its own (it only takes over signals left at their default, and the server handles them).
+    """
+    options: dict[str, Any] = {
+        "foreground": True,
+        "direct_io": True,
+        "default_permissions": True,
+        "fsname": "vhdtool",
+        "subtype": "vhdtool",
+        "max_read": REQUEST,
+        "max_threads": 16,
+    }
+    if os.geteuid() == 0:
+        options["allow_other"] = True  # as a kernel mount would be: the file modes decide
+    if read_only:
+        options["ro"] = True
+    fuse.FUSE(view, mountpoint, **options)

@@ -1,0 +1,133 @@
+"""What a mount will do, decided and checked before anything is changed.
+
+``prepare`` turns the user's request into a ``MountSpec``: it opens the image read-only, finds
+the partition and its filesystem, picks the driver and the undo disk's path, and checks the
+mountpoint and FUSE. Every refusal (not an empty folder, no such partition, unknown filesystem,
+no FUSE, an undo disk already pending) is a one-line error raised here, before a server starts
+or a file is created.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from vhdtool.disk.partitions import read_table, select
+from vhdtool.errors import UsageError
+from vhdtool.mount import drivers, fusebind, registry
+from vhdtool.mount.rawtree import DISK
+
+UNDO = "undo"
+DIRECT = "direct"
+READ_ONLY = "read-only"
+UNDO_SUFFIX = ".mount-undo.vhd"
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    """A checked mount request; plain values only (it travels to the server as JSON)."""
+
+    image: str
+    mountpoint: str
+    mode: str
+    """``undo``, ``direct`` (--no-undo) or ``read-only``."""
+    undo: str | None
+    raw: bool
+    partition: int | None = None
+    source: str | None = None
+    """The raw-view file holding the filesystem: ``p<N>``, or ``disk`` without a partition table."""
+    fs: str | None = None
+    """Detected filesystem variant (ext4, fat32, ntfs, ...)."""
+    route_kind: str | None = None
+    fstype: str | None = None
+    program: str | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return self.mode == READ_ONLY
+
+    @property
+    def route(self) -> drivers.Route:
+        assert self.route_kind is not None and self.fstype is not None
+        return drivers.Route(self.route_kind, self.fstype, self.program)
+
+
+def undo_path(image: str, undo_dir: str | None = None) -> str:
+    """The undo disk of ``image``: beside it, or in ``undo_dir``."""
+    folder = os.path.dirname(os.path.abspath(image)) if undo_dir is None else os.path.abspath(undo_dir)
+    return os.path.join(folder, os.path.basename(image) + UNDO_SUFFIX)
+
+
+def prepare(
+    image: str,
+    mountpoint: str,
+    *,
+    raw: bool = False,
+    partition: int | None = None,
+    driver: str | None = None,
+    read_only: bool = False,
+    undo: bool = True,
+    undo_dir: str | None = None,
+) -> MountSpec:
+    """Check a mount request and resolve everything the server needs."""
+    import vhdtool
+
+    if raw and (partition is not None or driver is not None):
+        raise UsageError("--raw shows the whole disk and every partition; --partition and --driver do not apply")
+    if read_only and (undo_dir is not None or not undo):
+        raise UsageError("--read-only writes nothing: --no-undo and --undo-dir do not apply")
+    image, mountpoint = os.path.abspath(image), os.path.abspath(mountpoint)
+    _check_mountpoint(mountpoint)
+    fusebind.check()
+    mode = READ_ONLY if read_only else UNDO if undo else DIRECT
+    undo_file = undo_path(image, undo_dir) if mode == UNDO else None
+    if undo_dir is not None and not os.path.isdir(undo_dir):
+        raise UsageError(f"{undo_dir}: no such folder (--undo-dir)")
+    with vhdtool.open(image) as dev:  # validates the image and its chain; takes no lock
+        if not raw:
+            table = read_table(dev)
+            part, fs = select(dev, table, partition)
+            route = drivers.choose(fs, driver, read_only)
+    if undo_file is not None and os.path.exists(undo_file):
+        raise UsageError(_pending(undo_file))
+    if raw:
+        return MountSpec(image, mountpoint, mode, undo_file, raw=True)
+    return MountSpec(
+        image,
+        mountpoint,
+        mode,
+        undo_file,
+        raw=False,
+        partition=part.number,
+        source=DISK if table.scheme == "none" else f"p{part.number}",
+        fs=fs.variant,
+        route_kind=route.kind,
+        fstype=route.fstype,
+        program=route.program,
+    )
+
+
+def _check_mountpoint(mountpoint: str) -> None:
+    if registry.load(mountpoint) is not None:
+        raise UsageError(
+            f"{mountpoint}: vhdtool has a mount there already (see 'vhdtool mount --list'; 'vhdtool umount' ends it)"
+        )
+    if not os.path.isdir(mountpoint):
+        raise UsageError(f"{mountpoint}: not a folder (the mountpoint must be an empty folder)")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint}: something is mounted there already")
+    try:
+        if os.listdir(mountpoint):
+            raise UsageError(f"{mountpoint}: not empty (the mountpoint must be an empty folder)")
+    except PermissionError:
+        raise UsageError(f"{mountpoint}: cannot read the folder (permission denied)") from None
+
+
+def _pending(undo_file: str) -> str:
+    owner = registry.find_by_undo(undo_file)
+    if owner is not None:
+        return (
+            f"{undo_file}: undo disk of the mount at {owner.mountpoint} is pending; end it with "
+            f"'vhdtool umount --commit|--discard {owner.mountpoint}'"
+        )
+    return f"{undo_file}: an undo disk is in the way (left by an earlier mount?); merge it or delete it first"

@@ -1,0 +1,82 @@
+"""The undo disk's life: made when a mount starts, committed or discarded when it ends.
+
+An undo disk is a differencing VHD over the image (Virtual PC's "undo disk"): while mounted,
+every write lands in it and the image is only read, held by a shared lock so no other writer
+can change it underneath. ``umount --commit`` merges the undo disk into the image
+(vhdtool.ops.merge, crash-safe in place) and deletes it; ``--discard`` deletes it, leaving the
+image byte-identical to before the mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from vhdtool.errors import VhdError
+from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.image import ImageBase
+from vhdtool.format.lock import lock_image
+from vhdtool.mount.spec import DIRECT, UNDO, MountSpec
+from vhdtool.ops.datapath import ProgressCallback
+
+
+class Target:
+    """The device a mount serves: the undo disk (made here), the image itself, or the image
+    read-only under a shared lock (so that no vhdtool writer changes what is mounted)."""
+
+    def __init__(self, spec: MountSpec) -> None:
+        import vhdtool
+
+        self.spec = spec
+        self.made_undo = False
+        self._lock_fd: int | None = None
+        if spec.mode == UNDO:
+            assert spec.undo is not None
+            vhdtool.create(spec.undo, parent=spec.image)  # refuses a file already there
+            self.made_undo = True
+            try:
+                self.image: ImageBase = vhdtool.open(spec.undo, writable=True)
+            except BaseException:
+                os.unlink(spec.undo)
+                raise
+        elif spec.mode == DIRECT:
+            self.image = vhdtool.open(spec.image, writable=True)
+        else:
+            self.image = vhdtool.open(spec.image)
+            try:
+                self._lock_fd = os.open(spec.image, os.O_RDONLY)
+                lock_image(self._lock_fd, spec.image, exclusive=False)
+            except BaseException:
+                self.close(drop_undo=False)
+                raise
+
+    @property
+    def device(self) -> BlockDevice:
+        return self.image
+
+    def close(self, drop_undo: bool) -> None:
+        """Flush and close; ``drop_undo`` deletes an undo disk made by this mount (nothing was
+        mounted, so nothing can have been written)."""
+        try:
+            self.image.close_chain()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            if drop_undo and self.made_undo and self.spec.undo:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.spec.undo)
+
+
+def commit(undo: str, image: str, progress: ProgressCallback | None = None) -> int:
+    """Merge ``undo`` into ``image`` and delete it; the bytes written into the image."""
+    if not os.path.exists(undo):
+        raise VhdError(f"{undo}: the undo disk is missing; nothing to commit")
+    from vhdtool.ops.merge import merge
+
+    return merge(undo, into=image, delete_child=True, progress=progress).data_bytes
+
+
+def discard(undo: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(undo)
