@@ -392,7 +392,7 @@ def build(
         )
 
 
-_PARTITION = click.option("--partition", type=int, help="Partition number (default: the first with a fs).")
+_PARTITION = click.option("--partition", type=int, help="Partition number (default: the first with a filesystem).")
 _UNDO = click.option("--undo", is_flag=True, help="Write into (or read through) the undo disk IMAGE.undo.vhd.")
 
 
