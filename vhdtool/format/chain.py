@@ -73,6 +73,8 @@ def _open(
 
 
 def _refuse_damaged_for_writing(meta: ImageMetadata) -> None:
+    if meta.torn_tail is not None:
+        return  # an interrupted growth: the image restores its footer when it opens writable
     if meta.footer_source != "trailing" or not (meta.trailing and meta.trailing.checksum_ok):
         raise CorruptImageError(f"{meta.path}: footer is damaged; opened only read-only (run 'vhdtool repair')")
     if not meta.header_checksum_ok:

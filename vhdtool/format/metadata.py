@@ -33,6 +33,8 @@ from vhdtool.format.structs import (
     FOOTER_SIZE,
     HEADER_COOKIE,
     HEADER_SIZE,
+    SECTOR,
+    UNALLOCATED,
     parse_footer,
     parse_header,
 )
@@ -65,6 +67,10 @@ class ImageMetadata:
     locators: list[Locator] = field(default_factory=list)
     parent_name: str = ""
     warnings: list[str] = field(default_factory=list)
+    torn_tail: int | None = None
+    """Set when the trailing footer is missing but everything else is sound (what a crash or a
+    power cut during a growth of the file leaves): where the referenced data ends. Nothing is
+    lost; a writable open puts the footer back after the data."""
 
     @property
     def disk_type(self) -> int:
@@ -239,3 +245,34 @@ def _read_sparse_metadata(fd: int, meta: ImageMetadata) -> None:
     meta.parent_name = decode_parent_name(bytes(header.parent_unicode_name))
     if meta.disk_type == DISK_TYPE_DIFFERENCING:
         meta.locators = _read_locators(fd, header, meta.file_size)
+    if meta.trailing is None and meta.footer_source == "copy" and ok:
+        meta.torn_tail = _torn_tail(meta)
+        if meta.torn_tail is not None:
+            meta.warnings[:] = [
+                f"{meta.path}: the footer at the end is missing (interrupted growth of the file?); "
+                "using the copy at offset 0 (a writable open restores it)"
+            ]
+
+
+def _torn_tail(meta: ImageMetadata) -> int | None:
+    """Where the referenced data ends, when the trailing footer is missing but nothing else is:
+    every block lies inside the file and the unreferenced tail is no longer than one growth of
+    the file reserves (plus a block in flight). Else None (the image is damaged)."""
+    bs = meta.block_size
+    if bs < SECTOR or bs & (bs - 1):
+        return None
+    span = rules.bitmap_bytes(bs) + bs
+    end = int(meta.header.table_offset) + -(-len(meta.bat) * 4 // SECTOR) * SECTOR
+    end = max(end, int(meta.footer.data_offset) + HEADER_SIZE)
+    for loc in meta.locators:
+        end = max(end, loc.data_offset + max(loc.data_space, loc.data_length))
+    for entry in meta.bat:
+        if entry != UNALLOCATED:
+            end = max(end, entry * SECTOR + span)
+    if end > meta.file_size or meta.file_size - end > TORN_TAIL_LIMIT + 2 * span:
+        return None
+    return end
+
+
+TORN_TAIL_LIMIT = 64 << 20
+"""Longer than any room a growth reserves (vhdtool reserves 32 MiB at a time)."""

@@ -86,6 +86,8 @@ class SparseImage(ImageBase):
         self._end = -(-meta.footer_offset // SECTOR) * SECTOR
         self._footer_at = meta.footer_offset
         self._sync_growth = sync_growth
+        if meta.torn_tail is not None and writable:
+            self._restore_torn_footer(meta.torn_tail)
 
     def _validate_layout(self) -> None:
         meta, bs = self.meta, self.block_size
@@ -105,6 +107,16 @@ class SparseImage(ImageBase):
                     f"{self.path}: BAT entry {index} points at sector {entry}, past the end of the file "
                     f"(run 'vhdtool check')"
                 )
+
+    def _restore_torn_footer(self, data_end: int) -> None:
+        """Put back the footer an interrupted growth did not leave, at the end of the file. What lies
+        between the data and it may hold a block that was in flight: it stays unused (a leak that
+        check reports and repair reclaims), as the room of any interrupted growth does."""
+        at = max(data_end, (self.meta.file_size - len(self._footer_bytes)) // SECTOR * SECTOR)
+        self._pwrite_all(at, memoryview(self._footer_bytes))
+        os.fsync(self._fd)
+        self._end = self._footer_at = at
+        self.warnings = [w for w in self.warnings if "footer at the end is missing" not in w]
 
     def fileno(self) -> int:
         return self._fd

@@ -107,7 +107,18 @@ def check_image(path: str | os.PathLike[str]) -> CheckReport:
 
 def _check_footers(meta: ImageMetadata, report: CheckReport) -> None:
     t, c = meta.trailing, meta.copy
-    if t is None:
+    if t is None and meta.torn_tail is not None:
+        tail = meta.file_size - meta.torn_tail
+        report.leaked_bytes += tail
+        report.add(
+            LEAK,
+            "torn-tail",
+            f"{meta.path}: footer missing, {tail} unreferenced bytes past the data (interrupted growth); "
+            "the copy at offset 0 is good and a writable open restores it",
+            offset=meta.torn_tail,
+            length=tail,
+        )
+    elif t is None:
         report.add(CORRUPTION, "footer-missing", f"{meta.path}: no valid footer at the end of the file")
     elif not t.checksum_ok:
         report.add(CORRUPTION, "footer-checksum", f"{meta.path}: footer checksum mismatch", offset=t.offset)
@@ -246,8 +257,9 @@ def _find_leaks(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[int
         if start - pos >= span:
             gaps.append((pos, start - pos))
         pos = max(pos, start + span)
-    if meta.footer_offset - pos >= span:
-        gaps.append((pos, meta.footer_offset - pos))
+    end = meta.torn_tail if meta.torn_tail is not None else meta.footer_offset  # a torn tail is counted apart
+    if end - pos >= span:
+        gaps.append((pos, end - pos))
     for offset, length in gaps:
         report.leaked_bytes += length
         report.add(
