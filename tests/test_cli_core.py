@@ -20,9 +20,9 @@ def test_create_info_check_roundtrip(tmp_path: Path) -> None:
     data = doc["format-specific"]["data"]
     assert data["disk-type"] == "dynamic" and data["creator-application"] == "vhdt"
     assert data["footer-checksum"] == "ok" and data["footer-copy"] == "ok" and data["header-checksum"] == "ok"
-    assert data["chs-size"] != 100 << 20  # CHS cannot say 100 MiB exactly: both are shown
+    assert data["chs"]["cylinders"] == 65535  # CHS cannot say 100 MiB exactly: the maximum, size fields rule
     human = cli("info", img).stdout
-    assert "100 MiB (104857600 bytes)" in human and "CHS size" in human
+    assert "100 MiB (104857600 bytes)" in human and "65535/16/255" in human
     assert cli("check", img).returncode == 0
 
 

@@ -60,7 +60,7 @@ def describe(image: ImageBase) -> dict[str, Any]:
         "footer-source": meta.footer_source,
         "footer-copy": _footer_copy_state(meta),
     }
-    if chs.size != meta.virtual_size:
+    if chs.size != meta.virtual_size and not chs.is_maximum:  # the maximum means "use the size fields"
         data["chs-size"] = chs.size
         data["qemu-7.2-size"] = rules.qemu72_virtual_size(creator, chs, meta.virtual_size)
     if isinstance(image, SparseImage):
