@@ -1,0 +1,116 @@
+"""switch_write_layer: later requests go to the new layer, requests in flight finish on the old."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nbd.conftest import SIZE, Serve
+from tests.nbd.libnbd import nbd
+from vhdtool.errors import UsageError
+from vhdtool.format.blockdev import Extent, RawFile
+
+MiB = 1 << 20
+
+
+class Recorded:
+    """A RawFile whose writes and flushes are logged, and whose writes can be held at a gate:
+    lets a test hold a request in flight while it switches layers."""
+
+    def __init__(self, name: str, path: Path, log: list[tuple[str, str, int]], gate: threading.Event) -> None:
+        self.name = name
+        self.file = RawFile(path, writable=True)
+        self.size, self.path, self.writable = self.file.size, self.file.path, True
+        self.log = log
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.file.pread(offset, length)
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.entered.set()
+        assert self.gate.wait(60), "test gate never opened"
+        self.file.pwrite(offset, data)
+        self.log.append((self.name, "pwrite", offset))
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.log.append((self.name, "flush", 0))
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+        return self.file.extents(offset, length)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> tuple[Path, Path]:
+    old, new = tmp_path / "old.raw", tmp_path / "new.raw"
+    with open(old, "wb") as f:
+        f.truncate(SIZE)
+        f.write(b"original" * 512)
+    shutil.copy(old, new)  # the new layer starts out reading what the old one holds
+    return old, new
+
+
+def test_later_requests_go_to_the_new_layer(layers: tuple[Path, Path], serve: Serve) -> None:
+    old_path, new_path = layers
+    old, new = RawFile(old_path, writable=True), RawFile(new_path, writable=True)
+    thread, uri = serve(old)
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    h.pwrite(b"1" * 4096, 0)
+    (old_path.parent / "small.raw").write_bytes(bytes(4096))
+    with pytest.raises(UsageError, match="size"):
+        thread.switch_write_layer("", RawFile(old_path.parent / "small.raw", writable=True))
+    with pytest.raises(UsageError, match="writable"):
+        thread.switch_write_layer("", RawFile(new_path))
+    with pytest.raises(UsageError, match="no export"):
+        thread.switch_write_layer("other", new)
+    assert thread.switch_write_layer("", new) is old
+    h.pwrite(b"2" * 4096, MiB)
+    assert h.pread(4096, 0) == b"original" * 512  # the new layer's copy: the client's own write went to old
+    h.shutdown()
+    thread.stop()
+    with open(old_path, "rb") as f:
+        assert f.read(4096) == b"1" * 4096
+        f.seek(MiB)
+        assert f.read(4096) == bytes(4096)
+    with open(new_path, "rb") as f:
+        f.seek(MiB)
+        assert f.read(4096) == b"2" * 4096
+    old.close()
+
+
+def test_requests_in_flight_finish_on_the_old_layer(layers: tuple[Path, Path], serve: Serve) -> None:
+    log: list[tuple[str, str, int]] = []
+    gate = threading.Event()
+    old = Recorded("old", layers[0], log, gate)
+    new = Recorded("new", layers[1], log, gate)
+    thread, uri = serve(old)
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    first = h.aio_pwrite(b"A" * 4096, 0)
+    assert old.entered.wait(30)  # the write is inside the old layer, held at the gate
+    switched: list[object] = []
+    switcher = threading.Thread(target=lambda: switched.append(thread.switch_write_layer("", new)))
+    switcher.start()
+    second = h.aio_pwrite(b"B" * 4096, 8192)  # arrives while the switch waits
+    switcher.join(0.3)
+    assert switcher.is_alive() and not switched, "switched with a write still in flight"
+    gate.set()
+    switcher.join(30)
+    assert switched == [old]
+    while h.aio_in_flight():
+        h.poll(-1)
+    assert h.aio_command_completed(first) and h.aio_command_completed(second)  # raise if they failed
+    assert log == [("old", "pwrite", 0), ("old", "flush", 0), ("new", "pwrite", 8192)]
+    h.shutdown()
+    thread.stop()
+    old.close()
