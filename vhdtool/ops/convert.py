@@ -20,12 +20,21 @@ from typing import Any
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice, Extent
+from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.layout import BAT_OFFSET, footer_fields, new_unique_id, sparse_image_bytes, write_new_file
 from vhdtool.format.rewrite import pwrite_all, round_up
 from vhdtool.format.structs import DISK_TYPE_FIXED, NO_DATA_OFFSET, SECTOR, UNALLOCATED, build_footer
-from vhdtool.ops.datapath import Meter, ProgressCallback, data_runs, is_zero, pieces, read_grid, write_out
+from vhdtool.ops.datapath import (
+    Meter,
+    ProgressCallback,
+    in_order,
+    is_zero,
+    read_grid,
+    worker_pool,
+    write_out,
+)
 from vhdtool.ops.devices import close_device, open_device
+from vhdtool.ops.sources import Piece, SourceReader
 
 OUTPUT_FORMATS = ("vhd", "raw")
 VHD_TYPES = ("dynamic", "fixed")
@@ -123,22 +132,26 @@ def _convert(
     if fmt == "vhd":
         size = round_up(src.size)  # a VHD holds whole sectors; the tail reads as zeros, as in qemu-img
         rules.validate_virtual_size(size, disk_type)
-    runs = data_runs(src)
-    meter = Meter(progress, sum(r.length for r in runs))
+    grid = read_grid(src)
+    if fmt == "vhd" and disk_type == "dynamic":
+        block_size = block_size or rules.DEFAULT_BLOCK_SIZE
+        grid = min(grid, block_size)
+    reader = SourceReader(src, grid)
+    meter = Meter(progress, sum(p.length for p in reader.pieces))
     uid = unique_id or new_unique_id()
     stamp = rules.to_vhd_timestamp()
 
     def write(fd: int) -> None:
         if fmt == "raw":
             os.ftruncate(fd, size)
-            _copy_pieces(src, fd, runs, meter, read_grid(src))
+            _copy_pieces(reader, fd, meter)
         elif disk_type == "fixed":
             os.ftruncate(fd, size)
-            _copy_pieces(src, fd, runs, meter, read_grid(src))
+            _copy_pieces(reader, fd, meter)
             pwrite_all(fd, size, build_footer(footer_fields(DISK_TYPE_FIXED, size, NO_DATA_OFFSET, uid, stamp)))
         else:
-            bs = block_size or rules.DEFAULT_BLOCK_SIZE
-            _write_dynamic(src, fd, destination, size, bs, uid, stamp, runs, meter)
+            assert block_size is not None
+            _write_dynamic(reader, fd, destination, size, block_size, uid, stamp, meter)
 
     write_new_file(destination, write, overwrite)
     return Converted(
@@ -152,27 +165,37 @@ def _convert(
     )
 
 
-def _copy_pieces(src: BlockDevice, fd: int, runs: list[Extent], meter: Meter, grid: int) -> None:
-    """Write every non-zero piece at its own offset (raw and fixed layouts)."""
-    for offset, length in pieces(runs, grid):
-        data = src.pread(offset, length)
-        if not is_zero(data):
-            write_out(fd, offset, data)
-            meter.written += length
-        meter.add(length)
+def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
+    """Write every non-zero piece at its own offset (raw and fixed layouts), on worker threads."""
+
+    def copy(piece: Piece) -> int:
+        data = reader.read(piece)
+        try:
+            if is_zero(data):
+                return 0
+            write_out(fd, piece.offset, data)
+            return piece.length
+        finally:
+            reader.release(data)
+
+    with worker_pool() as pool:
+        for piece, written in zip(reader.pieces, in_order(pool, copy, reader.pieces), strict=True):
+            meter.written += written
+            meter.add(piece.length)
 
 
 def _write_dynamic(
-    src: BlockDevice,
+    reader: SourceReader,
     fd: int,
     destination: str,
     size: int,
     block_size: int,
     uid: bytes,
     stamp: int,
-    runs: list[Extent],
     meter: Meter,
 ) -> None:
+    """Blocks are laid out in disk order as their first non-zero piece arrives; workers read and
+    check pieces ahead, the writes go out from here (in file order, so the layout is reproducible)."""
     head, footer = sparse_image_bytes(destination, size, block_size, uid, stamp)
     entries = -(-size // block_size)
     bat = array("I", [UNALLOCATED]) * entries
@@ -182,18 +205,27 @@ def _write_dynamic(
     bitmap = b"\xff" * (sectors // 8) + (bytes([(0xFF00 >> (sectors % 8)) & 0xFF]) if sectors % 8 else b"")
     bitmap += bytes(bitmap_size - len(bitmap))
     cursor = round_up(len(head))
-    for offset, length in pieces(runs, min(block_size, read_grid(src))):
-        data = src.pread(offset, length)
-        meter.add(length)
+
+    def read(piece: Piece) -> tuple[Piece, bytes | bytearray | None]:
+        data = reader.read(piece)
         if is_zero(data):
-            continue
-        block, in_block = divmod(offset, block_size)
-        if bat[block] == UNALLOCATED:
-            bat[block] = cursor // SECTOR
-            pwrite_all(fd, cursor, bitmap)
-            cursor += bitmap_size + block_size
-        write_out(fd, bat[block] * SECTOR + bitmap_size + in_block, data)
-        meter.written += length
+            reader.release(data)
+            return piece, None
+        return piece, data
+
+    with worker_pool() as pool:
+        for piece, data in in_order(pool, read, reader.pieces):
+            meter.add(piece.length)
+            if data is None:
+                continue
+            block, in_block = divmod(piece.offset, block_size)
+            if bat[block] == UNALLOCATED:
+                bat[block] = cursor // SECTOR
+                pwrite_all(fd, cursor, bitmap)
+                cursor += bitmap_size + block_size
+            write_out(fd, bat[block] * SECTOR + bitmap_size + in_block, data)
+            reader.release(data)
+            meter.written += piece.length
     if sys.byteorder == "little":
         bat.byteswap()
     table = bytearray(head)

@@ -4,24 +4,43 @@ pieces on a grid, zero detection without per-sector loops, and progress reportin
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import cache
+from typing import TypeVar
 
 from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents
 from vhdtool.format.image import ImageBase
 from vhdtool.format.rewrite import pwrite_all
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+WORKERS = 3
+"""Threads copying pieces: os.pread/os.pwrite release the GIL, so reads, writes and the zero
+checks of different pieces overlap (qemu-img keeps several requests in flight the same way)."""
+WINDOW = 8
+"""Pieces in flight at most (memory: WINDOW x CHUNK)."""
+
 CHUNK = 4 << 20
 """Bytes read or written at a time: large enough that syscalls cost nothing, small enough for RAM."""
-_ZERO = bytes(CHUNK)
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)``: bytes processed so far and in all; called after every piece."""
 
 
+@cache
+def _zeros(n: int) -> bytes:
+    return bytes(n)
+
+
 def is_zero(data: bytes | bytearray) -> bool:
-    """True when every byte is zero (one memcmp, not a Python loop)."""
+    """True when every byte is zero (one memcmp, not a Python loop; power-of-two sizes, the usual
+    piece sizes, compare against a cached zero buffer instead of a fresh one each time)."""
     n = len(data)
-    return data == (_ZERO if n == CHUNK else bytes(n))
+    return data == (_zeros(n) if n & (n - 1) == 0 else bytes(n))
 
 
 def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -87,3 +106,27 @@ class Meter:
         self.done += n
         if self.callback is not None:
             self.callback(self.done, self.total)
+
+
+@contextmanager
+def worker_pool(workers: int = WORKERS) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that, however its block ends (Ctrl-C included), has stopped every worker
+    before the caller goes on to close or remove the files they use."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-copy")
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int = WINDOW) -> Iterator[R]:
+    """``fn`` over ``items`` on the pool, at most ``window`` in flight, results in item order."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
