@@ -71,6 +71,12 @@ def _leak(img: Path) -> None:
     img.write_bytes(data[:-512] + bytes(BLOCK + 512) + data[-512:])
 
 
+def _leak_and_destroy(img: Path) -> None:
+    """Footer gone after far more unreferenced space than an interrupted growth leaves."""
+    data = img.read_bytes()
+    img.write_bytes(data[:-512] + bytes(80 * MiB) + os.urandom(512))
+
+
 def _no_reserved_bit(img: Path) -> None:
     with open(img, "r+b") as f:
         for offset in (0, img.stat().st_size - 512):
@@ -80,7 +86,8 @@ def _no_reserved_bit(img: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], set[str]]] = {
-    "trailing-destroyed": (lambda p: _poke(p, -512, os.urandom(512)), {"footer-missing"}),
+    "trailing-destroyed": (lambda p: _poke(p, -512, os.urandom(512)), {"torn-tail"}),
+    "trailing-destroyed-after-room": (_leak_and_destroy, {"footer-missing"}),
     "trailing-checksum": (lambda p: _poke(p, -512, b"junk"), {"footer-checksum"}),
     "copy-destroyed": (lambda p: _poke(p, 0, bytes(512)), {"footer-copy-missing"}),
     "copy-checksum": (lambda p: _poke(p, 0, b"junk"), {"footer-copy-checksum"}),

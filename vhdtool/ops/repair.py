@@ -3,7 +3,8 @@
 Two passes, each driven by ``check_image``'s findings (repair does not validate on its own):
 
 1. the structures everything else is found through: a damaged or missing trailing footer is
-   restored from the copy at offset 0 (or its checksum recomputed when its fields are the only
+   restored from the copy at offset 0 (after the data, the unreferenced rest cut, when check
+   calls it a torn tail) (or its checksum recomputed when its fields are the only
    copy), the copy at offset 0 is rewritten from the trailing footer, the dynamic header's
    checksum is recomputed when its fields are sane, the reserved feature bit is set, a fixed
    disk whose file ends early gets its footer at the end of the disk;
@@ -112,7 +113,7 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
     if "footer-features" in codes:
         footer.features |= FEATURE_RESERVED
         result.actions.append(f"set the reserved feature bit {FEATURE_RESERVED:#x} in the footer")
-    rewrite_trailing = bool(codes & {"footer-missing", "footer-checksum", "footer-features"})
+    rewrite_trailing = bool(codes & {"footer-missing", "torn-tail", "footer-checksum", "footer-features"})
     if rewrite_trailing:
         at = _trailing_position(meta)
         if meta.footer_source == "copy":
@@ -122,6 +123,11 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
         if not dry_run:
             pwrite_all(editor.fd, at, build_footer(footer))
             editor.sync()
+            if meta.torn_tail is not None and at + FOOTER_SIZE < meta.file_size:
+                # an interrupted growth: past the restored footer nothing is referenced
+                os.ftruncate(editor.fd, at + FOOTER_SIZE)
+                editor.sync()
+                result.actions.append(f"cut {meta.file_size - at - FOOTER_SIZE} unreferenced bytes after it")
     if "fixed-truncated" in codes:
         _move_fixed_footer(editor, footer, result, dry_run)
     copy_codes = {"footer-copy-missing", "footer-copy-checksum", "footer-copy-differs", "footer-features"}
@@ -159,6 +165,8 @@ def _trailing_position(meta: ImageMetadata) -> int:
     or after the last structure when the file was cut short."""
     if meta.trailing is not None:
         return meta.trailing.offset
+    if meta.torn_tail is not None:
+        return meta.torn_tail  # right after the referenced data (check judged everything else sound)
     last = meta.file_size - FOOTER_SIZE
     if not meta.is_sparse:
         return max(last, meta.virtual_size)
