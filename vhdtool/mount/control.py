@@ -213,7 +213,7 @@ def wait_gone(proc: subprocess.Popen[bytes], timeout: float = SERVER_EXIT_TIMEOU
 def describe(record: MountRecord) -> str:
     """One line: what is mounted where, how, and where writes go."""
     if record.raw:
-        what = f"the raw view of {record.image} (disk, p1..pN)"
+        what = f"the raw view of {record.image} (disk, and a p<N> file per partition)"
     else:
         what = f"{record.image} partition {record.partition} ({record.fs}, {record.driver} driver)"
     writes = {

@@ -1,11 +1,19 @@
 """The FUSE adapter of the raw view: a protocol adapter only, over ``RawTree``'s BlockDevices.
 
 Each callback is a few lines; domain errors become errno values. Requests are large (libfuse3,
-1 MiB max_read/max_write) and every file is opened ``direct_io``: reads and writes go straight
-to the image without a second copy in the page cache, at the size the caller asked for. The
-files behave like block devices: their size is fixed, O_TRUNC is ignored, truncate() to another
-size fails with EINVAL. Callbacks run on several threads; the images are safe for concurrent
-pread and serialise pwrite themselves.
+1 MiB max_read/max_write). Two caching modes, chosen by who reads the view:
+
+- ``direct`` (the --raw view users see, and the view under a kernel loop device): every file is
+  ``direct_io``, so reads and writes reach the image at the size the caller asked for, with no
+  second copy in the page cache. Measured: 1 GiB with dd bs=1M reads at 1.6 GB/s and writes at
+  830 MB/s this way, against 600-840 MB/s and 400-465 MB/s through the page cache.
+- cached, with the kernel's writeback cache (the view under fuse2fs, fusefat, ntfs-3g): those
+  programs do tiny I/O (fusefat reads and writes FAT entries 4 bytes at a time); the page cache
+  turns writing a 3 MB file through fusefat from 15 s (60,000 round trips) into 0.35 s.
+
+The files behave like block devices: their size is fixed, O_TRUNC is ignored, truncate() to
+another size fails with EINVAL. Callbacks run on several threads; the images are safe for
+concurrent pread and serialise pwrite themselves.
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ REQUEST = 1 << 20
 """Largest read/write request (libfuse3's ceiling)."""
 FUSE_CAP_ATOMIC_O_TRUNC = 1 << 3
 """O_TRUNC arrives as an open flag (ignored here) instead of a truncate call."""
+FUSE_CAP_WRITEBACK_CACHE = 1 << 16
+ATTR_TIMEOUT = 1.0
+"""Seconds the kernel may trust a file's attributes. Not 0: with the writeback cache every read
+and write would ask for them again (60,000 getattr calls for one 3 MB fusefat write)."""
 
 log = logging.getLogger("vhdtool.mount")
 
@@ -40,9 +52,12 @@ class RawView(fuse.Operations):  # type: ignore[misc]
 
     use_ns = True
 
-    def __init__(self, tree: RawTree, read_only: bool, like: os.stat_result, on_init: Callable[[], None]) -> None:
+    def __init__(
+        self, tree: RawTree, read_only: bool, direct: bool, like: os.stat_result, on_init: Callable[[], None]
+    ) -> None:
         self.tree = tree
         self.read_only = read_only
+        self.direct = direct
         self._on_init = on_init
         # the files look like the image file: same owner, same permissions (minus write when read-only)
         self._mode = stat.S_IMODE(like.st_mode) & (0o444 if read_only else 0o666)
@@ -53,11 +68,13 @@ class RawView(fuse.Operations):  # type: ignore[misc]
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         conn.max_write = conn.max_read = conn.max_readahead = REQUEST
-        if conn.capable & FUSE_CAP_ATOMIC_O_TRUNC:
-            conn.want |= FUSE_CAP_ATOMIC_O_TRUNC
+        for cap in (FUSE_CAP_ATOMIC_O_TRUNC, 0 if self.direct else FUSE_CAP_WRITEBACK_CACHE):
+            if conn.capable & cap:
+                conn.want |= cap
         if config is not None:
-            # p-files come and go when the disk is repartitioned: no cached lookups or sizes
-            config.entry_timeout = config.attr_timeout = config.negative_timeout = 0.0
+            config.direct_io = int(self.direct)
+            config.entry_timeout = config.attr_timeout = ATTR_TIMEOUT
+            config.negative_timeout = 0.0  # p-files appear as soon as the disk is partitioned
         self._on_init()
 
     def _device(self, path: str) -> BlockDevice:
@@ -152,7 +169,7 @@ class RawView(fuse.Operations):  # type: ignore[misc]
         }
 
 
-def serve(view: RawView, mountpoint: str, read_only: bool) -> None:
+def serve(view: RawView, mountpoint: str) -> None:
     """Mount ``view`` at ``mountpoint`` and serve it until it is unmounted (blocks).
 
     Run it on a thread other than the main one: libfuse then installs no signal handlers of
@@ -160,15 +177,15 @@ def serve(view: RawView, mountpoint: str, read_only: bool) -> None:
     """
     options: dict[str, Any] = {
         "foreground": True,
-        "direct_io": True,
         "default_permissions": True,
         "fsname": "vhdtool",
         "subtype": "vhdtool",
         "max_read": REQUEST,
         "max_threads": 16,
+        "max_idle_threads": 16,  # libfuse 3.14 complains about its own default (UINT_MAX) otherwise
     }
     if os.geteuid() == 0:
         options["allow_other"] = True  # as a kernel mount would be: the file modes decide
-    if read_only:
+    if view.read_only:
         options["ro"] = True
     fuse.FUSE(view, mountpoint, **options)
