@@ -23,7 +23,7 @@ from typing import Any
 
 from construct import Container
 
-from vhdtool.format.metadata import ImageMetadata
+from vhdtool.format.metadata import ImageMetadata, read_footers
 from vhdtool.format.structs import FOOTER_SIZE, SECTOR, build_footer, build_header
 
 
@@ -46,8 +46,10 @@ class MetadataEditor:
         self.meta = meta
         self.footer: Container = Container(meta.footer)
         self.header: Container | None = Container(meta.header) if meta.header is not None else None
-        # where the trailing footer goes; new regions start here (sector aligned)
-        self.end = round_up(meta.footer_offset)
+        # where the trailing footer is now (read again: opening an image may have restored it since
+        # ``meta`` was read), else where it belongs; new regions start here
+        trailing, _, _ = read_footers(fd, meta.path)
+        self.end = trailing.offset if trailing is not None else round_up(meta.footer_offset)
 
     # -- single steps ----------------------------------------------------------------------
 
