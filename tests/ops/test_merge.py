@@ -90,3 +90,12 @@ def test_refusals_change_nothing(tmp_path: Path) -> None:
                  ["missing.vhd"]):  # fmt: skip
         assert_clean_error(cli("merge", *args, cwd=tmp_path))
     assert folder_digests(tmp_path) == before
+
+
+def test_merge_into_a_differencing_parent(tmp_path: Path) -> None:
+    base, mid, top = make_chain(tmp_path, 2)
+    expected = read_all(top)
+    base_before = read_all(base)
+    merge(top, delete_child=True)
+    assert read_all(mid) == expected and read_all(base) == base_before  # only the target changed
+    assert cli("check", mid).returncode == 0
