@@ -101,6 +101,7 @@ def convert(
             raise UsageError("--block-size applies to dynamic VHD output only")
         rules.validate_block_size(block_size)
     if isinstance(source, BlockDevice):
+        _refuse_same_file(source.path, destination)
         return _convert(source, destination, fmt, disk_type, block_size, overwrite, unique_id, progress)
     source = os.fspath(source)
     _refuse_same_file(source, destination)
