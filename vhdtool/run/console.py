@@ -21,6 +21,11 @@ ESCAPE = b"\x1d"
 """Ctrl-] ends an interactive console (and the guest), as in telnet and virsh console."""
 
 
+_NOT_AN_END = "\uffff"
+"""Appended before searching, so that ``$`` matches at the end of a line the guest finished, not
+at the end of a line still arriving (``MARKER-fro`` of ``MARKER-fromchild``)."""
+
+
 class ConsoleLog:
     """Output of the guest: written through to ``out``, matched against ``expect``."""
 
@@ -38,11 +43,11 @@ class ConsoleLog:
         if self.out is not None:
             self.out.write(data)
             self.out.flush()
-        text = self._decoder.decode(data).replace("\r", "")
+        text = self._decoder.decode(data).replace("\r", "")  # serial lines end in \r\n
         self._keep_lines(text)
         if self.expect is not None and self.matched is None:
             self._window = (self._window + text)[-WINDOW:]
-            self.matched = self.expect.search(self._window)
+            self.matched = self.expect.search(self._window + _NOT_AN_END)
         return self.matched is not None
 
     def _keep_lines(self, text: str) -> None:
@@ -50,10 +55,11 @@ class ConsoleLog:
         self._lines.extend(line for line in complete if line.strip())
 
     def last_lines(self) -> list[str]:
+        """The last non-blank lines, the one still arriving included."""
         lines = list(self._lines)
         if self._partial.strip():
             lines.append(self._partial)
-        return lines
+        return lines[-(self._lines.maxlen or 1) :]
 
 
 @contextlib.contextmanager

@@ -86,14 +86,20 @@ class Stopped(VhdError):
         self.exit_code = 128 + signum
 
 
+class _Stderr:
+    """Status lines and QEMU's messages on stderr. While an interactive console holds the
+    terminal in raw mode, a bare \n does not return the cursor, so lines end in \r\n then."""
+
+    raw = False
+
+    @classmethod
+    def line(cls, text: str) -> None:
+        sys.stderr.write(text + ("\r\n" if cls.raw else "\n"))
+        sys.stderr.flush()
+
+
 def _say(message: str) -> None:
-    # \r: the terminal may be in raw mode (interactive console), where \n alone does not return
-    end = "\r\n" if _RAW[0] else "\n"
-    sys.stderr.write(f"vhdtool: {message}{end}")
-    sys.stderr.flush()
-
-
-_RAW = [False]
+    _Stderr.line(f"vhdtool: {message}")
 
 
 def memory_mib(text: str) -> int:
@@ -332,8 +338,7 @@ class _Run:
             text = line.decode(errors="replace").rstrip()
             if text:
                 self.qemu_stderr.append(text)
-                sys.stderr.write(text + ("\r\n" if _RAW[0] else "\n"))
-                sys.stderr.flush()
+                _Stderr.line(text)
 
     async def _pump_console(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -398,7 +403,7 @@ class _Run:
             return
         _say("last console lines:")
         for line in lines:
-            sys.stderr.write(f"  | {line}\n")
+            _Stderr.line(f"  | {line}")
 
     @contextlib.contextmanager
     def _interactive(self) -> Any:
@@ -415,7 +420,7 @@ class _Run:
             loop.remove_reader(fd)
 
         with raw_terminal(fd) as is_tty:
-            _RAW[0] = is_tty
+            _Stderr.raw = is_tty
             if is_tty:
                 _say("interactive console: Ctrl-] stops the guest")
             loop.add_reader(fd, keys_forwarder(fd, stdin.write, self.stop.set, eof))
@@ -423,7 +428,7 @@ class _Run:
                 yield
             finally:
                 loop.remove_reader(fd)
-                _RAW[0] = False
+                _Stderr.raw = False
 
     # --- the state entry -------------------------------------------------------------------
 
