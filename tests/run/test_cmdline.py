@@ -21,7 +21,8 @@ def spec(**kw: object) -> MachineSpec:
         "memory_mib": 512,
         "cpus": 2,
         "disks": [DiskSpec("vda", "/s/nbd.sock", "vda"), DiskSpec("vdb", "/s/nbd.sock", "vdb")],
-        "monitors": ["/s/runner.qmp", "/s/qmp,1.sock"],
+        "runner_monitor_fd": 7,
+        "monitor": "/s/qmp,1.sock",
     }
     base.update(kw)
     return MachineSpec(**base)  # type: ignore[arg-type]
@@ -44,8 +45,10 @@ def test_q35_virtio_blk_over_nbd_unix_sockets() -> None:
     assert devices == ["virtio-blk-pci,drive=vda,id=vda-dev", "virtio-blk-pci,drive=vdb,id=vdb-dev"]
     assert "-S" in argv and "-no-reboot" in argv and "-nodefaults" in argv
     assert values(argv, "-initrd") == ["/i"]
-    # a comma in a socket path is doubled, as QEMU's option syntax wants
+    # the runner's monitor is an inherited listening socket; a comma in a path is doubled
+    assert "socket,id=qmp0,fd=7,server=on,wait=off" in values(argv, "-chardev")
     assert "socket,id=qmp1,path=/s/qmp,,1.sock,server=on,wait=off" in values(argv, "-chardev")
+    assert values(argv, "-mon") == ["chardev=qmp0,mode=control", "chardev=qmp1,mode=control"]
 
 
 def test_bios_boot_marks_the_first_disk_bootable() -> None:

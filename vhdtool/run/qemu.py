@@ -41,8 +41,11 @@ class MachineSpec:
     memory_mib: int
     cpus: int
     disks: list[DiskSpec]
-    monitors: list[str]
-    """QMP unix sockets QEMU listens on: the runner's own first, then the one others use."""
+    runner_monitor_fd: int
+    """A listening unix socket QEMU inherits for the runner's own QMP connection: bound before
+    QEMU starts, so the runner connects at once instead of polling for the socket to appear."""
+    monitor: str
+    """The QMP unix socket QEMU listens on for everyone else."""
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
@@ -88,11 +91,12 @@ def command_line(qemu: str, spec: MachineSpec) -> list[str]:
     ]  # fmt: skip
     if spec.accel.name == "kvm":
         argv += ["-cpu", "host"]
-    for i, monitor in enumerate(spec.monitors):
-        argv += [
-            "-chardev", f"socket,id=qmp{i},path={_opt(monitor)},server=on,wait=off",
-            "-mon", f"chardev=qmp{i},mode=control",
-        ]  # fmt: skip
+    argv += [
+        "-chardev", f"socket,id=qmp0,fd={spec.runner_monitor_fd},server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control",
+        "-chardev", f"socket,id=qmp1,path={_opt(spec.monitor)},server=on,wait=off",
+        "-mon", "chardev=qmp1,mode=control",
+    ]  # fmt: skip
     for i, disk in enumerate(spec.disks):
         backend = {
             "driver": "nbd",

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -263,13 +264,21 @@ class _Run:
     async def _start_qemu(self, cleanup: contextlib.AsyncExitStack) -> None:
         assert self.claim is not None
         private = self.claim.socket("runner.qmp")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(private)
+            listener.listen(1)
+        except BaseException:
+            listener.close()
+            raise
         spec = qemu.MachineSpec(
             name=self.claim.name,
             accel=self.accel,
             memory_mib=memory_mib(self.o.memory),
             cpus=self.o.cpus,
             disks=[qemu.DiskSpec(d.id, self.nbd_socket, d.id) for d in self.disks],
-            monitors=[private, self.qmp_public],
+            runner_monitor_fd=listener.fileno(),
+            monitor=self.qmp_public,
             kernel=self.o.kernel,
             initrd=self.o.initrd,
             append=self.o.append,
@@ -278,34 +287,42 @@ class _Run:
         )
         argv = qemu.command_line(self.binary, spec)
         log.debug("qemu: %s", argv)
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            process_group=0,  # Ctrl-C reaches the runner only; the runner stops QEMU in order
-            preexec_fn=_die_with_parent,
-        )
+        with listener:  # closed here once QEMU has its copy: a QEMU that dies then resets our connection
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=[listener.fileno()],
+                process_group=0,  # Ctrl-C reaches the runner only; the runner stops QEMU in order
+                preexec_fn=_die_with_parent,
+            )
         cleanup.push_async_callback(self._stop_qemu, [private, self.qmp_public, self.agent_socket])
         self._stderr_task = asyncio.create_task(self._pump_stderr())
         self.qmp = await self._connect_qmp(private)
 
     async def _connect_qmp(self, path: str) -> QmpClient:
+        """Connect to QEMU's monitor; QEMU answers once its machine is set up, or dies trying."""
         assert self.proc is not None
-        deadline = time.monotonic() + QMP_CONNECT_TIMEOUT
-        while True:
-            if self.proc.returncode is not None or self.stop.is_set():
-                break
-            try:
-                return await QmpClient.connect(path)
-            except (OSError, QmpError, ValueError):
-                # not listening yet, or QEMU went away while we connected: look again
-                if time.monotonic() > deadline:
-                    raise VhdError(f"QEMU did not open its monitor within {QMP_CONNECT_TIMEOUT:g} s") from None
-                await asyncio.sleep(0.02)
+        connect = asyncio.create_task(QmpClient.connect(path))
+        others = {asyncio.create_task(self.proc.wait()), asyncio.create_task(self.stop.wait())}
+        first = asyncio.FIRST_COMPLETED
+        done, _ = await asyncio.wait({connect, *others}, timeout=QMP_CONNECT_TIMEOUT, return_when=first)
+        for task in others:
+            task.cancel()
+        if connect in done and connect.exception() is None:
+            return connect.result()
+        connect.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError, QmpError, ValueError):
+            await connect
         if self.signum is not None:
             raise Stopped(self.signum)
-        await self.proc.wait()
+        if not done:
+            raise VhdError(f"QEMU did not answer on its monitor within {QMP_CONNECT_TIMEOUT:g} s")
+        if self.proc.returncode is None:
+            # the monitor failed but QEMU lives on: give it a moment to exit with its reason
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), QUIT_TIMEOUT)
         await self._drain_stderr()
         last = self.qemu_stderr[-1] if self.qemu_stderr else f"exit code {self.proc.returncode}"
         raise VhdError(f"QEMU failed to start: {last}")
