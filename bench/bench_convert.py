@@ -1,7 +1,8 @@
 """Benchmark: `vhdtool convert` against `qemu-img convert` on the same files, in the same run.
 
 A 1 GiB raw disk, half allocated (4 MiB of data every 8 MiB, the rest holes), is converted
-raw -> dynamic VHD and a dynamic VHD -> raw by both tools. Each conversion runs a few times
+raw -> dynamic VHD, and dynamic VHDs -> raw (one laid out by qemu-img, one by vhdtool), by both
+tools on the same files. Each conversion runs a few times
 alternately (the first round warms the page cache and is not counted); the best time of each
 tool is kept and the ratio vhdtool/qemu-img printed (target: <= 1.0), for wall time and for CPU
 time (user + system of all threads), which a busy machine disturbs less. Note that vhdtool
@@ -35,11 +36,15 @@ def make_source(path: Path, size: int) -> None:
                 f.write(chunk)
 
 
-def timed(cmd: list[str], output: Path) -> tuple[float, float]:
-    """Wall time and CPU time (user + system, all threads) of one run."""
+def _fresh(output: Path) -> None:
     if output.exists():
         output.unlink()
-    subprocess.run(["sync"], check=True)
+    subprocess.run(["sync"], check=True)  # no dirty pages of the last run left to write back
+
+
+def timed(cmd: list[str], output: Path) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, all threads) of one run of a command."""
+    _fresh(output)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -47,6 +52,24 @@ def timed(cmd: list[str], output: Path) -> tuple[float, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     output.unlink()
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def timed_api(source: Path, output: Path, fmt: str) -> tuple[float, float]:
+    """The same for a call of vhdtool.ops.convert.convert in this process (no interpreter start-up)."""
+    from vhdtool.ops.convert import convert
+
+    _fresh(output)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    convert(source, output, output_format=fmt)
+    elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    output.unlink()
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return min(w for w, _ in runs), min(c for _, c in runs)
 
 
 def main() -> None:
@@ -62,33 +85,33 @@ def main() -> None:
     try:
         src = work / "src.raw"
         make_source(src, args.size_mib << 20)
-        vhd = work / "src.vhd"
-        subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "vpc", src, vhd], check=True)
+        qemu_vhd, our_vhd = work / "qemu-made.vhd", work / "vhdtool-made.vhd"
+        subprocess.run([qemu_img, "convert", "-f", "raw", "-O", "vpc", src, qemu_vhd], check=True)
+        subprocess.run([*VHDTOOL, "convert", "-q", src, our_vhd], check=True)
+        # (source, qemu-img's -f, -O, output name); the same files for both tools
         cases = {
-            "raw -> dynamic VHD": (
-                [qemu_img, "convert", "-f", "raw", "-O", "vpc", str(src), str(work / "q.vhd")],
-                [*VHDTOOL, "convert", "-q", str(src), str(work / "v.vhd")],
-                (work / "q.vhd", work / "v.vhd"),
-            ),
-            "dynamic VHD -> raw": (
-                [qemu_img, "convert", "-f", "vpc", "-O", "raw", str(vhd), str(work / "q.raw")],
-                [*VHDTOOL, "convert", "-q", "-O", "raw", str(vhd), str(work / "v.raw")],
-                (work / "q.raw", work / "v.raw"),
-            ),
+            "raw -> dynamic VHD": (src, "raw", "vpc", "out.vhd"),
+            "qemu-img's VHD -> raw": (qemu_vhd, "vpc", "raw", "out.raw"),
+            "vhdtool's VHD -> raw": (our_vhd, "vpc", "raw", "out.raw"),  # block data 4 KiB-aligned
         }
         print(f"{args.size_mib} MiB disk, {args.size_mib // 2} MiB allocated; best of {args.rounds} rounds")
-        for name, (qemu_cmd, our_cmd, (q_out, v_out)) in cases.items():
-            q_runs, v_runs = [], []
+        print("wall seconds (CPU seconds); 'cli' runs the vhdtool command, 'api' calls convert() in-process")
+        for name, (source, fmt_in, fmt_out, out_name) in cases.items():
+            out = work / out_name
+            ours = "raw" if fmt_out == "raw" else "vhd"
+            qemu_cmd = [qemu_img, "convert", "-f", fmt_in, "-O", fmt_out, str(source), str(out)]
+            cli_cmd = [*VHDTOOL, "convert", "-q", "-O", ours, str(source), str(out)]
+            q, c, a = [], [], []
             for round_no in range(args.rounds + 1):
-                tq, tv = timed(qemu_cmd, q_out), timed(our_cmd, v_out)
+                runs = timed(qemu_cmd, out), timed(cli_cmd, out), timed_api(source, out, ours)
                 if round_no:  # round 0 warms the cache
-                    q_runs.append(tq)
-                    v_runs.append(tv)
-            (qw, qc), (vw, vc) = min(q_runs), min(v_runs)
-            qc, vc = min(c for _, c in q_runs), min(c for _, c in v_runs)
+                    for store, run in zip((q, c, a), runs, strict=True):
+                        store.append(run)
+            (qw, qc), (cw, cc), (aw, ac) = best(q), best(c), best(a)
             print(
-                f"{name:20s} qemu-img {qw:6.3f} s (cpu {qc:5.3f})   vhdtool {vw:6.3f} s (cpu {vc:5.3f})   "
-                f"ratio {vw / qw:5.2f}x (cpu {vc / qc:4.2f}x)"
+                f"{name:22s} qemu-img {qw:5.3f} ({qc:5.3f})  vhdtool cli {cw:5.3f} ({cc:5.3f}) "
+                f"api {aw:5.3f} ({ac:5.3f})  ratio cli {cw / qw:4.2f}x ({cc / qc:4.2f}x) "
+                f"api {aw / qw:4.2f}x ({ac / qc:4.2f}x)"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
