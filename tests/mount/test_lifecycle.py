@@ -66,6 +66,10 @@ def test_signal_flushes_and_keeps_the_undo_disk(driver: str, signum: int, image_
                                                 runtime_dir: Path) -> None:
     image = image_of("ext4")
     ok("mount", "--driver", driver, image, mnt)
+    with open(mnt / "fsynced.txt", "w") as f:  # fsync works through each driver
+        f.write("fsynced\n")
+        f.flush()
+        os.fsync(f.fileno())
     (mnt / "note.txt").write_text("written before the signal\n")  # no sync: stopping must write it
     pid = server_pid(mnt)
     os.kill(pid, signum)
@@ -82,6 +86,7 @@ def test_signal_flushes_and_keeps_the_undo_disk(driver: str, signum: int, image_
     ok("umount", "--commit", mnt)
     raw = peers.to_raw(image, tmp_path / "image.raw")
     assert peers.cat("ext4", raw, "/note.txt") == b"written before the signal\n"
+    assert peers.cat("ext4", raw, "/fsynced.txt") == b"fsynced\n"
     assert peers.fsck_clean("ext4", raw)[0]
 
 

@@ -35,7 +35,10 @@ def test_commit_adds_removes_and_makes_folders(fs: str, image_of, mnt: Path, tmp
     assert (mnt / "old.txt").read_text() == "to be deleted\n"  # the first commit is what the image reads
     (mnt / "old.txt").unlink()
     (mnt / "dir" / "sub").mkdir(parents=True)
-    (mnt / "dir" / "sub" / "blob").write_bytes(blob)
+    with open(mnt / "dir" / "sub" / "blob", "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())  # through the kernel, fusefat and ntfs-3g
     shutil.copyfile(__file__, mnt / "dir" / "copied.py")  # FAT has no modes for copy() to set
     ok("umount", "--commit", mnt)
 

@@ -143,6 +143,12 @@ class RawView(fuse.Operations):  # type: ignore[misc]
             raise FuseOSError(errno.EINVAL)  # as on a block device: the size is the disk's
         return 0
 
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        """Accepted and ignored: the files' times are the mount's. With the writeback cache the
+        kernel sends file times along with every fsync, which fails if this is missing."""
+        self._device(path)
+        return 0
+
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         try:
             self._handles[fh].flush()
