@@ -24,7 +24,7 @@ from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import UNALLOCATED
 from vhdtool.ops.datapath import Meter, ProgressCallback, is_zero
 from vhdtool.ops.editing import file_stamp, restamp_children
-from vhdtool.ops.interrupts import graceful_stop
+from vhdtool.ops.interrupts import StopRequest, graceful_stop
 from vhdtool.ops.packing import pack
 
 
@@ -75,7 +75,7 @@ def compact(path: str | os.PathLike[str], progress: ProgressCallback | None = No
     return Compacted(path, len(droppable), packed.moved_blocks, packed.old_file_size, packed.new_file_size)
 
 
-def _droppable_blocks(image: SparseImage, progress: ProgressCallback | None, stop: Any) -> list[int]:
+def _droppable_blocks(image: SparseImage, progress: ProgressCallback | None, stop: StopRequest) -> list[int]:
     bs = image.block_size
     allocated = [i for i, entry in enumerate(image.bat) if entry != UNALLOCATED and i * bs < image.size]
     beyond = [i for i, entry in enumerate(image.bat) if entry != UNALLOCATED and i * bs >= image.size]

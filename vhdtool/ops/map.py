@@ -56,7 +56,7 @@ def map_image(path: str | os.PathLike[str], fmt: str | None = None) -> list[MapE
 
 
 def map_device(dev: BlockDevice) -> Iterator[MapEntry]:
-    layers: list[Any] = list(dev.chain()) if isinstance(dev, ImageBase) else [dev]
+    layers: list[BlockDevice] = list(dev.chain()) if isinstance(dev, ImageBase) else [dev]
     bottom = len(layers) - 1
     pending: MapEntry | None = None
     for extent in dev.extents():
@@ -77,7 +77,7 @@ def _joins(a: MapEntry, b: MapEntry) -> bool:
     return a.offset is None or a.offset + a.length == b.offset
 
 
-def _located(extent: Extent, layers: list[Any], bottom: int) -> Iterator[MapEntry]:
+def _located(extent: Extent, layers: list[BlockDevice], bottom: int) -> Iterator[MapEntry]:
     """The extent with file offsets, split where the holding layer's blocks are not contiguous."""
     if extent.zero:
         yield MapEntry(extent.offset, extent.length, bottom, True, None, None)

@@ -25,6 +25,7 @@ from typing import Any
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
+from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.chain import open_image
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.metadata import read_metadata
@@ -105,7 +106,7 @@ def resize(path: str | os.PathLike[str], size: int | str, *, force: bool = False
     return Resized(path, meta.type_name, old, new, moved, [SHRINK_WARNING] if new < old else [])
 
 
-def _holds_data(image: Any, offset: int) -> bool:
+def _holds_data(image: BlockDevice, offset: int) -> bool:
     for start, length in pieces(data_runs(image, offset, image.size - offset), CHUNK):
         if not is_zero(image.pread(start, length)):
             return True
