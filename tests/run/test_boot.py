@@ -7,12 +7,15 @@ nothing is left behind: no QEMU, no state entry, socket or scratch file.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -186,6 +189,41 @@ def test_a_runner_killed_with_minus_9_takes_its_guest_along(env: Env, guest: Gue
     assert not os.path.exists(f"/proc/{qemu_pid}"), "QEMU outlived its runner"
     listed = env.vhdtool("ps", "--json")
     assert json.loads(listed.stdout) == [], listed.stderr  # the stale entry is cleaned on the way
+    env.assert_nothing_left()
+
+
+def test_an_interactive_console_on_a_terminal_passes_ctrl_c_and_stops_at_ctrl_close_bracket(
+    env: Env, guest: Guest
+) -> None:
+    image = build_root_image(env, "tty", LOOPER)
+    leader, follower = pty.openpty()
+    log = env.tmp / "console.log"
+
+    def own_terminal() -> None:  # the pty becomes the runner's controlling terminal, as in a shell
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    with open(log, "wb") as out:
+        proc = env.popen(
+            "run", image, "--console", *env.boot_args(guest),
+            stdin=follower, stdout=out, stderr=out, preexec_fn=own_terminal,
+        )  # fmt: skip
+    os.close(follower)
+    try:
+        wait_for_text(log, "tick 2", proc)
+        os.write(leader, b"\x03")  # raw mode: Ctrl-C is a key for the guest, not a signal for the runner
+        wait_for_text(log, "tick 5", proc)
+        os.write(leader, b"\x1d")
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-800:]
+    assert "interactive console: Ctrl-] stops the guest" in text and "Ctrl-] after " in text
+    assert env.vhdtool("check", image).returncode == 0
     env.assert_nothing_left()
 
 

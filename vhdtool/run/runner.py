@@ -204,6 +204,8 @@ class _Run:
         self.matched = asyncio.Event()
         self.stop = asyncio.Event()
         self.signum: int | None = None
+        self.escaped = False
+        """The user pressed Ctrl-] on the interactive console."""
         self.qemu_stderr: collections.deque[str] = collections.deque(maxlen=8)
         self._stderr_task: asyncio.Task[None] | None = None
 
@@ -231,6 +233,10 @@ class _Run:
             await self.qmp.execute("cont")
             return await self._wait()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _on_escape(self) -> None:
+        self.escaped = True
+        self.stop.set()
 
     def _on_signal(self, signum: int) -> None:
         if self.signum is None:
@@ -383,6 +389,9 @@ class _Run:
             return 0
         if self.signum is not None:
             raise Stopped(self.signum)
+        if self.escaped:
+            _say(f"Ctrl-] after {self.elapsed():.1f} s: stopping the guest")
+            return 0
         if console.done():
             return await self._stopped_by_itself()
         return self._timed_out()
@@ -440,7 +449,7 @@ class _Run:
             _Stderr.raw = is_tty
             if is_tty:
                 _say("interactive console: Ctrl-] stops the guest")
-            loop.add_reader(fd, keys_forwarder(fd, stdin.write, self.stop.set, eof))
+            loop.add_reader(fd, keys_forwarder(fd, stdin.write, self._on_escape, eof))
             try:
                 yield
             finally:
