@@ -12,7 +12,7 @@ import pytest
 import vhdtool
 from tests.helpers import assert_clean_error, need, qemu_img_size, run, vhdiinfo_size
 from tests.helpers import vhdtool as cli
-from tests.ops.oputil import folder_digests, make_raw, qemu_compare, read_all, sample_raw
+from tests.ops.oputil import digest, folder_digests, make_raw, qemu_compare, read_all, sample_raw
 from vhdtool.format.rules import MiB
 from vhdtool.ops.convert import convert
 from vhdtool.ops.map import map_image
@@ -144,3 +144,12 @@ def test_force_overwrites(tmp_path: Path) -> None:
     (tmp_path / "out.vhd").write_bytes(b"old")
     assert cli("convert", "--force", src, tmp_path / "out.vhd").returncode == 0
     assert qemu_compare(src, "raw", tmp_path / "out.vhd", "vpc") == 0
+
+
+def test_reproducible_with_id_and_time(tmp_path: Path) -> None:
+    src = sample_raw(tmp_path / "src.raw")
+    for name in ("a.vhd", "b.vhd"):
+        convert(src, tmp_path / name, unique_id=bytes(range(16)), timestamp=1_700_000_000)
+    assert digest(tmp_path / "a.vhd") == digest(tmp_path / "b.vhd")
+    with vhdtool.open(tmp_path / "a.vhd") as img:
+        assert img.meta.uuid.bytes == bytes(range(16))

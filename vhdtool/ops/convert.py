@@ -80,6 +80,7 @@ def convert(
     source_format: str | None = None,
     overwrite: bool = False,
     unique_id: bytes | None = None,
+    timestamp: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> Converted:
     """Convert ``source`` (a path, probed as VHD or raw unless ``source_format`` says, or an open
@@ -88,7 +89,8 @@ def convert(
     ``output_format`` 'vhd'/'raw' (default from the destination's extension), ``disk_type``
     'dynamic' (default) or 'fixed', ``block_size`` for dynamic output (default 2 MiB).
     ``progress(done, total)`` is called as data is copied. Refuses an existing destination
-    unless ``overwrite``.
+    unless ``overwrite``. ``unique_id`` (16 bytes) and ``timestamp`` (Unix time) make a VHD output
+    byte-for-byte reproducible.
     """
     destination = os.fspath(destination)
     fmt = output_format_for(destination, output_format, disk_type)
@@ -101,12 +103,12 @@ def convert(
         rules.validate_block_size(block_size)
     if isinstance(source, BlockDevice):
         _refuse_same_file(source.path, destination)
-        return _convert(source, destination, fmt, disk_type, block_size, overwrite, unique_id, progress)
+        return _convert(source, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress)
     source = os.fspath(source)
     _refuse_same_file(source, destination)
     dev = open_device(source, source_format)
     try:
-        return _convert(dev, destination, fmt, disk_type, block_size, overwrite, unique_id, progress)
+        return _convert(dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress)
     finally:
         close_device(dev)
 
@@ -124,6 +126,7 @@ def _convert(
     block_size: int | None,
     overwrite: bool,
     unique_id: bytes | None,
+    timestamp: int | None,
     progress: ProgressCallback | None,
 ) -> Converted:
     if os.path.isdir(destination):
@@ -138,7 +141,9 @@ def _convert(
         grid = min(grid, block_size)
     reader = SourceReader(src, grid)
     try:
-        return _write(reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, progress)
+        return _write(
+            reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress
+        )
     finally:
         reader.close()
 
@@ -153,11 +158,12 @@ def _write(
     block_size: int | None,
     overwrite: bool,
     unique_id: bytes | None,
+    timestamp: int | None,
     progress: ProgressCallback | None,
 ) -> Converted:
     meter = Meter(progress, sum(p.length for p in reader.pieces))
     uid = unique_id or new_unique_id()
-    stamp = rules.to_vhd_timestamp()
+    stamp = rules.to_vhd_timestamp(timestamp)
 
     def write(fd: int) -> None:
         if fmt == "raw":
