@@ -235,8 +235,8 @@ def compare(
     try:
         with _progress("comparing", not (quiet or as_json)) as progress:
             result = compare_images(a, b, a_format=a_format, b_format=b_format, strict=strict, progress=progress)
-    except VhdError as e:
-        render.error(str(e))
+    except (VhdError, OSError) as e:  # qemu-img compare's convention: 2 is an error, 1 a difference
+        render.error(str(e) if isinstance(e, VhdError) else f"{e.filename + ': ' if e.filename else ''}{e.strerror}")
         sys.exit(2)
     if as_json:
         render.print_json(result.as_json())
