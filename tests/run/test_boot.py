@@ -29,6 +29,7 @@ pytestmark = pytest.mark.boot
 WRITER = (
     "mount -t sysfs sys /sys; echo written-by-guest > /written; sync; "
     'for p in /sys/class/virtio-ports/*; do [ -e "$p/name" ] && echo "PORT-$(cat $p/name)"; done; '
+    'echo "DISKS-$(ls /sys/block | tr "\\n" " ")"; echo "NETS-$(ls /sys/class/net | tr "\\n" " ")"; '
     'echo "MARKER-$(cat /hello)"'
 )
 LOOPER = "echo READY; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done"
@@ -77,6 +78,7 @@ def test_a_differencing_child_boots_with_its_own_content_and_keeps_the_writes(
     assert "MARKER-fromchild" in done.stdout.splitlines() and "accelerator: " in done.stderr
     assert "guest powered off after" in done.stderr.splitlines()[-1]
     assert "PORT-" not in done.stdout  # no agent channel without --agent
+    assert "DISKS-vda " in done.stdout and "NETS-lo " in done.stdout  # --net none by default
     assert sha(parent) == before, "booting the child wrote to its parent"
     assert file_in(env, child, "/written") == "written-by-guest\n"
     assert file_in(env, parent, "/written") is None
@@ -87,18 +89,20 @@ def test_a_differencing_child_boots_with_its_own_content_and_keeps_the_writes(
 def test_snapshot_leaves_the_image_byte_identical_and_a_guest_stopping_first_fails_expect(
     env: Env, guest: Guest, chain: tuple[Path, Path]
 ) -> None:
-    _, child = chain
-    before = sha(child)
+    parent, child = chain
+    before = sha(child), sha(parent)
     done = env.vhdtool(
-        "run", child, "--snapshot", "--agent", *env.boot_args(guest), "--expect", "NEVER-PRINTED", "--timeout", "120"
-    )
+        "run", child, parent, "--snapshot", "--agent", "--net", "user", *env.boot_args(guest),
+        "--expect", "NEVER-PRINTED", "--timeout", "120",
+    )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "MARKER-fromchild" in done.stdout
     assert "PORT-org.qemu.guest_agent.0" in done.stdout  # --agent: the channel qemu-ga looks for
+    assert "DISKS-vda vdb " in done.stdout and "NETS-eth0 lo " in done.stdout
     lines = done.stderr.splitlines()
     assert "last console lines:" in done.stderr and "Traceback" not in done.stderr
     assert "powered off" in lines[-1] and "without printing 'NEVER-PRINTED'" in lines[-1]
-    assert sha(child) == before, "--snapshot changed the image"
+    assert (sha(child), sha(parent)) == before, "--snapshot changed an image"
     env.assert_nothing_left()
 
 
@@ -136,7 +140,8 @@ def test_a_background_guest_is_listed_reached_switched_and_stopped_cleanly(env: 
     log = env.tmp / "console.log"
     with open(log, "wb") as out:
         proc = env.popen(
-            "run", image, "--name", "bg", "--console", "--agent", *env.boot_args(guest),
+            "run", image, "--name", "bg", "--console", "--agent", "--qmp", env.tmp / "my-qmp.sock",
+            *env.boot_args(guest),
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     assert proc.stdin is not None
@@ -149,6 +154,7 @@ def test_a_background_guest_is_listed_reached_switched_and_stopped_cleanly(env: 
         assert entry["name"] == "bg" and entry["pid"] == proc.pid and entry["accel"] in ("tcg", "kvm")
         (disk,) = entry["disks"]
         assert disk["id"] == "vda" and disk["image"] == str(image) and disk["active"] == str(image)
+        assert entry["qmp"] == str(env.tmp / "my-qmp.sock")
         assert qmp_status(entry["qmp"]) == "running"  # the public monitor is free for other clients
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(entry["agent"])  # QEMU listens for the guest agent's host side
@@ -167,6 +173,7 @@ def test_a_background_guest_is_listed_reached_switched_and_stopped_cleanly(env: 
         code = proc.wait(60)
     assert code == 128 + signal.SIGTERM, log.read_text()[-800:]
     assert "SIGTERM: guest stopped" in log.read_text()
+    assert not (env.tmp / "my-qmp.sock").exists()
     assert file_in(env, layer, "/data") == "typed-on-the-console\n"
     assert file_in(env, image, "/data") is None
     for path in (image, layer):
