@@ -689,9 +689,10 @@ def run_command(
     """Boot IMAGES under QEMU (q35, virtio disks served by vhdtool's NBD server), until the guest stops.
 
     Without --kernel the first image boots through its own bootloader (BIOS); with it, the
-    kernel boots directly with the images as /dev/vda, /dev/vdb, ... The serial console is
-    streamed to standard output. Ctrl-C or SIGTERM stops the guest and flushes the images.
-    Each running guest is listed by `vhdtool ps`.
+    kernel boots directly with the images as /dev/vda, /dev/vdb, ... (under TCG tsc_early_khz=
+    is added to the command line). The serial console is streamed to standard output. Ctrl-C
+    or SIGTERM stops the guest at once, as a power cut would (what it had not synced is lost),
+    and flushes everything it wrote into the images. Running guests are listed by `vhdtool ps`.
 
     Exit codes: 0 the guest stopped by itself or --expect matched; 1 no match before the guest
     stopped or --timeout passed, or QEMU failed; 64 bad input; 130/143 stopped by SIGINT/SIGTERM.
@@ -813,9 +814,11 @@ def mount_command(
 
     if foreground:
         reason = control.serve_foreground(spec, mounted)
-        render.warning(f"stopped ({reason})" + (
-            f"; the undo disk waits: 'vhdtool umount --commit|--discard {spec.mountpoint}'"
-            if registry.load(spec.mountpoint) else ""))
+        if registry.load(spec.mountpoint) is not None:
+            render.warning(f"stopped ({reason}); the undo disk waits: "
+                           f"'vhdtool umount --commit|--discard {spec.mountpoint}'")
+        elif not as_json:
+            print(f"stopped ({reason})")
         return
     record, _ = control.spawn(spec)
     mounted(record)

@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.format.rules import parse_size
@@ -39,6 +39,9 @@ from vhdtool.run import host, qemu, state
 from vhdtool.run.console import ConsoleLog, keys_forwarder, raw_terminal
 from vhdtool.run.disks import GuestDisk, close_disks, first_sector, open_disks
 from vhdtool.run.qmp import QmpClient, QmpError
+
+if TYPE_CHECKING:
+    from vhdtool.nbd import NbdServer
 
 log = logging.getLogger("vhdtool.run")
 
@@ -122,6 +125,7 @@ def _check_inputs(o: RunOptions) -> re.Pattern[str] | None:
     for option, path in (("--kernel", o.kernel), ("--initrd", o.initrd)):
         if path is not None and not os.path.isfile(path):
             raise UsageError(f"{option} {path}: no such file")
+    memory_mib(o.memory)
     if o.cpus < 1:
         raise UsageError(f"--cpus {o.cpus}: at least 1")
     if o.timeout is not None and o.timeout <= 0:
@@ -193,7 +197,7 @@ class _Run:
         self.claim: state.Claim | None = None
         self.disks: list[GuestDisk] = []
         self.scratch: str | None = None
-        self.server: Any = None
+        self.server: NbdServer | None = None
         self.nbd_socket = ""
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: QmpClient | None = None
@@ -249,17 +253,17 @@ class _Run:
 
         assert self.claim is not None
         _log_to_stderr()
-        self.server = NbdServer()
+        server = self.server = NbdServer()
         for disk in self.disks:
-            self.server.add_export(disk.id, disk.device, description=disk.image)
+            server.add_export(disk.id, disk.device, description=disk.image)
         self.nbd_socket = self.claim.socket("nbd.sock")
         self.control_socket = self.claim.socket("control.sock")
         self.qmp_public = os.path.abspath(self.o.qmp) if self.o.qmp else self.claim.socket("qmp.sock")
         if self.o.agent:
             self.agent_socket = self.claim.socket("agent.sock")
-        await self.server.listen_unix(self.nbd_socket)
-        cleanup.push_async_callback(self.server.close)
-        layer_control = LayerControl(self.server, self.control_socket)
+        await server.listen_unix(self.nbd_socket)
+        cleanup.push_async_callback(server.close)
+        layer_control = LayerControl(server, self.control_socket)
         await layer_control.start()
         cleanup.push_async_callback(layer_control.close)
 
