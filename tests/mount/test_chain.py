@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from tests.helpers import assert_clean_error, vhdtool
 from tests.mount import peers
 from tests.mount.conftest import ok
 
@@ -35,3 +36,18 @@ def test_child_commit_and_no_undo_leave_the_parent_untouched(image_of, mnt: Path
     assert peers.fsck_clean("ext4", flat)[0]
     base = peers.to_raw(parent, tmp_path / "parent.raw")
     assert {"only-in-child", "direct-in-child"}.isdisjoint(peers.names("ext4", base))
+
+
+def test_commit_into_a_parent_of_other_disks_is_refused(image_of, mnt: Path, tmp_path: Path) -> None:
+    base = image_of("ext4")
+    ok("create", "--parent", base, tmp_path / "sibling.vhd")  # another disk that reads the base
+    before = digest(base)
+    ok("mount", base, mnt)
+    (mnt / "x").write_text("x\n")
+    refused = vhdtool("umount", "--commit", mnt)
+    assert_clean_error(refused, 64)
+    assert "is kept" in refused.stderr and "sibling.vhd" in refused.stderr
+    assert digest(base) == before
+    assert Path(f"{base}.mount-undo.vhd").exists()
+    ok("umount", "--discard", mnt)
+    assert digest(base) == before and not Path(f"{base}.mount-undo.vhd").exists()

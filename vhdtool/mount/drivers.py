@@ -114,7 +114,8 @@ class KernelMount(Attached):
         self.mountpoint = mountpoint
         self.loop, fd = loop.attach(source, read_only)
         try:
-            options = ["ro"] if read_only else ["rw"]
+            # an image is foreign data: no set-uid programs or device nodes from it (FUSE mounts do the same)
+            options = ["ro" if read_only else "rw", "nosuid", "nodev"]
             if read_only and route.fstype in ("ext3", "ext4"):
                 options.append("noload")  # a journal needing recovery cannot be replayed onto a read-only device
             done = subprocess.run(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from vhdtool.errors import VhdError
+from vhdtool.errors import UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.image import ImageBase
 from vhdtool.format.lock import lock_image
@@ -74,7 +74,10 @@ def commit(undo: str, image: str, progress: ProgressCallback | None = None) -> i
         raise VhdError(f"{undo}: the undo disk is missing; nothing to commit")
     from vhdtool.ops.merge import merge
 
-    return merge(undo, into=image, delete_child=True, progress=progress).data_bytes
+    try:
+        return merge(undo, into=image, delete_child=True, progress=progress).data_bytes
+    except UsageError as e:  # other children of the image in sight: merging would change them
+        raise UsageError(f"{e}; the undo disk {undo} is kept and {image} is unchanged") from None
 
 
 def discard(undo: str) -> None:
