@@ -121,3 +121,23 @@ class MetadataEditor:
         self.sync()
         os.ftruncate(self.fd, new_end + FOOTER_SIZE)
         self.end = new_end
+
+
+_FALLOC_FL_INSERT_RANGE = 0x20
+
+
+def insert_range(fd: int, offset: int, length: int) -> bool:
+    """Shift everything from ``offset`` on by ``length`` bytes in one step, leaving a hole that
+    reads as zeros (fallocate FALLOC_FL_INSERT_RANGE: ext4, XFS). False where the filesystem, or
+    the alignment (multiples of its block size), does not allow it; nothing has changed then."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate(fd, _FALLOC_FL_INSERT_RANGE, offset, length) == 0

@@ -12,9 +12,13 @@ Crash safety (in-place, ordered writes; Ctrl-C is held back until a step complet
   an interruption leaves the old size with the same content;
 - dynamic shrink: the footer with the new size goes first, then the dropped BAT entries and the
   packing, so an interruption leaves the old or the new size (plus reclaimable space);
-- fixed grow: the footer is written at the new end, then the old footer's 512 bytes are zeroed;
-  a power cut between the two leaves the new size with those bytes not yet zeroed;
-- fixed shrink: the footer is written at the new end, then the file is cut after it.
+- fixed grow: the footer is moved to the new end in one step over a hole (fallocate
+  INSERT_RANGE, on ext4 and XFS when the sizes are multiples of 4 KiB), then it gets the new size:
+  the old disk or the new one at every step. Elsewhere the footer is written at the new end, then
+  the old footer's 512 bytes are zeroed; a power cut between the two leaves the new size with
+  those bytes not yet zeroed;
+- fixed shrink: the footer at the end gets the new size, then it is written at the new end and
+  the file cut after it: the new size from the first step on.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.chain import open_image
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.metadata import read_metadata
-from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
+from vhdtool.format.rewrite import MetadataEditor, insert_range, pwrite_all, round_up
 from vhdtool.format.sparse import SparseImage
-from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, HEADER_SIZE, SECTOR, UNALLOCATED
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, FOOTER_SIZE, HEADER_SIZE, SECTOR, UNALLOCATED
 from vhdtool.ops.compact import refuse_saved_state
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces
 from vhdtool.ops.interrupts import deferred_interrupts
@@ -114,16 +118,26 @@ def _holds_data(image: BlockDevice, offset: int) -> bool:
 
 
 def _resize_fixed(editor: MetadataEditor, old: int, new: int, fields: dict[str, int]) -> None:
-    old_file_end = os.fstat(editor.fd).st_size
-    editor.footer.update(fields)
+    old_end = editor.end
     if new < old:
+        # the footer at the end says the new size first (the bytes after the disk are then just
+        # unused), then it is written at the new end and the file cut after it
+        editor.set_footer(**fields)
+        editor.sync()
         editor.truncate(new)
         return
+    if old_end == old and insert_range(editor.fd, old, new - old):
+        # the footer moved to the new end in one step over a hole: the old disk, then the new size
+        editor.end = new
+        editor.sync()
+        editor.set_footer(**fields)
+        editor.sync()
+        return
     editor.end = new
-    editor.set_footer()
+    editor.set_footer(**fields)
     editor.sync()
     # what was the footer (and anything after the old disk) is now disk space that must read zeros
-    zero_end = min(new, old_file_end)
+    zero_end = min(new, old_end + FOOTER_SIZE)
     for start in range(old, zero_end, CHUNK):
         pwrite_all(editor.fd, start, bytes(min(CHUNK, zero_end - start)))
     editor.sync()
