@@ -170,8 +170,9 @@ def test_framing_errors_close_only_that_connection(raw: Path, serve: Serve, tmp_
         c.send(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.Cmd.READ, 1, 0, 512)[:11])
     with RawClient(socket_of(uri)) as c:  # replies nobody reads: the server stops reading, no more
         c.go()
-        for handle in range(200):
-            c.request(p.Cmd.READ, MiB - 4096, MiB, handle=handle, flags=p.CmdFlag.DF)
+        c.send(
+            b"".join(p.REQUEST.pack(p.REQUEST_MAGIC, p.CmdFlag.DF, p.Cmd.READ, h, MiB - 4096, MiB) for h in range(200))
+        )
         for _ in range(200):
             assert c.reply().payload[8 + 4096 : 8 + 4102] == b"marker"
     still_serves(uri, before, tmp_path)

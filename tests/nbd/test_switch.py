@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,12 @@ def test_requests_in_flight_finish_on_the_old_layer(layers: tuple[Path, Path], s
     switched: list[object] = []
     switcher = threading.Thread(target=lambda: switched.append(thread.switch_write_layer("", new)))
     switcher.start()
+    export = thread.server.exports[""]
+    for _ in range(3000):  # until the switch holds new requests back (it cannot finish: A is held)
+        if export.switching:
+            break
+        time.sleep(0.01)
+    assert export.switching
     second = h.aio_pwrite(b"B" * 4096, 8192)  # arrives while the switch waits
     switcher.join(0.3)
     assert switcher.is_alive() and not switched, "switched with a write still in flight"

@@ -1,26 +1,24 @@
 """One named export: a BlockDevice, what it can do, and the rules for touching it concurrently.
 
-Blocking device calls run in the server's thread pool. Reads run in parallel; writes, zeroing,
-trims and flushes of one export are serialised by an asyncio lock (images allow concurrent
-pread but only one pwrite at a time). Every request passes a gate, which is what makes
-``switch()`` atomic: it closes the gate, waits for the requests in flight on the old device,
-flushes it, and lets later requests through to the new one.
+Requests run in the server's worker threads and call the methods here directly. Reads run in
+parallel; writes, zeroing, trims and flushes of one export are serialised by a lock (images
+allow concurrent pread but only one pwrite at a time). Every request passes a gate, which is
+what makes ``switch()`` atomic: it closes the gate, waits for the requests already past it
+(they finish on the old device), flushes the old device, and opens the gate onto the new one;
+requests that arrived meanwhile waited at the gate and go to the new device.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vhdtool.errors import UsageError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.nbd import deviceio
 from vhdtool.nbd.protocol import TransmissionFlag as TF
-
-T = TypeVar("T")
 
 MIN_BLOCK = 1
 PREFERRED_BLOCK = 4096
@@ -40,34 +38,28 @@ def device_can(dev: BlockDevice, operation: str) -> bool:
 class Export:
     """A BlockDevice served under ``name``. The server never closes devices: their owner does."""
 
-    def __init__(
-        self,
-        name: str,
-        device: BlockDevice,
-        executor: Executor,
-        *,
-        read_only: bool = False,
-        description: str = "",
-    ) -> None:
+    def __init__(self, name: str, device: BlockDevice, *, read_only: bool = False, description: str = "") -> None:
         self.name = name
         self.description = description
         self.writable = bool(device.writable) and not read_only
         self.size = device.size
         self.can_trim = self.writable and device_can(device, "trim")
         self._device = device
-        self._executor = executor
-        self._write_lock = asyncio.Lock()
-        self._switch_lock = asyncio.Lock()
-        self._open = asyncio.Event()
-        self._open.set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._write_lock = threading.Lock()
+        self._switch_lock = threading.Lock()
+        self._gate = threading.Condition()
+        self._open = True
         self._inflight = 0
 
     @property
     def device(self) -> BlockDevice:
         """The device later requests go to."""
         return self._device
+
+    @property
+    def switching(self) -> bool:
+        """True while a switch holds new requests back, waiting for those in flight."""
+        return not self._open
 
     def transmission_flags(self, structured: bool) -> int:
         """Flags for the handshake, from what the export can do (CAN_MULTI_CONN: every connection
@@ -83,53 +75,67 @@ class Export:
             flags |= TF.SEND_TRIM
         return flags
 
-    @asynccontextmanager
-    async def _enter(self) -> AsyncIterator[BlockDevice]:
-        while not self._open.is_set():
-            await self._open.wait()
-        self._inflight += 1
-        self._idle.clear()
+    @contextmanager
+    def _enter(self) -> Iterator[BlockDevice]:
+        with self._gate:
+            while not self._open:
+                self._gate.wait()
+            self._inflight += 1
+            device = self._device
         try:
-            yield self._device
+            yield device
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            with self._gate:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._gate.notify_all()
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    # -- requests (worker threads) ---------------------------------------------------------
 
-    async def read(self, offset: int, length: int, holes: bool) -> list[deviceio.ReadPiece]:
-        async with self._enter() as dev:
-            return await self._run(deviceio.read_pieces, dev, offset, length, holes)
+    def read(self, offset: int, length: int, holes: bool) -> list[deviceio.ReadPiece]:
+        # _enter() spelled out: this is the hot path, and a generator context manager costs
+        with self._gate:
+            while not self._open:
+                self._gate.wait()
+            self._inflight += 1
+            dev = self._device
+        try:
+            return deviceio.read_pieces(dev, offset, length, holes)
+        finally:
+            with self._gate:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._gate.notify_all()
 
-    async def block_status(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
-        async with self._enter() as dev:
-            return await self._run(deviceio.allocation, dev, offset, length, limit)
+    def block_status(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+        with self._enter() as dev:
+            return deviceio.allocation(dev, offset, length, limit)
 
-    async def write(self, offset: int, data: bytes, fua: bool) -> None:
-        async with self._enter() as dev, self._write_lock:
-            await self._run(dev.pwrite, offset, data)
+    def write(self, offset: int, data: bytes | bytearray, fua: bool) -> None:
+        with self._enter() as dev, self._write_lock:
+            dev.pwrite(offset, data)
             if fua:
-                await self._run(dev.flush)
+                dev.flush()
 
-    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
-        async with self._enter() as dev, self._write_lock:
-            await self._run(deviceio.write_zeroes, dev, offset, length)
+    def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        with self._enter() as dev, self._write_lock:
+            deviceio.write_zeroes(dev, offset, length)
             if fua:
-                await self._run(dev.flush)
+                dev.flush()
 
-    async def trim(self, offset: int, length: int, fua: bool) -> None:
-        async with self._enter() as dev, self._write_lock:
-            await self._run(dev.trim, offset, length)  # type: ignore[attr-defined]
+    def trim(self, offset: int, length: int, fua: bool) -> None:
+        with self._enter() as dev, self._write_lock:
+            dev.trim(offset, length)  # type: ignore[attr-defined]
             if fua:
-                await self._run(dev.flush)
+                dev.flush()
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
         if not self.writable:
             return
-        async with self._enter() as dev, self._write_lock:
-            await self._run(dev.flush)
+        with self._enter() as dev, self._write_lock:
+            dev.flush()
+
+    # -- the layer switch --------------------------------------------------------------------
 
     async def switch(self, new_device: BlockDevice) -> BlockDevice:
         """Make ``new_device`` the target of later requests; returns the old device, flushed.
@@ -146,14 +152,23 @@ class Export:
             raise UsageError(f"{new_device.path}: export '{self.name}' is writable but the new layer is not")
         if self.can_trim and not device_can(new_device, "trim"):
             raise UsageError(f"{new_device.path}: export '{self.name}' promised TRIM but the new layer has none")
-        async with self._switch_lock:
-            self._open.clear()
+        # waiting for requests in flight blocks: do it in a thread of the loop's default pool,
+        # not the server's workers (which may be the very requests it waits for)
+        return await asyncio.get_running_loop().run_in_executor(None, self._switch, new_device)
+
+    def _switch(self, new_device: BlockDevice) -> BlockDevice:
+        with self._switch_lock:
+            with self._gate:
+                self._open = False
+                while self._inflight:
+                    self._gate.wait()
+            old = self._device
             try:
-                await self._idle.wait()
-                old = self._device
                 if self.writable:
-                    await self._run(old.flush)
+                    old.flush()
                 self._device = new_device
             finally:
-                self._open.set()
-        return old
+                with self._gate:
+                    self._open = True
+                    self._gate.notify_all()
+            return old

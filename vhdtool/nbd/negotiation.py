@@ -8,12 +8,12 @@ magic, unknown client flags) is disconnected by raising ProtocolError.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from vhdtool.nbd import protocol as p
+from vhdtool.nbd.channel import Channel
 from vhdtool.nbd.export import MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK, Export
 
 MAX_OPTION = 64 << 10
@@ -83,11 +83,8 @@ class _Parser:
 class Negotiation:
     """One client's handshake; ``run()`` returns the Session, or None when the client quits."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exports: Mapping[str, Export]
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, channel: Channel, exports: Mapping[str, Export]) -> None:
+        self.channel = channel
         self.exports = exports
         self.structured = False
         self.contexts: dict[int, str] = {}
@@ -95,23 +92,22 @@ class Negotiation:
         self.no_zeroes = False
 
     async def run(self) -> Session | None:
-        self.writer.write(p.hello(p.HandshakeFlag.FIXED_NEWSTYLE | p.HandshakeFlag.NO_ZEROES))
-        await self.writer.drain()
-        (client_flags,) = struct.unpack(">I", await self.reader.readexactly(4))
+        await self.channel.send_all(p.hello(p.HandshakeFlag.FIXED_NEWSTYLE | p.HandshakeFlag.NO_ZEROES))
+        (client_flags,) = struct.unpack(">I", await self.channel.read_exact(4))
         if client_flags & ~int(p.ClientFlag.FIXED_NEWSTYLE | p.ClientFlag.NO_ZEROES):  # ~IntFlag drops bits
             raise ProtocolError(f"unknown client flags {client_flags:#x}")
         self.no_zeroes = bool(client_flags & p.ClientFlag.NO_ZEROES)
         while True:
-            magic, option, length = p.OPTION_HEADER.unpack(await self.reader.readexactly(16))
+            magic, option, length = p.OPTION_HEADER.unpack(await self.channel.read_exact(16))
             if magic != p.IHAVEOPT:
                 raise ProtocolError(f"bad option magic {magic:#x}")
             if length > MAX_OPTION:
                 if option == p.Opt.EXPORT_NAME:
                     raise ProtocolError(f"export name of {length} bytes")
-                await self._skip(length)
+                await self.channel.skip(length)
                 await self._reply(option, p.Rep.ERR_TOO_BIG, b"option too large")
                 continue
-            data = await self.reader.readexactly(length)
+            data = bytes(await self.channel.read_exact(length))
             try:
                 session = await self._option(option, data)
             except _Malformed:
@@ -120,17 +116,12 @@ class Negotiation:
             if session is not None or option == p.Opt.ABORT:
                 return session
 
-    async def _skip(self, length: int) -> None:
-        while length:
-            length -= len(await self.reader.readexactly(min(length, MAX_OPTION)))
-
     async def _reply(self, option: int, reply: p.Rep, payload: bytes = b"") -> None:
-        self.writer.write(p.option_reply(option, reply, payload))
-        await self.writer.drain()
+        await self.channel.send_all(p.option_reply(option, reply, payload))
 
     async def _option(self, option: int, data: bytes) -> Session | None:
         if option == p.Opt.EXPORT_NAME:
-            return self._export_name(data)
+            return await self._export_name(data)
         if option in (p.Opt.GO, p.Opt.INFO):
             return await self._go(option, data)
         if option == p.Opt.ABORT:
@@ -150,7 +141,7 @@ class Negotiation:
             await self._reply(option, p.Rep.ERR_UNSUP, b"option not supported")
         return None
 
-    def _export_name(self, data: bytes) -> Session:
+    async def _export_name(self, data: bytes) -> Session:
         try:
             name = data.decode()
         except UnicodeDecodeError:
@@ -159,7 +150,7 @@ class Negotiation:
         if export is None:  # this old option has no way to report an error but hanging up
             raise ProtocolError(f"no export named {name!r}")
         tail = b"" if self.no_zeroes else bytes(124)
-        self.writer.write(struct.pack(">QH", export.size, export.transmission_flags(self.structured)) + tail)
+        await self.channel.send_all(struct.pack(">QH", export.size, export.transmission_flags(self.structured)) + tail)
         return self._session(export)
 
     async def _go(self, option: int, data: bytes) -> Session | None:

@@ -1,7 +1,8 @@
 """The NBD server: listeners, connections, named exports; and a thread to run it from sync code.
 
-One asyncio event loop does all socket work; device calls go to a thread pool (see ``export``).
-Each connection is one task: negotiation under a deadline (a client that never finishes its
+One asyncio event loop accepts connections, negotiates and reads requests; each request is
+carried out and answered by a worker thread (see ``transmission`` and ``channel``). Each
+connection is one task: negotiation under a deadline (a client that never finishes its
 handshake is dropped, as qemu-nbd's --handshake-limit does), then the transmission phase. A
 client's misbehaviour ends its own connection only; nothing a client sends reaches the loop's
 exception handler.
@@ -24,6 +25,7 @@ from urllib.parse import quote
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
+from vhdtool.nbd.channel import Channel
 from vhdtool.nbd.export import Export
 from vhdtool.nbd.negotiation import Negotiation, ProtocolError
 from vhdtool.nbd.transmission import Transmission
@@ -33,8 +35,8 @@ log = logging.getLogger("vhdtool.nbd")
 T = TypeVar("T")
 
 DEFAULT_PORT = 10809
-READ_BUFFER = 1 << 20
-"""Stream buffer limit per connection: reading pauses past twice this, bounding unread input."""
+BACKLOG = 128
+SEND_BUFFER = 4 << 20
 
 
 class NbdServer:
@@ -58,7 +60,8 @@ class NbdServer:
         self.max_connections = max_connections
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhdtool-nbd")
         self._exports: dict[str, Export] = {}
-        self._listeners: list[asyncio.Server] = []
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._unix_paths: list[str] = []
         self._uris: list[str] = []
         self._connections: set[asyncio.Task[Any]] = set()
@@ -73,7 +76,7 @@ class NbdServer:
             raise UsageError(f"export name of {len(name.encode())} bytes: NBD allows 4096")
         if name in self._exports:
             raise UsageError(f"export {name!r} already exists")
-        export = Export(name, device, self._executor, read_only=read_only, description=description)
+        export = Export(name, device, read_only=read_only, description=description)
         self._exports[name] = export
         return export
 
@@ -96,21 +99,28 @@ class NbdServer:
         """Listen on a unix socket (a stale socket left at ``path`` is replaced); returns the URI."""
         path = os.path.abspath(os.fspath(path))
         _remove_stale_socket(path)
-        listener = await asyncio.start_unix_server(self._connection, path, limit=READ_BUFFER)
-        self._listeners.append(listener)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(BACKLOG)
+        except OSError as e:
+            listener.close()
+            raise VhdError(f"{path}: cannot listen: {e.strerror or e}") from None
         self._unix_paths.append(path)
+        self._accept_on(listener)
         name = next(iter(self._exports), "")
         self._uris.append(f"nbd+unix:///{quote(name, safe='')}?socket={quote(path)}")
         return self._uris[-1]
 
     async def listen_tcp(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> str:
         """Listen on TCP (port 0 picks a free one); returns the URI."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            listener = await asyncio.start_server(self._connection, host, port, limit=READ_BUFFER)
+            listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
         except OSError as e:
             raise VhdError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        self._listeners.append(listener)
-        port = listener.sockets[0].getsockname()[1]
+        self._accept_on(listener)
+        port = listener.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         name = next(iter(self._exports), "")
         self._uris.append(f"nbd://{shown}:{port}/{quote(name, safe='')}")
@@ -130,37 +140,60 @@ class NbdServer:
 
     async def close(self) -> None:
         """Stop listening, answer the requests already received, flush, drop the connections."""
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
         for listener in self._listeners:
             listener.close()
+        self._accepting.clear()
+        self._listeners.clear()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        for listener in self._listeners:
-            await listener.wait_closed()
-        self._listeners.clear()
+        loop = asyncio.get_running_loop()
         for export in self._exports.values():
-            await export.flush()
+            await loop.run_in_executor(self._executor, export.flush)
         for path in self._unix_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._unix_paths.clear()
         self._executor.shutdown(wait=True)
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer_name(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._connections) >= self.max_connections:
-            log.warning("%s: refused, %d connections open", peer, len(self._connections))
-            writer.close()
-            return
-        self._connections.add(task)
+    def _accept_on(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        self._listeners.append(listener)
+        self._accepting.append(asyncio.create_task(self._accept(listener)))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as e:  # out of file descriptors, say: keep serving the connections we have
+                log.warning("cannot accept a connection: %s", e.strerror or e)
+                await asyncio.sleep(0.5)
+                continue
+            if len(self._connections) >= self.max_connections:
+                log.warning("refused a connection: %d open", len(self._connections))
+                sock.close()
+                continue
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # room for a few whole replies: fewer partial sends and wake-ups (the kernel caps it)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            task = asyncio.create_task(self._connection(sock))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, sock: socket.socket) -> None:
+        channel = Channel(sock)
+        peer = channel.peer()
         try:
             async with asyncio.timeout(self.handshake_timeout):
-                session = await Negotiation(reader, writer, self._exports).run()
+                session = await Negotiation(channel, self._exports).run()
             if session is not None:
                 log.info("%s: serving export %r", peer, session.export.name)
-                await Transmission(session, reader, writer, peer).run()
+                await Transmission(session, channel, self._executor, peer).run()
         except TimeoutError:
             log.info("%s: handshake not finished in %g s", peer, self.handshake_timeout)
         except ProtocolError as e:
@@ -172,15 +205,7 @@ class NbdServer:
         except Exception as e:
             log.error("%s: internal error: %r", peer, e)
         finally:
-            self._connections.discard(task)
-            writer.close()
-
-
-def _peer_name(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple):
-        return f"{peer[0]}:{peer[1]}"
-    return "unix client"
+            channel.close()
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -1,23 +1,31 @@
 """The transmission phase of one connection: read requests, run them, send replies.
 
-Each request runs as its own task, so one connection can have several reads in flight (the
-export serialises writes). Memory stays bounded: the bytes of all requests in flight on a
-connection (read lengths, write payloads) are capped by a budget, and replies wait for the socket
-to drain, so a client that sends without reading stalls itself, not the server.
+The event loop reads request headers and write payloads; each request then runs start to finish
+in a worker thread (device call, then its reply sent straight from that thread, see
+``channel``), so reads of one connection proceed in parallel and a reply costs no round trip
+through the event loop. The export serialises writes.
+
+Memory stays bounded: the bytes of all requests in flight on a connection (read lengths, write
+payloads) are capped by a budget released when a reply has been taken by the kernel, so a
+client that sends without reading stalls itself, not the server.
 
 A request the protocol lets us refuse (out of range, too large, unknown command, write to a
 read-only export) gets an error reply; a client that breaks the framing (bad magic, an oversized
-write payload we would have to swallow) is disconnected. Replies of different requests may
-interleave, chunks never: each chunk is written in one synchronous step.
+write payload we would have to swallow) is disconnected. Replies of different requests go out
+in the order they are ready; each reply is sent whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
 
 from vhdtool.errors import ReadOnlyError, VhdError
 from vhdtool.nbd import protocol as p
+from vhdtool.nbd.channel import Channel
 from vhdtool.nbd.deviceio import ReadPiece
 from vhdtool.nbd.export import MAX_PAYLOAD
 from vhdtool.nbd.negotiation import BASE_ALLOCATION_ID, ProtocolError, Session
@@ -34,25 +42,66 @@ _WRITING = (p.Cmd.WRITE, p.Cmd.WRITE_ZEROES, p.Cmd.TRIM)
 _RANGED = (p.Cmd.READ, p.Cmd.WRITE, p.Cmd.WRITE_ZEROES, p.Cmd.TRIM, p.Cmd.BLOCK_STATUS)
 
 
-class _Budget:
-    """A counting limit on bytes in flight; one event loop, so no lock is needed."""
+class _Inflight:
+    """Requests between receipt and reply: counted from any thread, waited for on the loop.
+
+    ``requests`` counts those whose device work is not finished; ``bytes`` the budget held
+    until their replies are sent.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
-        self._freed = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.bytes = 0
+        self._wake: asyncio.Future[None] | None = None
 
-    async def acquire(self, n: int) -> int:
-        n = min(n, self.limit)
-        while self.used + n > self.limit:
-            self._freed.clear()
-            await self._freed.wait()
-        self.used += n
-        return n
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        while True:
+            with self._lock:
+                if ready():
+                    return
+                if self._wake is None:
+                    self._wake = self.loop.create_future()
+                wake = self._wake
+            await wake
 
-    def release(self, n: int) -> None:
-        self.used -= n
-        self._freed.set()
+    def _changed(self) -> None:  # lock held
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            self.loop.call_soon_threadsafe(_resolve, wake)
+
+    def try_admit(self, cost: int) -> bool:
+        """Count a request in if its bytes fit the budget (the fast path: no coroutine)."""
+        with self._lock:
+            if self.bytes + cost > self.limit:
+                return False
+            self.requests += 1
+            self.bytes += cost
+            return True
+
+    async def admit(self, cost: int) -> None:
+        while not self.try_admit(cost):
+            await self._until(lambda: self.bytes + cost <= self.limit)
+
+    def worked(self) -> None:
+        with self._lock:
+            self.requests -= 1
+            self._changed()
+
+    def replied(self, cost: int) -> None:
+        with self._lock:
+            self.bytes -= cost
+            self._changed()
+
+    async def idle(self) -> None:
+        await self._until(lambda: not self.requests)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _Refused(Exception):
@@ -66,77 +115,79 @@ class _Refused(Exception):
 class Transmission:
     """Serves requests on one negotiated connection until the client disconnects."""
 
-    def __init__(self, session: Session, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    def __init__(self, session: Session, channel: Channel, workers: Executor, peer: str) -> None:
         self.session = session
         self.export = session.export
-        self.reader = reader
-        self.writer = writer
+        self.channel = channel
+        self.workers = workers
         self.peer = peer
-        self._budget = _Budget(INFLIGHT_BYTES)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = _Inflight(INFLIGHT_BYTES)
         self._dirty = False
 
     async def run(self) -> None:
-        """Serve until DISC, end of stream or cancellation; in every case the requests already
-        received are answered and written data is flushed before returning."""
+        """Serve until DISC, end of stream or cancellation. The requests already received are
+        always carried out and written data flushed; after DISC their replies are sent too."""
+        disconnected = False
         try:
-            await self._receive()
+            disconnected = await self._receive()
         finally:
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._inflight.idle()
             if self._dirty:
-                await self.export.flush()
+                await asyncio.get_running_loop().run_in_executor(self.workers, self.export.flush)
+        if disconnected:
+            await self.channel.drained()
 
-    async def _receive(self) -> None:
+    async def _receive(self) -> bool:
+        """Read and start requests; True after NBD_CMD_DISC, False at the end of the stream."""
         while True:
             try:
-                header = await self.reader.readexactly(p.REQUEST.size)
+                header = self.channel.read_buffered(p.REQUEST.size) or await self.channel.read_exact(p.REQUEST.size)
             except asyncio.IncompleteReadError as e:
                 if e.partial:
                     log.info("%s: disconnected inside a request header", self.peer)
-                return
+                return False
             magic, flags, cmd, handle, offset, length = p.REQUEST.unpack(header)
             if magic != p.REQUEST_MAGIC:
                 raise ProtocolError(f"bad request magic {magic:#x}")
             if cmd == p.Cmd.DISC:
-                return
-            data = b""
+                return True
+            if cmd == p.Cmd.WRITE and length > MAX_PAYLOAD:
+                raise ProtocolError(f"write payload of {length} bytes exceeds {MAX_PAYLOAD}")
+            cost = min(length, MAX_PAYLOAD) if cmd in (p.Cmd.READ, p.Cmd.WRITE) else 0
+            if not self._inflight.try_admit(cost):
+                await self._inflight.admit(cost)
+            data: bytes | bytearray = b""
             if cmd == p.Cmd.WRITE:
-                if length > MAX_PAYLOAD:
-                    raise ProtocolError(f"write payload of {length} bytes exceeds {MAX_PAYLOAD}")
-                cost = await self._budget.acquire(length)
                 try:
-                    data = await self.reader.readexactly(length)
+                    data = await self.channel.read_exact(length)
                 except asyncio.IncompleteReadError:
-                    self._budget.release(cost)
+                    self._inflight.worked()
+                    self._inflight.replied(cost)
                     log.info("%s: disconnected inside a write payload", self.peer)
-                    return
-            else:
-                cost = await self._budget.acquire(length if cmd == p.Cmd.READ else 0)
-            task = asyncio.create_task(self._serve(flags, cmd, handle, offset, length, data, cost))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+                    return False
+            self.workers.submit(self._serve, flags, cmd, handle, offset, length, data, cost)
 
-    async def _serve(self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes, cost: int) -> None:
+    def _serve(
+        self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes | bytearray, cost: int
+    ) -> None:
+        """Worker thread: carry out one request and send its reply."""
         try:
             try:
                 self._check(flags, cmd, offset, length)
-                await self._dispatch(flags, cmd, handle, offset, length, data)
+                reply = self._dispatch(flags, cmd, handle, offset, length, data)
             except _Refused as e:
-                self._send_error(handle, e.errno, str(e))
+                reply = self._error(handle, e.errno, str(e))
             except ReadOnlyError as e:
-                self._send_error(handle, p.Errno.EPERM, str(e))
+                reply = self._error(handle, p.Errno.EPERM, str(e))
             except (VhdError, OSError) as e:
                 log.warning("%s: %s", self.peer, e)
-                self._send_error(handle, p.Errno.EIO, str(e))
-            await self.writer.drain()
-        except ConnectionError:
-            pass  # the client left; nobody to tell
-        except Exception as e:  # a bug in vhdtool must not end the other requests or the server
-            log.error("%s: internal error on command %d: %r", self.peer, cmd, e)
-            self._send_error(handle, p.Errno.EIO, "internal error")
+                reply = self._error(handle, p.Errno.EIO, str(e))
+            except Exception as e:  # a bug in vhdtool must not end the other requests or the server
+                log.error("%s: internal error on command %d: %r", self.peer, cmd, e)
+                reply = self._error(handle, p.Errno.EIO, "internal error")
+            self.channel.send(reply, lambda: self._inflight.replied(cost))
         finally:
-            self._budget.release(cost)
+            self._inflight.worked()
 
     def _check(self, flags: int, cmd: int, offset: int, length: int) -> None:
         export, session = self.export, self.session
@@ -155,51 +206,46 @@ class Transmission:
         if cmd == p.Cmd.BLOCK_STATUS and (BASE_ALLOCATION_ID not in session.contexts or not length):
             raise _Refused(p.Errno.EINVAL, "no metadata context negotiated" if length else "zero length")
 
-    async def _dispatch(self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes) -> None:
+    def _dispatch(
+        self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes | bytearray
+    ) -> list[bytes]:
+        """Carry out one checked request; returns the parts of its reply."""
         export = self.export
         fua = bool(flags & p.CmdFlag.FUA)
         if cmd == p.Cmd.READ:
             holes = self.session.structured and not flags & p.CmdFlag.DF
-            self._send_read(handle, await export.read(offset, length, holes) if length else [])
-            return
+            return self._read_reply(handle, export.read(offset, length, holes) if length else [])
         if cmd == p.Cmd.BLOCK_STATUS:
             limit = 1 if flags & p.CmdFlag.REQ_ONE else MAX_DESCRIPTORS
-            runs = await export.block_status(offset, length, limit)
-            self._send(p.block_status_chunk(handle, BASE_ALLOCATION_ID, runs))
-            return
+            runs = export.block_status(offset, length, limit)
+            return [p.block_status_chunk(handle, BASE_ALLOCATION_ID, runs)]
         if cmd == p.Cmd.WRITE:
-            await export.write(offset, data, fua)
+            export.write(offset, data, fua)
         elif cmd == p.Cmd.WRITE_ZEROES:
-            await export.write_zeroes(offset, length, fua)
+            export.write_zeroes(offset, length, fua)
         elif cmd == p.Cmd.TRIM:
-            await export.trim(offset, length, fua)
+            export.trim(offset, length, fua)
         elif cmd == p.Cmd.FLUSH:
-            await export.flush()
-        self._dirty = self._dirty or cmd in _WRITING
-        self._send(p.done_chunk(handle) if self.session.structured else p.simple_reply(handle))
+            export.flush()
+        if cmd in _WRITING:
+            self._dirty = True
+        return [p.done_chunk(handle) if self.session.structured else p.simple_reply(handle)]
 
-    def _send(self, *parts: bytes) -> None:
-        if self.writer.transport.is_closing():
-            return
-        for part in parts:
-            self.writer.write(part)
-
-    def _send_read(self, handle: int, pieces: list[ReadPiece]) -> None:
+    def _read_reply(self, handle: int, pieces: list[ReadPiece]) -> list[bytes]:
         if not self.session.structured:  # without holes, read_pieces gives one data piece
-            self._send(p.simple_reply(handle), *(item for _, item in pieces if isinstance(item, bytes)))
-            return
+            return [p.simple_reply(handle), *(item for _, item in pieces if isinstance(item, bytes))]
         if not pieces:
-            self._send(p.done_chunk(handle))
-            return
+            return [p.done_chunk(handle)]
+        parts = []
         last = len(pieces) - 1
         for i, (offset, item) in enumerate(pieces):
             if isinstance(item, int):
-                self._send(p.hole_chunk(handle, offset, item, i == last))
+                parts.append(p.hole_chunk(handle, offset, item, i == last))
             else:
-                self._send(p.data_chunk_header(handle, offset, len(item), i == last), item)
+                parts += (p.data_chunk_header(handle, offset, len(item), i == last), item)
+        return parts
 
-    def _send_error(self, handle: int, errno: int, message: str) -> None:
+    def _error(self, handle: int, errno: int, message: str) -> list[bytes]:
         if self.session.structured:
-            self._send(p.error_chunk(handle, errno, message))
-        else:
-            self._send(p.simple_reply(handle, errno))
+            return [p.error_chunk(handle, errno, message)]
+        return [p.simple_reply(handle, errno)]

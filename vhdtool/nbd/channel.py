@@ -1,0 +1,211 @@
+"""One client connection: a non-blocking socket read by the event loop, written from any thread.
+
+Reads (request headers, option payloads, write payloads) happen on the event loop: small ones
+through a buffer, large ones straight into their own bytearray, nothing read before it is
+wanted. Replies are sent by whichever thread produced them (a worker that just read the data):
+``send`` hands all parts of one reply to ``sendmsg`` at once (header and data as separate
+buffers, nothing joined or copied). If the socket is full, or replies are already waiting, the
+reply joins a queue that the event loop writes out when the socket has room, so a worker never
+blocks on a slow client and replies never interleave. A reply's ``done`` callback runs once
+the kernel has taken it (or the connection is gone), which is what bounds memory per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+
+RECV_CHUNK = 256 << 10
+"""How much to ask the kernel for when refilling the small-read buffer (headers, options)."""
+
+DIRECT = 64 << 10
+"""Reads at least this long bypass the buffer and land in their own bytearray."""
+
+Done = Callable[[], None] | None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Channel:
+    """Exact reads on the event loop; whole-reply sends from any thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = asyncio.get_running_loop()
+        self._buf = bytearray()
+        self._pos = 0
+        self._lock = threading.Lock()  # guards everything below; held while a thread sends
+        self._queue: deque[tuple[list[memoryview], Done]] = deque()
+        self._watching = False  # the loop waits for room to write out the queue
+        self._drained: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def peer(self) -> str:
+        try:
+            name = self.sock.getpeername()
+        except OSError:
+            return "client"
+        if isinstance(name, tuple):
+            return f"{name[0]}:{name[1]}"
+        return "unix client"
+
+    # -- reading (event loop only) -------------------------------------------------------
+
+    def read_buffered(self, n: int) -> bytes | None:
+        """``n`` bytes if the buffer holds them already, else None (the fast path: no coroutine)."""
+        end = self._pos + n
+        if end > len(self._buf):
+            return None
+        data = bytes(self._buf[self._pos : end])
+        if end == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return data
+
+    async def read_exact(self, n: int) -> bytes | bytearray:
+        """Exactly ``n`` bytes; IncompleteReadError if the peer closes first."""
+        data = self.read_buffered(n)
+        if data is not None:
+            return data
+        if n >= DIRECT:
+            return await self._read_direct(n)
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        while len(self._buf) < n:
+            chunk = await self.loop.sock_recv(self.sock, RECV_CHUNK)
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(self._buf), n)
+            self._buf += chunk
+        return await self.read_exact(n)
+
+    async def _read_direct(self, n: int) -> bytearray:
+        out = bytearray(n)
+        view = memoryview(out)
+        got = len(self._buf) - self._pos
+        view[:got] = self._buf[self._pos :]
+        self._buf.clear()
+        self._pos = 0
+        while got < n:
+            k = await self.loop.sock_recv_into(self.sock, view[got:])
+            if not k:
+                raise asyncio.IncompleteReadError(bytes(out[:got]), n)
+            got += k
+        return out
+
+    async def skip(self, n: int) -> None:
+        """Read and drop ``n`` bytes, a bounded piece at a time."""
+        while n:
+            n -= len(await self.read_exact(min(n, DIRECT - 1)))
+
+    # -- writing (any thread) --------------------------------------------------------------
+
+    def send(self, parts: Sequence[bytes | bytearray | memoryview], done: Done = None) -> None:
+        """Send one reply (``parts`` back to back); never blocks, never raises."""
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        with self._lock:
+            if not self.closed:
+                if not self._queue:
+                    views = self._push(views)
+                if views and not self.closed:
+                    self._queue.append((views, done))
+                    if not self._watching:
+                        self._watching = True
+                        self.loop.call_soon_threadsafe(self._watch)
+                    return
+        if done is not None:
+            done()
+
+    async def send_all(self, *parts: bytes) -> None:
+        """Send and wait until the kernel has taken everything queued (for the handshake)."""
+        self.send(parts)
+        await self.drained()
+
+    async def drained(self) -> None:
+        with self._lock:
+            if not self._queue or self.closed:
+                return
+            if self._drained is None:
+                self._drained = self.loop.create_future()
+            waiter = self._drained
+        await waiter
+        if self.closed:
+            raise ConnectionResetError("connection lost while sending")
+
+    def _push(self, views: list[memoryview]) -> list[memoryview]:
+        """sendmsg as much as the socket takes; returns what is left. Lock held."""
+        while views:
+            try:
+                sent = self.sock.sendmsg(views)
+            except (BlockingIOError, InterruptedError):
+                return views
+            except OSError:  # the peer is gone: what is queued is dropped at close()
+                self.closed = True
+                return []
+            while sent:
+                if sent >= len(views[0]):
+                    sent -= len(views.pop(0))
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+        return views
+
+    def _watch(self) -> None:
+        """Event loop: start writing the queue out whenever the socket has room."""
+        with self._lock:
+            if self.closed or not self._queue:
+                self._watching = False
+                return
+        self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        finished: list[Done] = []
+        with self._lock:
+            while self._queue and not self.closed:
+                views, done = self._queue[0]
+                rest = self._push(views)
+                if rest:
+                    self._queue[0] = (rest, done)
+                    break
+                self._queue.popleft()
+                finished.append(done)
+            if not self._queue or self.closed:
+                if self._watching:
+                    self._watching = False
+                    self.loop.remove_writer(self.fd)
+                finished += self._settle_locked()
+        for done in finished:
+            if done is not None:
+                done()
+
+    def _settle_locked(self) -> list[Done]:
+        """Wake a drain waiter; after a close, hand back the dropped replies' callbacks."""
+        if self._drained is not None:
+            self.loop.call_soon_threadsafe(_resolve, self._drained)
+            self._drained = None
+        dropped = [done for _, done in self._queue]
+        self._queue.clear()
+        return dropped
+
+    def close(self) -> None:
+        """Event loop: drop unsent replies (their callbacks run) and close the socket."""
+        with self._lock:
+            self.closed = True
+            if self._watching:
+                self._watching = False
+                self.loop.remove_writer(self.fd)
+            dropped = self._settle_locked()
+        for done in dropped:
+            if done is not None:
+                done()
+        self.sock.close()
