@@ -110,3 +110,14 @@ def test_refusals_change_nothing(tmp_path: Path) -> None:
     ):
         assert_clean_error(cli("resize", *args, cwd=tmp_path))
     assert folder_digests(tmp_path) == before
+
+
+def test_grow_fixed_not_4k_aligned(tmp_path: Path) -> None:
+    # 5 MiB + 512: no one-step footer move (INSERT_RANGE wants whole filesystem blocks)
+    img = tmp_path / "f.vhd"
+    vhdtool.create(img, size=5 * MiB + 512, type="fixed")
+    with vhdtool.open(img, writable=True) as disk:
+        disk.pwrite(5 * MiB - 100, b"\x42" * 612)
+    before = read_all(img)
+    assert cli("resize", img, "+1M").returncode == 0
+    _grown_ok(img, before, 6 * MiB + 512)
