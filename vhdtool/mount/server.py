@@ -30,12 +30,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from vhdtool.errors import VhdError
 from vhdtool.mount import drivers, registry, system
 from vhdtool.mount.registry import MountRecord
 from vhdtool.mount.spec import UNDO, MountSpec
 from vhdtool.mount.undo import Target
+
+if TYPE_CHECKING:
+    from vhdtool.mount.fuseview import RawView
 
 FUSE_START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -120,7 +124,7 @@ class Server:
         log.info("mounted %s at %s (%s)", spec.image, spec.mountpoint, record.driver or "raw view")
 
     def _start_fuse(self) -> None:
-        from vhdtool.mount.fuseview import RawView
+        from vhdtool.mount.fuseview import RawView  # loads libfuse: only here
         from vhdtool.mount.rawtree import RawTree
 
         assert self.target is not None
@@ -136,8 +140,8 @@ class Server:
         if not system.wait_until(lambda: self._inited.is_set() or not self._fuse_alive(), FUSE_START_TIMEOUT):
             raise VhdError(f"{self.raw_dir}: FUSE did not start within {FUSE_START_TIMEOUT:.0f} s")
         if not self._inited.is_set():
-            why = self._fuse_error or "libfuse refused the mount"
-            raise VhdError(f"{self.raw_dir}: cannot mount with FUSE: {why}{self._log_hint()}")
+            log.error("FUSE loop ended before it started: %r", self._fuse_error)
+            raise VhdError(f"{self.raw_dir}: libfuse refused the mount{self._log_hint()}")
         if not direct:
             self._raise_readahead()
 
@@ -149,11 +153,11 @@ class Server:
         with contextlib.suppress(OSError):  # only root may; it is only a speed-up
             knob.write_text("1024")
 
-    def _fuse_main(self, view: object) -> None:
+    def _fuse_main(self, view: RawView) -> None:
         from vhdtool.mount.fuseview import serve
 
         try:
-            serve(view, self.raw_dir)  # type: ignore[arg-type]
+            serve(view, self.raw_dir)
         except BaseException as e:
             self._fuse_error = e
         finally:
