@@ -41,3 +41,7 @@ class LockedError(VhdError):
 
 class ReadOnlyError(VhdError):
     """A write was attempted on an image opened read-only."""
+
+
+class IoError(VhdError):
+    """Reading or writing the file failed (EIO, ENOSPC, ...): the message names the file."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
-from vhdtool.errors import ReadOnlyError, UsageError, VhdError
+from vhdtool.errors import IoError, ReadOnlyError, UsageError, VhdError
 
 ZERO_CACHE_LIMIT = 4 << 20
 
@@ -152,7 +152,10 @@ class RawFile:
 
     def pread(self, offset: int, length: int) -> bytes:
         length = clip_read(self, offset, length)
-        data = os.pread(self._fd, length, offset)
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as e:
+            raise IoError(f"{self.path}: read failed: {e.strerror or e}") from None
         if len(data) < length:  # a file shrunk under us: the missing tail reads as zeros
             data += bytes(length - len(data))
         return data
@@ -162,14 +165,20 @@ class RawFile:
             raise ReadOnlyError(f"{self.path}: opened read-only")
         check_range(self, offset, len(data))
         view = memoryview(data)
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view = view[n:]
-            offset += n
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise IoError(f"{self.path}: write failed: {e.strerror or e}") from None
 
     def flush(self) -> None:
         if self.writable:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                raise IoError(f"{self.path}: flush failed: {e.strerror or e}") from None
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         end = self.size if length is None else offset + length

@@ -33,10 +33,10 @@ class FixedImage(ImageBase):
     def fileno(self) -> int:
         return self._fd
 
-    def pread(self, offset: int, length: int) -> bytes:
+    def _pread(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, clip_read(self, offset, length), offset)
 
-    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if not self.writable:
             raise ReadOnlyError(f"{self.path}: opened read-only")
         check_range(self, offset, len(data))
@@ -45,7 +45,7 @@ class FixedImage(ImageBase):
             n = os.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
 
-    def flush(self) -> None:
+    def _flush(self) -> None:
         if self.writable:
             os.fsync(self._fd)
 
@@ -53,7 +53,7 @@ class FixedImage(ImageBase):
         end = self.size if length is None else offset + length
         return file_extents(self._fd, offset, end, self.path)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

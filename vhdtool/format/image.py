@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from vhdtool.errors import IoError
 from vhdtool.format.metadata import ImageMetadata
 
 
@@ -27,7 +28,44 @@ class ImageBase:
     def all_warnings(self) -> list[str]:
         return [w for image in self.chain() for w in image.warnings]
 
-    def close(self) -> None:  # pragma: no cover - overridden
+    # The BlockDevice operations: the image classes implement _pread/_pwrite/_flush/_close; an
+    # OSError from the file (EIO, ENOSPC, a file cut short under us) leaves as one IoError that
+    # names the file, like every other error a user can meet.
+
+    def pread(self, offset: int, length: int) -> bytes:
+        try:
+            return self._pread(offset, length)
+        except OSError as e:
+            raise IoError(f"{self.path}: read failed: {e.strerror or e}") from None
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self._pwrite(offset, data)
+        except OSError as e:
+            raise IoError(f"{self.path}: write failed: {e.strerror or e}") from None
+
+    def flush(self) -> None:
+        try:
+            self._flush()
+        except OSError as e:
+            raise IoError(f"{self.path}: flush failed: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        try:
+            self._close()
+        except OSError as e:
+            raise IoError(f"{self.path}: close failed: {e.strerror or e}") from None
+
+    def _pread(self, offset: int, length: int) -> bytes:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _flush(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def close_chain(self) -> None:

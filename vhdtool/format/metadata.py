@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from construct import Container
 
-from vhdtool.errors import NotVhdError, UsageError, VhdError
+from vhdtool.errors import IoError, NotVhdError, UsageError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.locators import (
     EMPTY_CODE,
@@ -190,27 +190,31 @@ def _read_locators(fd: int, header: Container, file_size: int) -> list[Locator]:
 
 
 def read_metadata(path: str | os.PathLike[str], fd: int | None = None) -> ImageMetadata:
-    """Read everything but the data. Raises NotVhdError when there is no footer at all and
-    CorruptImageError-free: damage is reported in ``warnings`` or left for validation."""
+    """Read everything but the data. Raises NotVhdError when there is no footer at all,
+    CorruptImageError when the header or BAT cannot be located, IoError when reading fails;
+    other damage is reported in ``warnings`` or left for validation."""
     path = os.fspath(path)
     own_fd = fd is None
     if fd is None:
         fd = _open_for_reading(path)
     try:
-        try:
-            trailing, copy, size = read_footers(fd, path)
-        except OSError as e:
-            raise VhdError(f"{path}: cannot read: {e.strerror}") from None
-        footer, source, warnings = choose_footer(path, trailing, copy)
-        meta = ImageMetadata(path, size, trailing, copy, footer, source, warnings=warnings)
-        if meta.disk_type not in (DISK_TYPE_FIXED, DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING):
-            raise NotVhdError(f"{path}: unsupported disk type {meta.disk_type} in the footer")
-        if meta.is_sparse:
-            _read_sparse_metadata(fd, meta)
-        return meta
+        return _read_metadata(path, fd)
+    except OSError as e:
+        raise IoError(f"{path}: cannot read: {e.strerror or e}") from None
     finally:
         if own_fd:
             os.close(fd)
+
+
+def _read_metadata(path: str, fd: int) -> ImageMetadata:
+    trailing, copy, size = read_footers(fd, path)
+    footer, source, warnings = choose_footer(path, trailing, copy)
+    meta = ImageMetadata(path, size, trailing, copy, footer, source, warnings=warnings)
+    if meta.disk_type not in (DISK_TYPE_FIXED, DISK_TYPE_DYNAMIC, DISK_TYPE_DIFFERENCING):
+        raise NotVhdError(f"{path}: unsupported disk type {meta.disk_type} in the footer")
+    if meta.is_sparse:
+        _read_sparse_metadata(fd, meta)
+    return meta
 
 
 def _read_sparse_metadata(fd: int, meta: ImageMetadata) -> None:

@@ -138,7 +138,7 @@ class SparseImage(ImageBase):
 
     # -- reading ---------------------------------------------------------------------------
 
-    def pread(self, offset: int, length: int) -> bytes:
+    def _pread(self, offset: int, length: int) -> bytes:
         length = clip_read(self, offset, length)
         if length == 0:
             return b""
@@ -189,7 +189,7 @@ class SparseImage(ImageBase):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if not self.writable:
             raise ReadOnlyError(f"{self.path}: opened read-only")
         check_range(self, offset, len(data))
@@ -284,7 +284,7 @@ class SparseImage(ImageBase):
             n = os.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
 
-    def flush(self) -> None:
+    def _flush(self) -> None:
         if self.writable:
             os.fsync(self._fd)
 
@@ -330,7 +330,7 @@ class SparseImage(ImageBase):
     def allocated_blocks(self) -> int:
         return sum(1 for entry in self.bat if entry != UNALLOCATED)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self._fd < 0:
             return
         try:
