@@ -1,0 +1,162 @@
+"""Fault injection: disk full, EIO from the file, a parent deleted or replaced under an open
+child, two writers racing. Each ends with a clear error and an image that is not corrupt."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import vhdtool
+from tests.helpers import assert_clean_error
+from tests.helpers import vhdtool as cli
+from vhdtool.errors import IoError, LockedError, ParentError
+
+MiB = 1 << 20
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs: room for metadata and a couple of blocks, not for a 16 MiB write."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=6m", "tmpfs", str(where))
+    try:
+        yield where
+    finally:
+        _umount(where)
+
+
+def test_disk_full_is_a_clear_error_and_the_image_survives(small_fs: Path) -> None:
+    img = small_fs / "d.vhd"
+    vhdtool.create(img, size=64 * MiB, block_size=512 * 1024)
+    with vhdtool.open(img, writable=True) as image:
+        image.pwrite(0, b"A" * MiB)
+        image.flush()
+        with pytest.raises(IoError, match="No space left"):
+            for offset in range(MiB, 64 * MiB, MiB):
+                image.pwrite(offset, b"B" * MiB)
+        image.flush()
+    assert cli("check", img).returncode in (0, 3)
+    with vhdtool.open(img) as image:
+        assert image.pread(0, MiB) == b"A" * MiB
+    # the CLI says so in one line too, and leaves no partial output behind
+    result = cli("convert", "-O", "vhd", "--type", "fixed", img, small_fs / "copy.vhd")
+    assert_clean_error(result)
+    assert not (small_fs / "copy.vhd").exists()
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(backing folder, FUSE mount of it whose files fail on command)."""
+    backing, mnt = tmp_path / "backing", tmp_path / "faulty"
+    backing.mkdir()
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.campaigns.faultyfs", str(backing), str(mnt)])
+    for _ in range(100):
+        if os.path.ismount(mnt):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the fault-injecting FUSE file system did not mount")
+    try:
+        yield backing, mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_eio_from_the_file(faulty: tuple[Path, Path]) -> None:
+    backing, mnt = faulty
+    vhdtool.create(backing / "d.vhd", size=16 * MiB, block_size=512 * 1024)
+    switch = backing / ".fail"
+    with vhdtool.open(mnt / "d.vhd", writable=True) as image:
+        image.pwrite(0, b"good" * 1000)
+        image.flush()
+        switch.write_text("read")
+        with pytest.raises(IoError, match="read failed"):
+            image.pread(0, 4000)
+        switch.write_text("write")
+        with pytest.raises(IoError):
+            image.pwrite(5 * MiB, b"lost" * 1000)
+            image.flush()
+        switch.write_text("")
+    result = cli("info", mnt / "d.vhd")
+    assert result.returncode == 0
+    switch.write_text("read")
+    assert_clean_error(cli("info", mnt / "d.vhd"))
+    assert_clean_error(cli("check", mnt / "d.vhd"))
+    switch.write_text("")
+    assert cli("check", mnt / "d.vhd").returncode in (0, 3)
+    with vhdtool.open(mnt / "d.vhd") as image:
+        assert image.pread(0, 4000) == b"good" * 1000
+
+
+def test_parent_deleted_or_replaced_under_an_open_child(tmp_path: Path) -> None:
+    parent, child = tmp_path / "p.vhd", tmp_path / "c.vhd"
+    vhdtool.create(parent, size=8 * MiB)
+    with vhdtool.open(parent, writable=True) as p:
+        p.pwrite(0, b"P" * MiB)
+    vhdtool.create(child, parent=parent)
+    with vhdtool.open(child, writable=True) as c:
+        os.unlink(parent)  # the open chain keeps reading the file it opened
+        assert c.pread(0, MiB) == b"P" * MiB
+        vhdtool.create(parent, size=8 * MiB)  # a different disk under the old name
+        c.pwrite(100, b"child")
+        assert c.pread(0, 200) == b"P" * 100 + b"child" + b"P" * 95
+        c.flush()
+    with pytest.raises(ParentError, match="UUID"):
+        vhdtool.open(child)
+    assert_clean_error(cli("info", child))
+    assert cli("check", child).returncode == 2  # the chain is broken, and check says so
+
+
+WRITER = """
+import sys, time, vhdtool
+try:
+    with vhdtool.open(sys.argv[1], writable=True) as img:
+        print("open", flush=True)
+        for i in range(200):
+            img.pwrite(i * 4096, bytes([int(sys.argv[2])]) * 4096)
+        img.flush()
+        time.sleep(0.5)
+except vhdtool.VhdError as e:
+    print("refused", e, flush=True)
+"""
+
+
+def test_two_writers_racing(tmp_path: Path) -> None:
+    img = tmp_path / "d.vhd"
+    vhdtool.create(img, size=8 * MiB)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(img), str(v)], stdout=subprocess.PIPE, text=True)
+        for v in (1, 2)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    opened = [o for o in outs if o.startswith("open")]
+    refused = [o for o in outs if o.startswith("refused")]
+    assert len(opened) == 1 and len(refused) == 1, outs
+    assert "in use" in refused[0]
+    value = 1 if outs[0].startswith("open") else 2
+    with vhdtool.open(img) as image:
+        assert image.pread(0, 200 * 4096) == bytes([value]) * (200 * 4096)
+    assert cli("check", img).returncode == 0
+    with vhdtool.open(img, writable=True), pytest.raises(LockedError):
+        vhdtool.open(img, writable=True)
