@@ -1,0 +1,59 @@
+"""Run every benchmark: `python -m bench [--quick] [--only NAME ...]`.
+
+Each benchmark makes its own data, runs vhdtool and its peers on the same data in the same run,
+alternating rounds, and prints its figures and the ratio vhdtool/peer. `--quick` uses small
+data and few rounds (the whole set in about two minutes); without it, the sizes the issues name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name: (full arguments, quick arguments)
+BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
+    "read": ([], ["--quick"]),
+    "convert": ([], ["--size-mib", "256", "--rounds", "2"]),
+    "nbd": ([], ["--size-mib", "256", "--rounds", "2"]),
+    "mount": ([], ["--quick"]),
+    "build": ([], ["--files", "400", "--total-mib", "100", "--rounds", "2"]),
+    "run": ([], ["--rounds", "2"]),
+    "snapshot": ([], ["--rounds", "2"]),
+}
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    return f"{platform.node()}: {os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="run only these")
+    args = ap.parse_args(argv)
+    print(f"vhdtool benchmarks, {time.strftime('%Y-%m-%d %H:%M')} on {machine()}", flush=True)
+    failed = []
+    for name in args.only or BENCHMARKS:
+        full, quick = BENCHMARKS[name]
+        cmd = [sys.executable, str(HERE / f"bench_{name}.py"), *(quick if args.quick else full)]
+        print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.monotonic()
+        result = subprocess.run(cmd, cwd=HERE.parent)
+        print(f"({name}: {time.monotonic() - t0:.0f} s)", flush=True)
+        if result.returncode:
+            failed.append(name)
+    if failed:
+        print(f"\nbenchmarks that failed to run: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
