@@ -4,8 +4,12 @@ rewrite the parent link; chains moved between folders open again after `relink`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
+
+import pytest
 
 import vhdtool
 from tests.helpers import assert_clean_error, need, run
@@ -96,3 +100,20 @@ def test_refusals_change_nothing(tmp_path: Path) -> None:
     result = cli("rebase", "layer1.vhd", "--parent", "other.vhd", cwd=tmp_path)
     assert_clean_error(result)
     assert "--unsafe" in result.stderr and folder_digests(tmp_path) == before
+
+
+def test_ctrl_c_leaves_the_child_on_its_old_parent(tmp_path: Path) -> None:
+    base, mid, top = make_chain(tmp_path, 2)
+    expected = read_all(top)
+
+    def interrupt(done: int, total: int) -> None:
+        if done:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        rebase(top, base, progress=interrupt)
+    with vhdtool.open(top) as img:
+        assert img.parent is not None and Path(img.parent.path).name == mid.name
+    assert read_all(top) == expected
+    rebase(top, base)
+    assert read_all(top) == expected
