@@ -107,6 +107,14 @@ def merge_extents(runs: Iterator[Extent]) -> Iterator[Extent]:
         yield pending
 
 
+def pwrite_all(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+    """os.pwrite until every byte is written (a pwrite may write less than asked)."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def file_extents(fd: int, offset: int, end: int, path: str) -> Iterator[Extent]:
     """Data and hole runs of a sparse file between offset and end (SEEK_DATA / SEEK_HOLE)."""
     pos = offset
@@ -164,12 +172,8 @@ class RawFile:
         if not self.writable:
             raise ReadOnlyError(f"{self.path}: opened read-only")
         check_range(self, offset, len(data))
-        view = memoryview(data)
         try:
-            while view:
-                n = os.pwrite(self._fd, view, offset)
-                view = view[n:]
-                offset += n
+            pwrite_all(self._fd, offset, data)
         except OSError as e:
             raise IoError(f"{self.path}: write failed: {e.strerror or e}") from None
 

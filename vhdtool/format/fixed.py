@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError
-from vhdtool.format.blockdev import Extent, check_range, clip_read, file_extents
+from vhdtool.format.blockdev import Extent, check_range, clip_read, file_extents, pwrite_all
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 
@@ -40,10 +40,7 @@ class FixedImage(ImageBase):
         if not self.writable:
             raise ReadOnlyError(f"{self.path}: opened read-only")
         check_range(self, offset, len(data))
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view, offset = view[n:], offset + n
+        pwrite_all(self._fd, offset, data)
 
     def _flush(self) -> None:
         if self.writable:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, zeros
+from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, pwrite_all, zeros
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
@@ -279,10 +279,8 @@ class SparseImage(ImageBase):
             os.fdatasync(self._fd)
         self._footer_at = new_footer_at
 
-    def _pwrite_all(self, offset: int, view: memoryview) -> None:
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view, offset = view[n:], offset + n
+    def _pwrite_all(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        pwrite_all(self._fd, offset, data)
 
     def _flush(self) -> None:
         if self.writable:
