@@ -18,14 +18,17 @@ from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 
 
-def open_over(path: str | os.PathLike[str], parent: BlockDevice, parent_uuid: uuid.UUID) -> SparseImage:
-    """Open the differencing image ``path`` read-only (shared lock) with ``parent`` below it.
+def open_over(
+    path: str | os.PathLike[str], parent: BlockDevice, parent_uuid: uuid.UUID, writable: bool = False
+) -> SparseImage:
+    """Open the differencing image ``path`` with ``parent`` below it: read-only with a shared lock,
+    or for writing with an exclusive one (a new write layer over a device already being served).
 
     ``parent_uuid`` is the UUID of the image ``parent`` stands for; the layer must name it.
     """
     path = os.fspath(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
     except OSError as e:
         raise VhdError(f"{path}: cannot open: {e.strerror}") from None
     try:
@@ -34,8 +37,8 @@ def open_over(path: str | os.PathLike[str], parent: BlockDevice, parent_uuid: uu
             raise UsageError(f"{path}: is a {meta.type_name} disk, not a differencing disk")
         if meta.parent_uuid != parent_uuid:
             raise ParentError(f"{path}: expects parent UUID {meta.parent_uuid}, {parent.path} has {parent_uuid}")
-        lock_image(fd, path, exclusive=False)
-        return SparseImage(meta, fd, False, parent)
+        lock_image(fd, path, exclusive=writable)
+        return SparseImage(meta, fd, writable, parent)
     except BaseException:
         os.close(fd)
         raise

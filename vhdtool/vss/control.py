@@ -25,12 +25,10 @@ import os
 import uuid
 from typing import Any
 
-from vhdtool.errors import LockedError, ParentError, UsageError, VhdError
+from vhdtool.errors import LockedError, UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
-from vhdtool.format.lock import lock_image
-from vhdtool.format.metadata import read_metadata
+from vhdtool.format.layers import open_over
 from vhdtool.format.sparse import SparseImage
-from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 from vhdtool.nbd.server import NbdServer
 
 MAX_REQUEST = 64 << 10
@@ -42,22 +40,7 @@ def open_child_for_writing(path: str, parent: BlockDevice) -> SparseImage:
     meta_parent = getattr(parent, "meta", None)
     if meta_parent is None:
         raise UsageError(f"{parent.path}: not a VHD, a VHD layer cannot sit on it")
-    parent_uuid = uuid.UUID(bytes=bytes(meta_parent.footer.unique_id))
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as e:
-        raise VhdError(f"{path}: cannot open: {e.strerror}") from None
-    try:
-        meta = read_metadata(path, fd)
-        if meta.disk_type != DISK_TYPE_DIFFERENCING:
-            raise UsageError(f"{path}: is a {meta.type_name} disk, not a differencing disk")
-        if meta.parent_uuid != parent_uuid:
-            raise ParentError(f"{path}: expects parent UUID {meta.parent_uuid}, {parent.path} has {parent_uuid}")
-        lock_image(fd, path, exclusive=True)
-        return SparseImage(meta, fd, True, parent)
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_over(path, parent, uuid.UUID(bytes=bytes(meta_parent.footer.unique_id)), writable=True)
 
 
 def _relock(device: BlockDevice, exclusive: bool) -> None:
