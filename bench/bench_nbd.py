@@ -8,7 +8,7 @@ not counted); the best time of each is kept, and the throughput ratio vhdtool/qe
 (target for reads: >= 0.8). The servers' CPU time (user + system, all threads) is printed too:
 on a machine shared with other work it is steadier than wall time.
 
-    .venv/bin/python bench/bench_nbd.py [--size-mib 1024] [--rounds 3] [--dir /var/tmp]
+    .venv/bin/python bench/bench_nbd.py [--size-mib 1024] [--rounds 3] [--dir /var/tmp] [--reads-only]
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where to put the scratch files (default: $TMPDIR)")
+    ap.add_argument("--reads-only", action="store_true", help="skip the write benchmark")
     args = ap.parse_args()
     for tool in ("nbdcopy", "qemu-nbd", "qemu-img", "qemu-io"):
         if shutil.which(tool) is None:
@@ -117,6 +118,8 @@ def main() -> None:
             for s in servers:
                 s.stop()
         report("read", size, reads)
+        if args.reads_only:
+            return
 
         writes: dict[str, list[tuple[float, float]]] = {"vhdtool": [], "qemu-nbd": []}
         for _ in range(args.rounds):

@@ -18,6 +18,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from vhdtool.nbd.splice import Spliced
+
 RECV_CHUNK = 256 << 10
 """How much to ask the kernel for when refilling the small-read buffer (headers, options)."""
 
@@ -25,6 +27,8 @@ DIRECT = 64 << 10
 """Reads at least this long bypass the buffer and land in their own bytearray."""
 
 Done = Callable[[], None] | None
+Part = bytes | bytearray | memoryview | Spliced
+_Item = memoryview | Spliced
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -43,7 +47,7 @@ class Channel:
         self._buf = bytearray()
         self._pos = 0
         self._lock = threading.Lock()  # guards everything below; held while a thread sends
-        self._queue: deque[tuple[list[memoryview], Done]] = deque()
+        self._queue: deque[tuple[list[_Item], Done]] = deque()
         self._watching = False  # the loop waits for room to write out the queue
         self._drained: asyncio.Future[None] | None = None
         self.closed = False
@@ -110,21 +114,20 @@ class Channel:
 
     # -- writing (any thread) --------------------------------------------------------------
 
-    def send(self, parts: Sequence[bytes | bytearray | memoryview], done: Done = None) -> None:
+    def send(self, parts: Sequence[Part], done: Done = None) -> None:
         """Send one reply (``parts`` back to back); never blocks, never raises."""
-        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        items = [p if isinstance(p, Spliced) else memoryview(p).cast("B") for p in parts if len(p)]
         with self._lock:
             if not self.closed:
                 if not self._queue:
-                    views = self._push(views)
-                if views and not self.closed:
-                    self._queue.append((views, done))
+                    items = self._push(items)
+                if items and not self.closed:
+                    self._queue.append((items, done))
                     if not self._watching:
                         self._watching = True
                         self.loop.call_soon_threadsafe(self._watch)
                     return
-        if done is not None:
-            done()
+        _dropped([(items, done)])
 
     async def send_all(self, *parts: bytes) -> None:
         """Send and wait until the kernel has taken everything queued (for the handshake)."""
@@ -142,23 +145,40 @@ class Channel:
         if self.closed:
             raise ConnectionResetError("connection lost while sending")
 
-    def _push(self, views: list[memoryview]) -> list[memoryview]:
-        """sendmsg as much as the socket takes; returns what is left. Lock held."""
-        while views:
+    def _push(self, items: list[_Item]) -> list[_Item]:
+        """Send as much as the socket takes; returns what is left (all of it once the peer is
+        gone, which ``closed`` then says). Lock held."""
+        while items:
+            first = items[0]
             try:
-                sent = self.sock.sendmsg(views)
+                if isinstance(first, Spliced):
+                    first.send(self.fd)
+                    if first.length:
+                        return items
+                    items.pop(0)
+                    first.release()
+                    continue
+                buffers = []
+                for item in items:
+                    if isinstance(item, Spliced):
+                        break
+                    buffers.append(item)
+                sent = self.sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
-                return views
-            except OSError:  # the peer is gone: what is queued is dropped at close()
+                return items
+            except OSError:  # the peer is gone: what is left is dropped
                 self.closed = True
-                return []
+                return items
             while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views.pop(0))
+                head = items[0]
+                assert isinstance(head, memoryview)
+                if sent >= len(head):
+                    sent -= len(head)
+                    items.pop(0)
                 else:
-                    views[0] = views[0][sent:]
+                    items[0] = head[sent:]
                     sent = 0
-        return views
+        return items
 
     def _watch(self) -> None:
         """Event loop: start writing the queue out whenever the socket has room."""
@@ -169,31 +189,29 @@ class Channel:
         self.loop.add_writer(self.fd, self._writable)
 
     def _writable(self) -> None:
-        finished: list[Done] = []
+        finished: list[tuple[list[_Item], Done]] = []
         with self._lock:
             while self._queue and not self.closed:
-                views, done = self._queue[0]
-                rest = self._push(views)
+                items, done = self._queue[0]
+                rest = self._push(items)
                 if rest:
                     self._queue[0] = (rest, done)
                     break
                 self._queue.popleft()
-                finished.append(done)
+                finished.append(([], done))
             if not self._queue or self.closed:
                 if self._watching:
                     self._watching = False
                     self.loop.remove_writer(self.fd)
                 finished += self._settle_locked()
-        for done in finished:
-            if done is not None:
-                done()
+        _dropped(finished)
 
-    def _settle_locked(self) -> list[Done]:
-        """Wake a drain waiter; after a close, hand back the dropped replies' callbacks."""
+    def _settle_locked(self) -> list[tuple[list[_Item], Done]]:
+        """Wake a drain waiter; after a close, hand back the dropped replies."""
         if self._drained is not None:
             self.loop.call_soon_threadsafe(_resolve, self._drained)
             self._drained = None
-        dropped = [done for _, done in self._queue]
+        dropped = list(self._queue)
         self._queue.clear()
         return dropped
 
@@ -205,7 +223,15 @@ class Channel:
                 self._watching = False
                 self.loop.remove_writer(self.fd)
             dropped = self._settle_locked()
-        for done in dropped:
-            if done is not None:
-                done()
+        _dropped(dropped)
         self.sock.close()
+
+
+def _dropped(entries: list[tuple[list[_Item], Done]]) -> None:
+    """Replies done with, sent or not: pipes still holding data are closed, callbacks run."""
+    for items, done in entries:
+        for item in items:
+            if isinstance(item, Spliced):
+                item.release()
+        if done is not None:
+            done()

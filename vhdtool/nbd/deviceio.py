@@ -1,4 +1,5 @@
-"""What one NBD request does to a BlockDevice: plain blocking functions, run in worker threads.
+"""What one NBD request does to a BlockDevice: plain blocking functions (worker threads, or the
+event loop for reads from the page cache).
 
 They know nothing of sockets or of the wire format; ``transmission`` turns their results into
 replies. Holes and allocation come from the device's ``extents()``, so a sparse VHD chain stays
@@ -8,24 +9,36 @@ sparse for clients that read with structured replies or ask for block status.
 from __future__ import annotations
 
 from vhdtool.format.blockdev import BlockDevice, merge_extents
+from vhdtool.nbd import filemap
 from vhdtool.nbd.protocol import STATE_HOLE, STATE_ZERO
+from vhdtool.nbd.splice import SEGMENT, FileRange
 
 MIN_HOLE = 4096
 """Zero runs shorter than this are sent as data: a hole chunk costs more than it saves."""
 
 _ZEROS = memoryview(bytes(1 << 20))
 
-ReadPiece = tuple[int, bytes | int]
-"""(offset, data) for a data chunk or (offset, length) for a hole."""
+SPLICE_MIN = 64 << 10
+"""Reads shorter than this are copied: a pipe and two splices cost more than a small copy."""
+
+Source = bytes | memoryview | FileRange
+ReadPiece = tuple[int, int | list[Source]]
+"""(offset, what a data chunk carries) or (offset, length) for a hole."""
 
 
-def read_pieces(dev: BlockDevice, offset: int, length: int, holes: bool) -> list[ReadPiece]:
-    """Read [offset, offset + length) as data pieces and, when ``holes``, hole pieces.
+def read_pieces(dev: BlockDevice, offset: int, length: int, holes: bool, files: bool = False) -> list[ReadPiece]:
+    """[offset, offset + length) as data pieces and, when ``holes``, hole pieces.
 
-    Data between holes is read with one pread each, so a fully allocated range costs one call.
+    With ``files``, data that lies in the files the device is made of is described as file
+    ranges, left to be spliced (see ``splice.pack``) under the same gate; otherwise, or when the
+    device is of another kind, data between holes is read with one pread each.
     """
+    if files and length >= SPLICE_MIN:
+        pieces = _file_pieces(dev, offset, length, holes)
+        if pieces is not None:
+            return pieces
     if not holes:
-        return [(offset, dev.pread(offset, length))]
+        return [(offset, [dev.pread(offset, length)])]
     end = offset + length
     pieces: list[ReadPiece] = []
     data_from = offset
@@ -36,13 +49,38 @@ def read_pieces(dev: BlockDevice, offset: int, length: int, holes: bool) -> list
         if stop - start < MIN_HOLE:
             continue
         if start > data_from:
-            pieces.append((data_from, dev.pread(data_from, start - data_from)))
+            pieces.append((data_from, [dev.pread(data_from, start - data_from)]))
         pieces.append((start, stop - start))
         data_from = stop
         if data_from >= end:
             break
     if data_from < end:
-        pieces.append((data_from, dev.pread(data_from, end - data_from)))
+        pieces.append((data_from, [dev.pread(data_from, end - data_from)]))
+    return pieces
+
+
+def _file_pieces(dev: BlockDevice, offset: int, length: int, holes: bool) -> list[ReadPiece] | None:
+    runs = filemap.locate(dev, offset, length)
+    if runs is None:
+        return None
+    pieces: list[ReadPiece] = []
+    data: list[Source] = []
+    data_at = offset
+    for run_offset, run_length, fd, file_offset in runs:
+        if fd < 0 and holes and run_length >= MIN_HOLE:
+            if data:
+                pieces.append((data_at, data))
+                data = []
+            pieces.append((run_offset, run_length))
+            data_at = run_offset + run_length
+        elif fd < 0:
+            data += [_ZEROS[: min(n, len(_ZEROS))] for n in range(run_length, 0, -len(_ZEROS))]
+        else:
+            data += [
+                FileRange(fd, file_offset + n, min(SEGMENT, run_length - n)) for n in range(0, run_length, SEGMENT)
+            ]
+    if data:
+        pieces.append((data_at, data))
     return pieces
 
 

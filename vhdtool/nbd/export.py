@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from vhdtool.errors import UsageError
 from vhdtool.format.blockdev import BlockDevice
-from vhdtool.nbd import deviceio
+from vhdtool.nbd import deviceio, splice
 from vhdtool.nbd.protocol import TransmissionFlag as TF
+from vhdtool.nbd.splice import PipePool
+
+Framer = Callable[[list[deviceio.ReadPiece]], list[bytes | memoryview | splice.FileRange]]
+"""Turns the pieces of a read into the parts of its reply (headers and data sources)."""
 
 MIN_BLOCK = 1
 PREFERRED_BLOCK = 4096
 MAX_PAYLOAD = 32 << 20
 """Largest read or write a client may send (advertised in NBD_INFO_BLOCK_SIZE), as qemu-nbd."""
+
+INLINE_PAUSE = 1.0
+"""After a read on the event loop had to wait for the disk (not the page cache), reads go to the
+worker threads for this many seconds."""
 
 
 def device_can(dev: BlockDevice, operation: str) -> bool:
@@ -38,18 +47,28 @@ def device_can(dev: BlockDevice, operation: str) -> bool:
 class Export:
     """A BlockDevice served under ``name``. The server never closes devices: their owner does."""
 
-    def __init__(self, name: str, device: BlockDevice, *, read_only: bool = False, description: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        device: BlockDevice,
+        *,
+        read_only: bool = False,
+        description: str = "",
+        pipes: PipePool | None = None,
+    ) -> None:
         self.name = name
         self.description = description
         self.writable = bool(device.writable) and not read_only
         self.size = device.size
         self.can_trim = self.writable and device_can(device, "trim")
         self._device = device
+        self._pipes = pipes
         self._write_lock = threading.Lock()
         self._switch_lock = threading.Lock()
         self._gate = threading.Condition()
         self._open = True
         self._inflight = 0
+        self._inline_after = 0.0
 
     @property
     def device(self) -> BlockDevice:
@@ -92,15 +111,31 @@ class Export:
 
     # -- requests (worker threads) ---------------------------------------------------------
 
-    def read(self, offset: int, length: int, holes: bool) -> list[deviceio.ReadPiece]:
+    @property
+    def reads_inline(self) -> bool:
+        """Whether reads may run on the event loop now: no recent read had to wait for the disk."""
+        return time.monotonic() >= self._inline_after
+
+    def note_disk_read(self) -> None:
+        """A read on the event loop went to the disk: send reads to the workers for a while."""
+        self._inline_after = time.monotonic() + INLINE_PAUSE
+
+    def read(self, offset: int, length: int, holes: bool, frame: Framer, wait: bool = True) -> list[splice.Part] | None:
+        """The parts of the reply to a read of [offset, offset + length): ``frame`` wraps the
+        pieces in the protocol's headers, then file data is spliced or read, all before the
+        request leaves the gate (a switch may close the old device right after). None if ``wait``
+        is False and a switch holds requests back (the event loop must not block on the gate)."""
         # _enter() spelled out: this is the hot path, and a generator context manager costs
         with self._gate:
+            if not self._open and not wait:
+                return None
             while not self._open:
                 self._gate.wait()
             self._inflight += 1
             dev = self._device
         try:
-            return deviceio.read_pieces(dev, offset, length, holes)
+            pieces = deviceio.read_pieces(dev, offset, length, holes, self._pipes is not None)
+            return splice.pack(frame(pieces), self._pipes)
         finally:
             with self._gate:
                 self._inflight -= 1

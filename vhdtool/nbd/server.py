@@ -25,9 +25,11 @@ from urllib.parse import quote
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
+from vhdtool.nbd import splice
 from vhdtool.nbd.channel import Channel
 from vhdtool.nbd.export import Export
 from vhdtool.nbd.negotiation import Negotiation, ProtocolError
+from vhdtool.nbd.splice import PipePool
 from vhdtool.nbd.transmission import Transmission
 
 log = logging.getLogger("vhdtool.nbd")
@@ -56,9 +58,11 @@ class NbdServer:
     """
 
     def __init__(self, *, workers: int = 8, handshake_timeout: float = 10.0, max_connections: int = 128) -> None:
+        self.workers = workers
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhdtool-nbd")
+        self._pipes = PipePool() if splice.AVAILABLE else None
         self._exports: dict[str, Export] = {}
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
@@ -76,7 +80,7 @@ class NbdServer:
             raise UsageError(f"export name of {len(name.encode())} bytes: NBD allows 4096")
         if name in self._exports:
             raise UsageError(f"export {name!r} already exists")
-        export = Export(name, device, read_only=read_only, description=description)
+        export = Export(name, device, read_only=read_only, description=description, pipes=self._pipes)
         self._exports[name] = export
         return export
 
@@ -158,6 +162,8 @@ class NbdServer:
                 os.unlink(path)
         self._unix_paths.clear()
         self._executor.shutdown(wait=True)
+        if self._pipes is not None:
+            self._pipes.close()
 
     def _accept_on(self, listener: socket.socket) -> None:
         listener.setblocking(False)
@@ -193,7 +199,7 @@ class NbdServer:
                 session = await Negotiation(channel, self._exports).run()
             if session is not None:
                 log.info("%s: serving export %r", peer, session.export.name)
-                await Transmission(session, channel, self._executor, peer).run()
+                await Transmission(session, channel, self._executor, self.workers, peer).run()
         except TimeoutError:
             log.info("%s: handshake not finished in %g s", peer, self.handshake_timeout)
         except ProtocolError as e:

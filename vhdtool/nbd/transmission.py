@@ -19,21 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
+from functools import partial
 
 from vhdtool.errors import ReadOnlyError, VhdError
 from vhdtool.nbd import protocol as p
 from vhdtool.nbd.channel import Channel
-from vhdtool.nbd.deviceio import ReadPiece
+from vhdtool.nbd.deviceio import ReadPiece, Source
 from vhdtool.nbd.export import MAX_PAYLOAD
 from vhdtool.nbd.negotiation import BASE_ALLOCATION_ID, ProtocolError, Session
+from vhdtool.nbd.splice import Part
 
 log = logging.getLogger("vhdtool.nbd")
 
 INFLIGHT_BYTES = 64 << 20
 """Budget of request bytes in flight per connection: two maximal requests."""
+
+INLINE_MAX = 1 << 20
+"""Reads up to this size may run on the event loop (a copy of this size takes well under 1 ms)."""
 
 MAX_DESCRIPTORS = 1 << 16
 """Block status descriptors per reply; the client asks again for the rest."""
@@ -99,9 +105,18 @@ class _Inflight:
         await self._until(lambda: not self.requests)
 
 
+def _blocks_read() -> int:
+    """Blocks this thread has read from storage so far (page-cache hits do not count)."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_inblock
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+_Request = tuple[int, int, int, int, int, bytes | bytearray, int]
+"""flags, command, handle, offset, length, write payload, budget cost"""
 
 
 class _Refused(Exception):
@@ -115,11 +130,12 @@ class _Refused(Exception):
 class Transmission:
     """Serves requests on one negotiated connection until the client disconnects."""
 
-    def __init__(self, session: Session, channel: Channel, workers: Executor, peer: str) -> None:
+    def __init__(self, session: Session, channel: Channel, workers: Executor, slices: int, peer: str) -> None:
         self.session = session
         self.export = session.export
         self.channel = channel
         self.workers = workers
+        self.slices = slices
         self.peer = peer
         self._inflight = _Inflight(INFLIGHT_BYTES)
         self._dirty = False
@@ -138,26 +154,39 @@ class Transmission:
             await self.channel.drained()
 
     async def _receive(self) -> bool:
-        """Read and start requests; True after NBD_CMD_DISC, False at the end of the stream."""
-        while True:
-            try:
-                header = self.channel.read_buffered(p.REQUEST.size) or await self.channel.read_exact(p.REQUEST.size)
-            except asyncio.IncompleteReadError as e:
-                if e.partial:
-                    log.info("%s: disconnected inside a request header", self.peer)
-                return False
-            magic, flags, cmd, handle, offset, length = p.REQUEST.unpack(header)
-            if magic != p.REQUEST_MAGIC:
-                raise ProtocolError(f"bad request magic {magic:#x}")
-            if cmd == p.Cmd.DISC:
-                return True
-            if cmd == p.Cmd.WRITE and length > MAX_PAYLOAD:
-                raise ProtocolError(f"write payload of {length} bytes exceeds {MAX_PAYLOAD}")
-            cost = min(length, MAX_PAYLOAD) if cmd in (p.Cmd.READ, p.Cmd.WRITE) else 0
-            if not self._inflight.try_admit(cost):
-                await self._inflight.admit(cost)
-            data: bytes | bytearray = b""
-            if cmd == p.Cmd.WRITE:
+        """Read and start requests; True after NBD_CMD_DISC, False at the end of the stream.
+
+        Requests already in the read buffer (a client keeping many in flight sends them
+        together) are started as one batch split over the workers: one thread hand-off per
+        worker instead of one per request. Writes start on their own once their payload is in.
+        """
+        batch: list[_Request] = []
+        try:
+            while True:
+                header = self.channel.read_buffered(p.REQUEST.size)
+                if header is None:
+                    batch = self._start(batch)
+                    try:
+                        header = await self.channel.read_exact(p.REQUEST.size)
+                    except asyncio.IncompleteReadError as e:
+                        if e.partial:
+                            log.info("%s: disconnected inside a request header", self.peer)
+                        return False
+                magic, flags, cmd, handle, offset, length = p.REQUEST.unpack(header)
+                if magic != p.REQUEST_MAGIC:
+                    raise ProtocolError(f"bad request magic {magic:#x}")
+                if cmd == p.Cmd.DISC:
+                    return True
+                if cmd == p.Cmd.WRITE and length > MAX_PAYLOAD:
+                    raise ProtocolError(f"write payload of {length} bytes exceeds {MAX_PAYLOAD}")
+                cost = min(length, MAX_PAYLOAD) if cmd in (p.Cmd.READ, p.Cmd.WRITE) else 0
+                if not self._inflight.try_admit(cost):
+                    batch = self._start(batch)  # what holds the budget must run to free it
+                    await self._inflight.admit(cost)
+                if cmd != p.Cmd.WRITE:
+                    batch.append((flags, cmd, handle, offset, length, b"", cost))
+                    continue
+                batch = self._start(batch)
                 try:
                     data = await self.channel.read_exact(length)
                 except asyncio.IncompleteReadError:
@@ -165,7 +194,44 @@ class Transmission:
                     self._inflight.replied(cost)
                     log.info("%s: disconnected inside a write payload", self.peer)
                     return False
-            self.workers.submit(self._serve, flags, cmd, handle, offset, length, data, cost)
+                self._start([(flags, cmd, handle, offset, length, data, cost)])
+        finally:
+            self._start(batch)  # admitted requests always run: their budget and count depend on it
+
+    def _start(self, batch: list[_Request]) -> list[_Request]:
+        """Start ``batch``: small reads at once on the event loop while the export's reads come
+        from the page cache, the rest in up to ``slices`` worker slices. Returns an empty batch."""
+        if batch and self.export.reads_inline:
+            batch = [r for r in batch if not (r[1] == p.Cmd.READ and self._read_inline(r))]
+        slices = min(len(batch), self.slices)
+        for i in range(slices):
+            self.workers.submit(self._serve_all, batch[i::slices])
+        return []
+
+    def _read_inline(self, request: _Request) -> bool:
+        """Event loop: serve a READ now, sparing it two thread hand-offs (most of a cached read's
+        cost). False leaves it to a worker: too large, refused (the worker answers), a switch in
+        progress, or an error (the worker retries and reports it)."""
+        flags, _, handle, offset, length, _, cost = request
+        if length > INLINE_MAX or offset + length > self.export.size:
+            return False
+        holes = self.session.structured and not flags & p.CmdFlag.DF
+        disk_reads = _blocks_read()
+        try:
+            reply = self.export.read(offset, length, holes, partial(self._read_reply, handle), wait=False)
+        except Exception:
+            return False
+        if reply is None:
+            return False
+        if _blocks_read() != disk_reads:  # not all from the page cache: the disk is involved
+            self.export.note_disk_read()
+        self.channel.send(reply, lambda: self._inflight.replied(cost))
+        self._inflight.worked()
+        return True
+
+    def _serve_all(self, requests: list[_Request]) -> None:
+        for request in requests:
+            self._serve(*request)
 
     def _serve(
         self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes | bytearray, cost: int
@@ -208,13 +274,17 @@ class Transmission:
 
     def _dispatch(
         self, flags: int, cmd: int, handle: int, offset: int, length: int, data: bytes | bytearray
-    ) -> list[bytes]:
+    ) -> list[Part]:
         """Carry out one checked request; returns the parts of its reply."""
         export = self.export
         fua = bool(flags & p.CmdFlag.FUA)
         if cmd == p.Cmd.READ:
             holes = self.session.structured and not flags & p.CmdFlag.DF
-            return self._read_reply(handle, export.read(offset, length, holes) if length else [])
+            if not length:
+                return self._read_reply(handle, [])
+            reply = export.read(offset, length, holes, partial(self._read_reply, handle))
+            assert reply is not None  # it waits at the gate
+            return reply
         if cmd == p.Cmd.BLOCK_STATUS:
             limit = 1 if flags & p.CmdFlag.REQ_ONE else MAX_DESCRIPTORS
             runs = export.block_status(offset, length, limit)
@@ -231,21 +301,22 @@ class Transmission:
             self._dirty = True
         return [p.done_chunk(handle) if self.session.structured else p.simple_reply(handle)]
 
-    def _read_reply(self, handle: int, pieces: list[ReadPiece]) -> list[bytes]:
+    def _read_reply(self, handle: int, pieces: list[ReadPiece]) -> list[Source]:
         if not self.session.structured:  # without holes, read_pieces gives one data piece
-            return [p.simple_reply(handle), *(item for _, item in pieces if isinstance(item, bytes))]
+            return [p.simple_reply(handle), *(part for _, item in pieces if isinstance(item, list) for part in item)]
         if not pieces:
             return [p.done_chunk(handle)]
-        parts = []
+        parts: list[Source] = []
         last = len(pieces) - 1
         for i, (offset, item) in enumerate(pieces):
             if isinstance(item, int):
                 parts.append(p.hole_chunk(handle, offset, item, i == last))
             else:
-                parts += (p.data_chunk_header(handle, offset, len(item), i == last), item)
+                parts.append(p.data_chunk_header(handle, offset, sum(map(len, item)), i == last))
+                parts += item
         return parts
 
-    def _error(self, handle: int, errno: int, message: str) -> list[bytes]:
+    def _error(self, handle: int, errno: int, message: str) -> list[Part]:
         if self.session.structured:
             return [p.error_chunk(handle, errno, message)]
         return [p.simple_reply(handle, errno)]
