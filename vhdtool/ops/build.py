@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import vhdtool
 from vhdtool.disk.detect import detect
 from vhdtool.disk.fs import driver_for
 from vhdtool.disk.fs.base import MakeOptions, Volume
@@ -34,8 +33,8 @@ from vhdtool.disk.table import GPT_LINUX_FS, GPT_MS_BASIC_DATA, Partition
 from vhdtool.disk.view import BytesDevice, Composite
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice, RawFile
-from vhdtool.ops.datapath import data_runs, is_zero, pieces
+from vhdtool.format.blockdev import RawFile
+from vhdtool.ops.convert import convert
 
 MiB = 1 << 20
 ALIGN = MiB
@@ -187,13 +186,14 @@ def build(
             ]
             disk = Composite(disk_size, [*pieces_, (start, part_dev)], name=str(src))
             tmp_out = str(work / "out.vhd")
-            written = write_vhd(
+            written = convert(
                 disk,
                 tmp_out,
-                disk_type,
+                output_format="vhd",
+                disk_type=disk_type,
                 unique_id=ids.uuid("vhd").bytes,
                 timestamp=epoch,
-            )
+            ).data_bytes
         os.replace(tmp_out, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -223,21 +223,3 @@ def _fs_id(fs: str, ids: _Ids) -> str | None:
     return str(u)
 
 
-def write_vhd(
-    src: BlockDevice, path: str, disk_type: str, *, unique_id: bytes | None = None, timestamp: int | None = None
-) -> int:
-    """Write ``src`` into a new VHD at ``path``: only allocated, non-zero pieces; returns bytes written.
-
-    Goes through vhdtool.create + pwrite because vhdtool.ops.convert cannot yet take a fixed
-    timestamp, which reproducible builds need.
-    """
-    vhdtool.create(path, size=src.size, type=disk_type, unique_id=unique_id, timestamp=timestamp, overwrite=True)
-    written = 0
-    with vhdtool.open(path, writable=True, durable=False) as img:  # renamed into place once complete
-        for offset, length in pieces(data_runs(src), 2 * MiB):
-            data = src.pread(offset, length)
-            if not is_zero(data):
-                img.pwrite(offset, data)
-                written += length
-        img.flush()
-    return written
