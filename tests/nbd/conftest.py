@@ -76,6 +76,12 @@ def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 Serve = Callable[..., tuple[ServerThread, str]]
 
+DATA_PATHS = [
+    pytest.param({}, id="spliced-inline"),
+    pytest.param({"pipes": 0, "inline_reads": False}, id="copied-workers"),
+]
+"""Server options selecting each way reads reach the socket (see NbdServer)."""
+
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Serve]:

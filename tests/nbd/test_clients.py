@@ -5,16 +5,20 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 import vhdtool
 from tests.helpers import need, run
-from tests.nbd.conftest import SIZE, Chain, Serve
+from tests.nbd.conftest import DATA_PATHS, SIZE, Chain, Serve
 from tests.nbd.libnbd import nbd
+from vhdtool.format.blockdev import RawFile
 
 MiB = 1 << 20
 
 
-def test_qemu_img_reads_the_three_deep_chain(chain: Chain, serve: Serve, tmp_path: Path) -> None:
-    _, uri = serve(chain.top, read_only=True)
+@pytest.mark.parametrize("options", DATA_PATHS)
+def test_qemu_img_reads_the_three_deep_chain(chain: Chain, serve: Serve, tmp_path: Path, options: dict) -> None:
+    _, uri = serve(chain.top, read_only=True, **options)
     run(need("qemu-img"), "convert", "-f", "raw", "-O", "raw", uri, tmp_path / "got.raw")
     assert (tmp_path / "got.raw").read_bytes() == chain.expected
 
@@ -37,8 +41,9 @@ def test_nbdcopy_and_nbdinfo_map(chain: Chain, serve: Serve, tmp_path: Path) -> 
     assert "block_size_maximum: 33554432" in info
 
 
-def test_libnbd_structured_read_sends_holes(chain: Chain, serve: Serve) -> None:
-    _, uri = serve(chain.top, read_only=True)
+@pytest.mark.parametrize("options", DATA_PATHS)
+def test_libnbd_structured_read_sends_holes(chain: Chain, serve: Serve, options: dict) -> None:
+    _, uri = serve(chain.top, read_only=True, **options)
     h = nbd.NBD()
     h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
     h.connect_uri(uri)
@@ -69,6 +74,12 @@ def test_libnbd_structured_read_sends_holes(chain: Chain, serve: Serve) -> None:
     h.block_status(SIZE, 0, extents, nbd.CMD_FLAG_REQ_ONE)
     assert seen == [8 * MiB, 0]
     h.shutdown()
+    plain = nbd.NBD()  # simple replies: holes travel as zeros
+    plain.set_request_structured_replies(False)
+    plain.connect_uri(uri)
+    assert plain.pread(16 * MiB, 4 * MiB) == buf
+    assert plain.pread(4 * MiB - 3, SIZE - 4 * MiB - 5) == chain.expected[SIZE - 4 * MiB - 5 : SIZE - 8]
+    plain.shutdown()
 
 
 def test_writes_land_in_the_top_only(chain: Chain, serve: Serve, tmp_path: Path) -> None:
@@ -138,3 +149,21 @@ def test_concurrent_connections_write_and_read(chain: Chain, serve: Serve) -> No
     with vhdtool.open(chain.top) as image:
         for k in range(64):
             assert image.pread(k * MiB + 4096, 65536) == bytes([k + 1]) * 65536
+
+
+def test_fixed_parent_and_raw_file(serve: Serve, tmp_path: Path) -> None:
+    """The other layouts data is found in: a fixed VHD under a differencing child, a raw file."""
+    base, child, raw = tmp_path / "fixed.vhd", tmp_path / "child.vhd", tmp_path / "disk.raw"
+    vhdtool.create(base, size=8 * MiB, type="fixed")
+    with vhdtool.open(base, writable=True) as image:
+        image.pwrite(0, bytes(range(256)) * (8 * MiB // 256))
+    vhdtool.create(child, parent=base)
+    with vhdtool.open(child, writable=True) as image:
+        image.pwrite(MiB + 100, b"child" * 50000)
+        want = image.pread(0, 8 * MiB)
+    raw.write_bytes(want)
+    assert want[MiB + 100 : MiB + 105] == b"child" and want[:4] == bytes(range(4))
+    for target in (child, raw):
+        _, uri = serve(target if target.suffix == ".vhd" else RawFile(raw), read_only=True)
+        run(need("nbdcopy"), uri, tmp_path / "got.raw")
+        assert (tmp_path / "got.raw").read_bytes() == want

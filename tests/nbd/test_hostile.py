@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import need, run
-from tests.nbd.conftest import SIZE, Chain, Serve, socket_of
+from tests.nbd.conftest import DATA_PATHS, SIZE, Chain, Serve, socket_of
 from tests.nbd.rawclient import Closed, RawClient
 from vhdtool.format.blockdev import RawFile
 from vhdtool.nbd import protocol as p
@@ -197,11 +197,12 @@ def test_idle_and_excess_connections(raw: Path, serve: Serve, tmp_path: Path) ->
     still_serves(uri, raw.read_bytes(), tmp_path)
 
 
-def test_fuzzed_requests_against_a_model(chain: Chain, serve: Serve, tmp_path: Path) -> None:
+@pytest.mark.parametrize("options", DATA_PATHS)
+def test_fuzzed_requests_against_a_model(chain: Chain, serve: Serve, tmp_path: Path, options: dict) -> None:
     """Random requests with a valid magic on the VHD chain; successful writes go into a model of
     the disk, which the image must equal at the end (no byte written outside a request)."""
     model = bytearray(chain.expected)
-    thread, uri = serve(chain.top)
+    thread, uri = serve(chain.top, **options)
     rng = random.Random(606)
     edges = [0, 1, 511, 512, 4095, MiB, 2 * MiB - 1, 2 * MiB, SIZE - 4096, SIZE - 1, SIZE, SIZE + 1, 1 << 40]
     c = RawClient(socket_of(uri))

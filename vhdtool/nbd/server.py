@@ -55,14 +55,27 @@ class NbdServer:
 
     The first export added is the default one: a client asking for the empty name gets it. The
     server never closes devices; whoever opened them does, after ``close()``.
+
+    Tuning (the defaults suit every use in vhdtool): ``workers`` threads carry out writes and
+    reads that wait for the disk; ``pipes`` caps the pipes for zero-copy reads (0 copies with
+    pread instead); ``inline_reads`` lets reads the page cache answers run on the event loop.
     """
 
-    def __init__(self, *, workers: int = 8, handshake_timeout: float = 10.0, max_connections: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int = 8,
+        handshake_timeout: float = 10.0,
+        max_connections: int = 128,
+        pipes: int = 256,
+        inline_reads: bool = True,
+    ) -> None:
         self.workers = workers
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
+        self.inline_reads = inline_reads
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhdtool-nbd")
-        self._pipes = PipePool() if splice.AVAILABLE else None
+        self._pipes = PipePool(pipes) if splice.AVAILABLE and pipes > 0 else None
         self._exports: dict[str, Export] = {}
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
@@ -199,7 +212,7 @@ class NbdServer:
                 session = await Negotiation(channel, self._exports).run()
             if session is not None:
                 log.info("%s: serving export %r", peer, session.export.name)
-                await Transmission(session, channel, self._executor, self.workers, peer).run()
+                await Transmission(session, channel, self._executor, self.workers, peer, self.inline_reads).run()
         except TimeoutError:
             log.info("%s: handshake not finished in %g s", peer, self.handshake_timeout)
         except ProtocolError as e:

@@ -163,7 +163,7 @@ def _new(pipes: PipePool | None, out: list[Part]) -> Spliced | None:
 class PipePool:
     """At most ``limit`` pipes, created on demand and reused; safe from any thread."""
 
-    def __init__(self, limit: int = 256) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
         self._idle: list[Pipe] = []

@@ -130,12 +130,15 @@ class _Refused(Exception):
 class Transmission:
     """Serves requests on one negotiated connection until the client disconnects."""
 
-    def __init__(self, session: Session, channel: Channel, workers: Executor, slices: int, peer: str) -> None:
+    def __init__(
+        self, session: Session, channel: Channel, workers: Executor, slices: int, peer: str, inline_reads: bool = True
+    ) -> None:
         self.session = session
         self.export = session.export
         self.channel = channel
         self.workers = workers
         self.slices = slices
+        self.inline_reads = inline_reads
         self.peer = peer
         self._inflight = _Inflight(INFLIGHT_BYTES)
         self._dirty = False
@@ -201,7 +204,7 @@ class Transmission:
     def _start(self, batch: list[_Request]) -> list[_Request]:
         """Start ``batch``: small reads at once on the event loop while the export's reads come
         from the page cache, the rest in up to ``slices`` worker slices. Returns an empty batch."""
-        if batch and self.export.reads_inline:
+        if batch and self.inline_reads and self.export.reads_inline:
             batch = [r for r in batch if not (r[1] == p.Cmd.READ and self._read_inline(r))]
         slices = min(len(batch), self.slices)
         for i in range(slices):
