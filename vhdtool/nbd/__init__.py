@@ -9,8 +9,14 @@ The Python API other parts of vhdtool use:
   (``start_unix``/``start_tcp`` return once listening; ``switch_write_layer``; ``stop``).
 
 Modules: ``protocol`` (wire constants), ``negotiation`` (handshake), ``transmission`` (requests
-of one connection), ``export`` (a device, its capabilities, concurrency and the switch),
-``deviceio`` (blocking device work for one request), ``server``, ``serve`` (the CLI command).
+of one connection), ``channel`` (the socket: buffered reads, whole-reply sends from any thread),
+``export`` (a device, its capabilities, concurrency and the switch), ``deviceio`` (what one
+request does to a device), ``filemap`` and ``splice`` (zero-copy reads: where data lies in the
+image files, and pipes that carry it to the socket), ``server``, ``serve`` (the CLI command).
+
+How a read travels: the event loop reads the request; if the export's reads come from the page
+cache it carries the read out at once (else a worker thread does), splicing the file pages and
+the chunk header into a pipe, and the pipe into the socket; nothing is copied in Python.
 """
 
 from vhdtool.nbd.export import Export

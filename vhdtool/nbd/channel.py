@@ -2,9 +2,10 @@
 
 Reads (request headers, option payloads, write payloads) happen on the event loop: small ones
 through a buffer, large ones straight into their own bytearray, nothing read before it is
-wanted. Replies are sent by whichever thread produced them (a worker that just read the data):
-``send`` hands all parts of one reply to ``sendmsg`` at once (header and data as separate
-buffers, nothing joined or copied). If the socket is full, or replies are already waiting, the
+wanted. Replies are sent by whichever thread produced them (a worker, or the event loop for a
+read from the page cache): ``send`` hands the buffers of one reply to ``sendmsg`` at once
+(header and data separately, nothing joined or copied) and splices the pipes of zero-copy reads
+(see ``splice``). If the socket is full, or replies are already waiting, the
 reply joins a queue that the event loop writes out when the socket has room, so a worker never
 blocks on a slow client and replies never interleave. A reply's ``done`` callback runs once
 the kernel has taken it (or the connection is gone), which is what bounds memory per client.
