@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,11 @@ def cpu_seconds(pid: int) -> float:
     """User + system time of a process and all its threads so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Server:
@@ -50,12 +56,13 @@ class Server:
     def uri(self) -> str:
         return f"nbd+unix:///?socket={self.sock}"
 
-    def copy(self, *args: str) -> tuple[float, float]:
-        """Run nbdcopy with ``args``; returns (wall seconds, server CPU seconds)."""
+    def copy(self, *args: str) -> tuple[float, float, float]:
+        """Run nbdcopy with ``args``; returns (wall seconds, server CPU seconds, nbdcopy CPU seconds)."""
         cpu0 = cpu_seconds(self.proc.pid)
+        client0 = _children_cpu()
         t0 = time.perf_counter()
         subprocess.run(["nbdcopy", *args], check=True)
-        return time.perf_counter() - t0, cpu_seconds(self.proc.pid) - cpu0
+        return time.perf_counter() - t0, cpu_seconds(self.proc.pid) - cpu0, _children_cpu() - client0
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -83,10 +90,13 @@ def make_images(work: Path, size_mib: int) -> tuple[Path, Path]:
     return full, raw
 
 
-def report(kind: str, size: int, results: dict[str, list[tuple[float, float]]]) -> None:
+def report(kind: str, size: int, results: dict[str, list[tuple[float, float, float]]]) -> None:
     best = {name: min(runs) for name, runs in results.items()}
-    for name, (wall, cpu) in best.items():
-        print(f"{kind:5} {name:8} {wall:6.2f} s  {size / wall / 2**20:7.0f} MiB/s  server CPU {cpu:5.2f} s")
+    for name, (wall, cpu, client) in best.items():
+        print(
+            f"{kind:5} {name:8} {wall:6.2f} s  {size / wall / 2**20:7.0f} MiB/s  "
+            f"server CPU {cpu:5.2f} s  nbdcopy CPU {client:5.2f} s"
+        )
     ratio = best["qemu-nbd"][0] / best["vhdtool"][0]
     cpu_ratio = best["vhdtool"][1] / max(best["qemu-nbd"][1], 1e-9)
     print(f"{kind:5} throughput vhdtool/qemu-nbd = {ratio:.2f}x   (server CPU vhdtool/qemu-nbd = {cpu_ratio:.2f}x)")
@@ -107,7 +117,7 @@ def main() -> None:
     try:
         full, raw = make_images(work, args.size_mib)
         servers = [vhdtool_server(full, work / "v.sock", True), qemu_server(full, work / "q.sock", True)]
-        reads: dict[str, list[tuple[float, float]]] = {s.name: [] for s in servers}
+        reads: dict[str, list[tuple[float, float, float]]] = {s.name: [] for s in servers}
         try:
             for rnd in range(args.rounds + 1):
                 for s in servers:
@@ -121,7 +131,7 @@ def main() -> None:
         if args.reads_only:
             return
 
-        writes: dict[str, list[tuple[float, float]]] = {"vhdtool": [], "qemu-nbd": []}
+        writes: dict[str, list[tuple[float, float, float]]] = {"vhdtool": [], "qemu-nbd": []}
         for _ in range(args.rounds):
             for start in (vhdtool_server, qemu_server):
                 target = work / "target.vhd"
