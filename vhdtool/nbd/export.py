@@ -1,8 +1,9 @@
 """One named export: a BlockDevice, what it can do, and the rules for touching it concurrently.
 
-Requests run in the server's worker threads and call the methods here directly. Reads run in
-parallel; writes, zeroing, trims and flushes of one export are serialised by a lock (images
-allow concurrent pread but only one pwrite at a time). Every request passes a gate, which is
+Requests call the methods here directly from the server's worker threads (and reads from the
+page cache from the event loop). Reads run in parallel; writes, zeroing, trims and flushes of
+one export are serialised by a lock (images allow concurrent pread but only one pwrite at a
+time). Every request passes a gate, which is
 what makes ``switch()`` atomic: it closes the gate, waits for the requests already past it
 (they finish on the old device), flushes the old device, and opens the gate onto the new one;
 requests that arrived meanwhile waited at the gate and go to the new device.

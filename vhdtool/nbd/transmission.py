@@ -1,9 +1,12 @@
 """The transmission phase of one connection: read requests, run them, send replies.
 
-The event loop reads request headers and write payloads; each request then runs start to finish
-in a worker thread (device call, then its reply sent straight from that thread, see
-``channel``), so reads of one connection proceed in parallel and a reply costs no round trip
-through the event loop. The export serialises writes.
+The event loop reads request headers and write payloads. Reads the page cache can answer are
+carried out right there (a spliced read costs less than handing it to a thread); everything
+else runs start to finish in a worker thread, which sends the reply itself (see ``channel``),
+so slow reads of one connection proceed in parallel and no reply takes a round trip through
+the event loop. One read that had to wait for the disk sends reads to the workers for a while
+(``Export.reads_inline``), so a cold image never stalls the loop for long. The export
+serialises writes.
 
 Memory stays bounded: the bytes of all requests in flight on a connection (read lengths, write
 payloads) are capped by a budget released when a reply has been taken by the kernel, so a
@@ -216,7 +219,7 @@ class Transmission:
         cost). False leaves it to a worker: too large, refused (the worker answers), a switch in
         progress, or an error (the worker retries and reports it)."""
         flags, _, handle, offset, length, _, cost = request
-        if length > INLINE_MAX or offset + length > self.export.size:
+        if not 0 < length <= INLINE_MAX or offset + length > self.export.size:
             return False
         holes = self.session.structured and not flags & p.CmdFlag.DF
         disk_reads = _blocks_read()
