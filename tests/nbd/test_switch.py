@@ -5,15 +5,18 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.nbd.conftest import SIZE, Serve
+import vhdtool
+from tests.nbd.conftest import SIZE, Chain, Serve
 from tests.nbd.libnbd import nbd
 from vhdtool.errors import UsageError
 from vhdtool.format.blockdev import Extent, RawFile
+from vhdtool.format.layers import open_over
 
 MiB = 1 << 20
 
@@ -121,3 +124,30 @@ def test_requests_in_flight_finish_on_the_old_layer(layers: tuple[Path, Path], s
     h.shutdown()
     thread.stop()
     old.close()
+
+
+def test_snapshot_flow_on_a_vhd_chain(chain: Chain, serve: Serve, tmp_path: Path) -> None:
+    """What the snapshot coordinator does: a new differencing child of the served top becomes the
+    write layer; the old top keeps exactly what was written before the switch."""
+    thread, uri = serve(chain.top)
+    old = thread.server.exports[""].device
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    h.pwrite(b"A" * 300000, 10 * MiB)
+    child_path = tmp_path / "child.vhd"
+    vhdtool.create(child_path, parent=chain.top)
+    child = open_over(child_path, old, uuid.UUID(bytes=bytes(old.meta.footer.unique_id)), writable=True)  # type: ignore[attr-defined]
+    assert thread.switch_write_layer("", child) is old
+    h.pwrite(b"B" * 300000, 10 * MiB + 200000)
+    want = bytearray(chain.expected)
+    want[10 * MiB : 10 * MiB + 300000] = b"A" * 300000
+    want[10 * MiB + 200000 : 10 * MiB + 500000] = b"B" * 300000
+    assert h.pread(MiB, 10 * MiB) == want[10 * MiB : 11 * MiB]  # spliced from two files of the chain
+    h.shutdown()
+    thread.stop()
+    child.close()
+    old.close_chain()  # type: ignore[attr-defined]  # (closing twice is harmless: the fixture does too)
+    with vhdtool.open(chain.top) as top:
+        assert top.pread(10 * MiB, 500000) == b"A" * 300000 + chain.expected[10 * MiB + 300000 : 10 * MiB + 500000]
+    with vhdtool.open(child_path) as image:
+        assert image.pread(0, SIZE) == want
