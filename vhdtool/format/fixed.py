@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError
 from vhdtool.format.blockdev import Extent, check_range, clip_read, file_extents, pwrite_all
+from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 
@@ -45,6 +46,11 @@ class FixedImage(ImageBase):
     def _flush(self) -> None:
         if self.writable:
             os.fsync(self._fd)
+
+    def _trim(self, offset: int, length: int) -> None:
+        """Discard: free the file pages inside the range; they read as zeros afterwards."""
+        check_range(self, offset, length)
+        punch_hole(self._fd, offset, length)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         end = self.size if length is None else offset + length

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vhdtool.errors import IoError
+from vhdtool.errors import IoError, ReadOnlyError
 from vhdtool.format.metadata import ImageMetadata
 
 
@@ -50,6 +50,15 @@ class ImageBase:
         except OSError as e:
             raise IoError(f"{self.path}: flush failed: {e.strerror or e}") from None
 
+    def trim(self, offset: int, length: int) -> None:
+        """Discard a range (NBD TRIM, FUSE punch-hole): afterwards it may read as zeros."""
+        if not self.writable:
+            raise ReadOnlyError(f"{self.path}: opened read-only")
+        try:
+            self._trim(offset, length)
+        except OSError as e:
+            raise IoError(f"{self.path}: trim failed: {e.strerror or e}") from None
+
     def close(self) -> None:
         try:
             self._close()
@@ -63,6 +72,9 @@ class ImageBase:
         raise NotImplementedError
 
     def _flush(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _trim(self, offset: int, length: int) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _close(self) -> None:  # pragma: no cover - overridden

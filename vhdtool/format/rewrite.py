@@ -23,15 +23,9 @@ from typing import Any
 
 from construct import Container
 
+from vhdtool.format.blockdev import pwrite_all
 from vhdtool.format.metadata import ImageMetadata, read_footers
 from vhdtool.format.structs import FOOTER_SIZE, SECTOR, build_footer, build_header
-
-
-def pwrite_all(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 def round_up(n: int, to: int = SECTOR) -> int:
@@ -123,21 +117,3 @@ class MetadataEditor:
         self.end = new_end
 
 
-_FALLOC_FL_INSERT_RANGE = 0x20
-
-
-def insert_range(fd: int, offset: int, length: int) -> bool:
-    """Shift everything from ``offset`` on by ``length`` bytes in one step, leaving a hole that
-    reads as zeros (fallocate FALLOC_FL_INSERT_RANGE: ext4, XFS). False where the filesystem, or
-    the alignment (multiples of its block size), does not allow it; nothing has changed then."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fallocate = libc.fallocate
-    except (OSError, AttributeError):
-        return False
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fallocate.restype = ctypes.c_int
-    return fallocate(fd, _FALLOC_FL_INSERT_RANGE, offset, length) == 0

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from vhdtool.errors import CorruptImageError, ReadOnlyError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, pwrite_all, zeros
+from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
@@ -285,6 +286,21 @@ class SparseImage(ImageBase):
     def _flush(self) -> None:
         if self.writable:
             os.fsync(self._fd)
+
+    def _trim(self, offset: int, length: int) -> None:
+        """Discard: free the file pages under [offset, offset + length) of allocated blocks. They
+        read as zeros afterwards (the bitmap keeps them present, so a differencing child does not
+        fall through to its parent); the BAT is not touched, so no block leaks. `compact` later
+        drops blocks that became all zeros."""
+        check_range(self, offset, length)
+        end = offset + length
+        with self._write_lock:
+            while offset < end:
+                block, in_block = offset >> self._shift, offset & self._mask
+                n = min(self.block_size - in_block, end - offset)
+                if self.bat[block] != UNALLOCATED:
+                    punch_hole(self._fd, self._data_offset(block, in_block), n)
+                offset += n
 
     # -- extents ---------------------------------------------------------------------------
 

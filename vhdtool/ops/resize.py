@@ -29,11 +29,12 @@ from typing import Any
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.blockdev import BlockDevice, pwrite_all
 from vhdtool.format.chain import open_image
+from vhdtool.format.fallocate import insert_range
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.metadata import read_metadata
-from vhdtool.format.rewrite import MetadataEditor, insert_range, pwrite_all, round_up
+from vhdtool.format.rewrite import MetadataEditor, round_up
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, FOOTER_SIZE, HEADER_SIZE, SECTOR, UNALLOCATED
 from vhdtool.ops.compact import refuse_saved_state
