@@ -135,7 +135,7 @@ def bench_raw_view(work: Path, size: int, rounds: int, pattern: bytes, res: Resu
 
 
 def bench_ext4(work: Path, size: int, rounds: int, pattern: bytes, res: Results) -> None:
-    fs_size = rounds * size + 512 * CHUNK
+    fs_size = (rounds + 1) * size + 512 * CHUNK  # a fresh GiB per round, and one for fuse2fs
     image, raw, mnt, inner = work / "ext4.vhd", work / "ext4.raw", work / "mnt", work / "inner"
     vhdtool("create", "--size", str(fs_size), image)
     vhdtool("mount", "--raw", "--no-undo", image, mnt)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", help="Work folder (needs about rounds x size x 4 of space).")
+    ap.add_argument("--dir", help="Work folder (needs about (rounds + 1) x size x 4 of space).")
     ap.add_argument("--quick", action="store_true", help="256 MiB, 1 round")
     args = ap.parse_args(argv)
     if args.quick:

@@ -60,6 +60,19 @@ def test_a_disk_without_a_filesystem(mnt: Path, tmp_path: Path) -> None:
     assert_untouched(blank, before, mnt)
 
 
+@pytest.mark.parametrize(("driver", "says"), [("kernel", "kernel mount of ext4 failed"), ("fuse", "fuse2fs failed")])
+def test_a_filesystem_its_driver_refuses(driver: str, says: str, image_of, mnt: Path) -> None:
+    image = image_of("ext4")
+    ok("mount", "--raw", "--no-undo", image, mnt)
+    with open(mnt / "disk", "r+b") as f:  # s_blocks_per_group = 0: the magic still says ext4
+        f.seek(1024 + 0x20)
+        f.write(bytes(4))
+    ok("umount", mnt)
+    before = digest(image)
+    refused("mount", "--driver", driver, image, mnt, code=1, says=says)  # after the raw view was up
+    assert_untouched(image, before, mnt)
+
+
 def test_fuse_library_missing_fails_cleanly(image_of, mnt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = image_of("ext4")
     before = digest(image)

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,20 +94,20 @@ def choose(fs: Filesystem, requested: str | None, read_only: bool) -> Route:
     raise UsageError(f"cannot mount {fs.variant} here: {kernel_no}; and {fuse_no}")
 
 
-class Attached:
+class Attached(ABC):
     """A filesystem mounted at ``mountpoint`` from a raw-view file."""
 
     mountpoint: str
     loop: str | None = None
     helper: subprocess.Popen[bytes] | None = None
 
+    @abstractmethod
     def gone(self) -> bool:
         """True once the filesystem is no longer mounted (whoever unmounted it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def detach(self, lazy: bool = False) -> None:
         """Unmount (if still mounted) and wait until nothing holds the raw-view file any more."""
-        raise NotImplementedError
 
 
 class KernelMount(Attached):
@@ -126,8 +127,8 @@ class KernelMount(Attached):
         finally:
             os.close(fd)  # autoclear: the mount now holds the device, or nothing does
         if done.returncode:
-            message = (done.stderr.strip().splitlines() or ["failed"])[-1]
-            raise VhdError(f"{mountpoint}: kernel mount of {route.fstype} failed: {message}")
+            said = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip() and "dmesg" not in line)
+            raise VhdError(f"{mountpoint}: kernel mount of {route.fstype} failed: {said or 'no reason given'}")
 
     def gone(self) -> bool:
         m = system.mounted_at(self.mountpoint)

@@ -29,7 +29,7 @@ from typing import Any
 
 from vhdtool.errors import ReadOnlyError, VhdError
 from vhdtool.format.blockdev import BlockDevice
-from vhdtool.mount import fusebind
+from vhdtool.mount import fusebind, fusebufs, hostmap
 from vhdtool.mount.rawtree import RawTree
 
 fuse = fusebind.load()
@@ -112,14 +112,23 @@ class RawView(fuse.Operations):  # type: ignore[misc]
         self._handles[fh] = dev
         return fh
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
+        """Answer with a buffer libfuse sends and frees: the image file's own bytes where the
+        read lies in one place (``hostmap``), else what the BlockDevice reads."""
         dev = self._handles[fh]
         length = max(0, min(size, dev.size - offset))
-        try:
-            return dev.pread(offset, length) if length else b""
-        except VhdError as e:
-            log.error("read of %s at %d: %s", path, offset, e)
-            raise FuseOSError(errno.EIO) from None
+        place = hostmap.locate(dev, offset, length)
+        if place is not None:
+            vec = fusebufs.from_file(length, place.fd, place.offset) if place.fd is not None else fusebufs.zeros(length)
+        else:
+            try:
+                data = dev.pread(offset, length)
+            except VhdError as e:
+                log.error("read of %s at %d: %s", path, offset, e)
+                raise FuseOSError(errno.EIO) from None
+            vec = fusebufs.from_bytes(data)
+        fusebufs.hand_over(bufpp, vec)
+        return 0
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         dev = self._handles[fh]
