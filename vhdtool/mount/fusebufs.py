@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Any
 
 from vhdtool.mount import fusebind
+from vhdtool.mount.hostmap import Piece
 
 fuse = fusebind.load()
 
@@ -34,10 +36,6 @@ class FuseBuf(ctypes.Structure):
     _fields_ = _buf_fields
 
 
-class FuseBufVec(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t), ("buf", FuseBuf)]
-
-
 _libc = ctypes.CDLL(ctypes.util.find_library("c"))
 _libc.malloc.restype = ctypes.c_void_p
 _libc.malloc.argtypes = [ctypes.c_size_t]
@@ -45,36 +43,48 @@ _libc.calloc.restype = ctypes.c_void_p
 _libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
 
 
-def _vector(size: int, flags: int, mem: int | None, fd: int, pos: int) -> FuseBufVec:
-    address = _libc.calloc(1, ctypes.sizeof(FuseBufVec))
+@functools.cache
+def _vector_type(count: int) -> type[ctypes.Structure]:
+    """``struct fuse_bufvec`` with room for ``count`` buffers (C: a flexible ``buf[1]`` array)."""
+    return type(
+        f"FuseBufVec{count}",
+        (ctypes.Structure,),
+        {"_fields_": [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
+                      ("buf", FuseBuf * count)]},
+    )
+
+
+def _alloc(size: int, zeroed: bool) -> int:
+    address = _libc.calloc(1, max(size, 1)) if zeroed else _libc.malloc(max(size, 1))
     if not address:
-        raise MemoryError("calloc failed for a FUSE buffer vector")
-    vec = FuseBufVec.from_address(address)
-    vec.count = 1
-    vec.buf.size, vec.buf.flags, vec.buf.mem, vec.buf.fd, vec.buf.pos = size, flags, mem, fd, pos
+        raise MemoryError(f"cannot allocate {size} bytes for a FUSE reply")
+    return int(address)
+
+
+def from_pieces(pieces: list[Piece]) -> ctypes.Structure:
+    """A vector reading each piece from its file, or zeros; libfuse does the copying."""
+    kind = _vector_type(len(pieces))
+    vec = kind.from_address(_alloc(ctypes.sizeof(kind), zeroed=True))
+    vec.count = len(pieces)
+    for buf, piece in zip(vec.buf, pieces, strict=True):
+        buf.size = piece.length
+        if piece.fd is None:
+            buf.mem = _alloc(piece.length, zeroed=True)
+        else:
+            buf.flags, buf.fd, buf.pos = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, piece.fd, piece.offset
     return vec
 
 
-def from_file(size: int, fd: int, offset: int) -> FuseBufVec:
-    """``size`` bytes of file ``fd`` at ``offset``, read by libfuse."""
-    return _vector(size, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, None, fd, offset)
+def from_bytes(data: bytes) -> ctypes.Structure:
+    kind = _vector_type(1)
+    vec = kind.from_address(_alloc(ctypes.sizeof(kind), zeroed=True))
+    vec.count = 1
+    vec.buf[0].size = len(data)
+    vec.buf[0].mem = _alloc(len(data), zeroed=False)
+    ctypes.memmove(vec.buf[0].mem, data, len(data))
+    return vec
 
 
-def zeros(size: int) -> FuseBufVec:
-    mem = _libc.calloc(1, max(size, 1))
-    if not mem:
-        raise MemoryError("calloc failed for a FUSE reply")
-    return _vector(size, 0, mem, -1, 0)
-
-
-def from_bytes(data: bytes) -> FuseBufVec:
-    mem = _libc.malloc(max(len(data), 1))
-    if not mem:
-        raise MemoryError("malloc failed for a FUSE reply")
-    ctypes.memmove(mem, data, len(data))
-    return _vector(len(data), 0, mem, -1, 0)
-
-
-def hand_over(bufpp: Any, vec: FuseBufVec) -> None:
+def hand_over(bufpp: Any, vec: ctypes.Structure) -> None:
     """Give ``vec`` to libfuse through read_buf's ``struct fuse_bufvec **bufp``."""
     ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = ctypes.addressof(vec)

@@ -113,13 +113,13 @@ class RawView(fuse.Operations):  # type: ignore[misc]
         return fh
 
     def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
-        """Answer with a buffer libfuse sends and frees: the image file's own bytes where the
-        read lies in one place (``hostmap``), else what the BlockDevice reads."""
+        """Answer with buffers libfuse fills, sends and frees: the image files' own byte ranges
+        (``hostmap``), else what the BlockDevice reads."""
         dev = self._handles[fh]
         length = max(0, min(size, dev.size - offset))
-        place = hostmap.locate(dev, offset, length)
-        if place is not None:
-            vec = fusebufs.from_file(length, place.fd, place.offset) if place.fd is not None else fusebufs.zeros(length)
+        pieces = hostmap.locate(dev, offset, length)
+        if pieces:
+            vec = fusebufs.from_pieces(pieces)
         else:
             try:
                 data = dev.pread(offset, length)
