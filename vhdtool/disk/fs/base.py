@@ -155,6 +155,20 @@ class FsDriver(ABC):
     def list(self, vol: Volume, path: str) -> list[Entry]:
         """Entries of the directory ``path`` (without . and ..)."""
 
+    def stat_in_parent(self, vol: Volume, path: str) -> Entry | None:
+        """stat for filesystems whose names match case-insensitively (FAT, NTFS): look the name
+        up in the parent's listing, an exact match first."""
+        if path == "/":
+            return Entry("/", "dir", 0)
+        parent = path.rsplit("/", 1)[0] or "/"
+        try:
+            siblings = self.list(vol, parent)
+        except ToolError:
+            return None
+        wanted = name_of(path)
+        exact = next((e for e in siblings if e.name == wanted), None)
+        return exact or next((e for e in siblings if e.name.casefold() == wanted.casefold()), None)
+
     @abstractmethod
     def cat(self, vol: Volume, path: str, out: BinaryIO) -> None:
         """Write the contents of the file ``path`` to ``out``."""

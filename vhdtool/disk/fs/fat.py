@@ -165,15 +165,7 @@ class FatDriver(FsDriver):
         return entries
 
     def stat(self, vol: Volume, path: str) -> Entry | None:
-        if path == "/":
-            return Entry("/", "dir", 0)
-        parent = path.rsplit("/", 1)[0] or "/"
-        try:
-            siblings = self._mdir(vol, parent)
-        except ToolError:
-            return None
-        wanted = name_of(path).casefold()
-        return next((e for e in siblings if e.name.casefold() == wanted), None)
+        return self.stat_in_parent(vol, path)
 
     def list(self, vol: Volume, path: str) -> list[Entry]:
         return self._mdir(vol, path)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from vhdtool.disk.fs.base import Entry, FsDriver, MakeOptions, ToolError, UsageError, Volume, name_of, run_tool
+from vhdtool.disk.fs.base import Entry, FsDriver, MakeOptions, ToolError, UsageError, Volume, run_tool
 from vhdtool.disk.fs.tree import Tree
 
 MiB = 1 << 20
@@ -122,17 +122,7 @@ class NtfsDriver(FsDriver):
         return entries
 
     def stat(self, vol: Volume, path: str) -> Entry | None:
-        if path == "/":
-            return Entry("/", "dir", 0)
-        parent = path.rsplit("/", 1)[0] or "/"
-        try:
-            siblings = self._ls(vol, parent)
-        except ToolError:
-            return None
-        wanted = name_of(path)
-        # NTFS names are case-insensitive for lookups (the $UpCase table), like Windows
-        exact = next((e for e in siblings if e.name == wanted), None)
-        return exact or next((e for e in siblings if e.name.casefold() == wanted.casefold()), None)
+        return self.stat_in_parent(vol, path)
 
     def list(self, vol: Volume, path: str) -> list[Entry]:
         return self._ls(vol, path)
