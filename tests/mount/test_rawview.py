@@ -77,6 +77,8 @@ def test_files_behave_like_block_devices(chain: Path, mnt: Path) -> None:
     with open(disk, "rb") as f:
         assert os.pread(f.fileno(), 5, 1000) == b"hello"
         assert os.pread(f.fileno(), 10, size - 3) == b"abc"
+        assert os.pread(f.fileno(), 10, size) == b""  # at and past the end: nothing, no error
+        assert os.pread(f.fileno(), 10, size + 4096) == b""
     ok("umount", "--discard", mnt)
     assert digest(chain) == before  # every write went to the undo disk
 

@@ -122,7 +122,7 @@ class RawView(fuse.Operations):  # type: ignore[misc]
             vec = fusebufs.from_pieces(pieces)
         else:
             try:
-                data = dev.pread(offset, length)
+                data = dev.pread(offset, length) if length else b""  # at or past the end: nothing
             except VhdError as e:
                 log.error("read of %s at %d: %s", path, offset, e)
                 raise FuseOSError(errno.EIO) from None
