@@ -794,6 +794,9 @@ def mount_command(
         if as_json:
             render.print_json([r.as_json() for r in found])
             return
+        if not found:
+            print("nothing is mounted by vhdtool")
+            return
         rows = [
             [r.mountpoint, r.image, "raw view" if r.raw else f"p{r.partition} {r.fs} ({r.driver})",
              r.undo if r.mode == "undo" else r.mode, registry.status(r)]
