@@ -8,6 +8,7 @@ Everything mounts for real (root, /dev/fuse); the filesystems are read back by t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -20,6 +21,10 @@ from tests.helpers import need, run, vhdtool
 from vhdtool.mount import registry, system
 
 MiB = 1 << 20
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ok(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
@@ -66,16 +71,6 @@ def make_fs(image: Path, mnt: Path, fs: str, target: str = "disk") -> None:
             run(need("mkfs.ntfs"), "-F", "-f", "-q", file)
         else:
             raise AssertionError(fs)
-    finally:
-        ok("umount", mnt)
-
-
-def partition(image: Path, mnt: Path, label: str, script: str) -> None:
-    """Write a partition table (sfdisk ``label``: gpt or dos) through the raw view."""
-    ok("mount", "--raw", "--no-undo", image, mnt)
-    try:
-        subprocess.run([need("sfdisk"), "-q", "-X", label, mnt / "disk"], input=script, text=True, check=True,
-                       capture_output=True)
     finally:
         ok("umount", mnt)
 

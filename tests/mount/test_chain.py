@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from tests.helpers import assert_clean_error, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import ok
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from tests.mount.conftest import digest, ok
 
 
 def test_child_commit_and_no_undo_leave_the_parent_untouched(image_of, mnt: Path, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ registry record, the mountpoint empty and unmounted, the image byte-identical)."
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -11,12 +10,8 @@ import pytest
 
 from tests.helpers import assert_clean_error, need, run, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import ok
+from tests.mount.conftest import digest, ok
 from vhdtool.mount import drivers, registry, system
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def refused(*args: str | os.PathLike[str], code: int, says: str) -> None:

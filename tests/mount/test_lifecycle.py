@@ -5,7 +5,6 @@ undo disks change nothing; a locked image is refused; --foreground and the Pytho
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pty
@@ -20,12 +19,8 @@ import vhdtool
 from tests.helpers import VHDTOOL, assert_clean_error, need, run
 from tests.helpers import vhdtool as cli
 from tests.mount import peers
-from tests.mount.conftest import ok
+from tests.mount.conftest import digest, ok
 from vhdtool.mount import registry, system
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def server_pid(mnt: Path) -> int:

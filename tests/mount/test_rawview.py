@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from pathlib import Path
 
@@ -12,13 +11,9 @@ import pytest
 
 import vhdtool
 from tests.helpers import need, run
-from tests.mount.conftest import ok
+from tests.mount.conftest import digest, ok
 
 MiB = 1 << 20
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 BASE_WRITES = [(3 * MiB + 17, os.urandom(2 * MiB)), (24 * MiB - 700, b"\xab" * 700)]

@@ -3,7 +3,6 @@ filesystems' own tools on a qemu-img raw copy."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -12,13 +11,9 @@ import pytest
 
 from tests.helpers import vhdtool
 from tests.mount import peers
-from tests.mount.conftest import ok
+from tests.mount.conftest import digest, ok
 
 FILESYSTEMS = ["ext4", "fat32", "ntfs"]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("fs", FILESYSTEMS)
