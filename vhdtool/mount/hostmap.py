@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from vhdtool.disk.view import PartitionView
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.image import ImageBase
-from vhdtool.ops.map import _located
+from vhdtool.format.placement import NotPlaceable, place
 
 MAX_PIECES = 16
 
@@ -37,15 +37,14 @@ def locate(dev: BlockDevice, offset: int, length: int) -> list[Piece] | None:
         dev = dev.dev
     if not isinstance(dev, ImageBase) or length == 0:
         return None
-    layers: list[BlockDevice] = list(dev.chain())
     pieces: list[Piece] = []
-    for run in dev.extents(offset, length):
-        for place in _located(run, layers, len(layers) - 1):
+    try:
+        for placed in place(dev, offset, length):
             if len(pieces) == MAX_PIECES:
                 return None
-            if place.zero:
-                pieces.append(Piece(place.length, None))
-            else:
-                assert place.offset is not None
-                pieces.append(Piece(place.length, layers[place.depth].fileno(), place.offset))  # type: ignore[attr-defined]
+            pieces.append(
+                Piece(placed.length, None) if placed.zero else Piece(placed.length, placed.fd, placed.file_offset)
+            )
+    except NotPlaceable:
+        return None
     return pieces

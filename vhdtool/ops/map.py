@@ -13,11 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice, Extent
-from vhdtool.format.image import ImageBase
-from vhdtool.format.sparse import SparseImage
-from vhdtool.format.structs import SECTOR
+from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.placement import place
 from vhdtool.ops.devices import close_device, open_device
 
 
@@ -56,17 +53,22 @@ def map_image(path: str | os.PathLike[str], fmt: str | None = None) -> list[MapE
 
 
 def map_device(dev: BlockDevice) -> Iterator[MapEntry]:
-    layers: list[BlockDevice] = list(dev.chain()) if isinstance(dev, ImageBase) else [dev]
-    bottom = len(layers) - 1
     pending: MapEntry | None = None
-    for extent in dev.extents():
-        for entry in _located(extent, layers, bottom):
-            if pending is not None and _joins(pending, entry):
-                pending = dataclasses.replace(pending, length=pending.length + entry.length)
-                continue
-            if pending is not None:
-                yield pending
-            pending = entry
+    for placed in place(dev):
+        entry = MapEntry(
+            placed.offset,
+            placed.length,
+            placed.depth,
+            placed.zero,
+            None if placed.zero else placed.file_offset,
+            placed.path,
+        )
+        if pending is not None and _joins(pending, entry):
+            pending = dataclasses.replace(pending, length=pending.length + entry.length)
+            continue
+        if pending is not None:
+            yield pending
+        pending = entry
     if pending is not None:
         yield pending
 
@@ -75,22 +77,3 @@ def _joins(a: MapEntry, b: MapEntry) -> bool:
     if a.start + a.length != b.start or a.zero != b.zero or a.depth != b.depth or a.file != b.file:
         return False
     return a.offset is None or a.offset + a.length == b.offset
-
-
-def _located(extent: Extent, layers: list[BlockDevice], bottom: int) -> Iterator[MapEntry]:
-    """The extent with file offsets, split where the holding layer's blocks are not contiguous."""
-    if extent.zero:
-        yield MapEntry(extent.offset, extent.length, bottom, True, None, None)
-        return
-    layer = layers[extent.depth]
-    if not isinstance(layer, SparseImage):  # fixed VHD or raw: the file offset is the disk offset
-        yield MapEntry(extent.offset, extent.length, extent.depth, False, extent.offset, layer.path)
-        return
-    bitmap = rules.bitmap_bytes(layer.block_size)
-    pos, end = extent.offset, extent.end
-    while pos < end:
-        block, in_block = divmod(pos, layer.block_size)
-        n = min(end - pos, layer.block_size - in_block)
-        host = layer.bat[block] * SECTOR + bitmap + in_block
-        yield MapEntry(pos, n, extent.depth, False, host, layer.path)
-        pos += n
