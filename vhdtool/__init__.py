@@ -18,8 +18,8 @@ from __future__ import annotations
 from vhdtool.errors import VhdError
 from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
 from vhdtool.format.chain import open_image as open
-from vhdtool.mount.api import mount as mount
+from vhdtool.mount.api import mount
 from vhdtool.ops.create import create
 
-__all__ = ["BlockDevice", "Extent", "RawFile", "VhdError", "create", "open"]
+__all__ = ["BlockDevice", "Extent", "RawFile", "VhdError", "create", "mount", "open"]
 __version__ = "0.1.0"
