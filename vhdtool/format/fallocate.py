@@ -6,8 +6,6 @@ alignment, multiples of its block size) does not allow the operation, and nothin
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable
 from functools import cache
 
@@ -20,6 +18,10 @@ HOLE_ALIGN = 4096
 
 @cache
 def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    # ctypes is loaded on first use: importing ctypes.util costs ~10 ms of every command's start
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         function = libc.fallocate
