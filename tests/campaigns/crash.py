@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import os
 import random
 import signal
@@ -29,8 +30,9 @@ import vhdtool
 SIZE = 1 << 30  # large against the writes, so that kills land while blocks are being allocated
 
 # The writer reports each write before making it ("W off len value"), each flush that returned
-# ("F"), and the file size before every fsync/fdatasync vhdtool makes ("P size"): a P followed by
-# any other line completed, so that size was durable.
+# ("F"), and around every fsync/fdatasync vhdtool makes the file size before it ("P size") and
+# its return ("S"). A P answered by an S made that size durable; a P without one may or may not
+# have, but then nothing was written after it either (the S is the next thing the writer does).
 WRITER = r"""
 import os, random, sys
 import vhdtool
@@ -41,6 +43,7 @@ for name in ("fsync", "fdatasync"):
     def synced(fd, real=real):
         print("P", os.fstat(fd).st_size, flush=True)
         real(fd)
+        print("S", flush=True)
     setattr(os, name, synced)
 path, seed, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(seed)
@@ -83,13 +86,13 @@ def kill_writer(path: Path, seed: int, max_delay: float = 0.6) -> list[list[str]
     time.sleep(random.Random(seed).uniform(0.05, max_delay))
     proc.send_signal(signal.SIGKILL)
     out = proc.communicate()[0]
-    fields = {"W": 4, "F": 1, "P": 2}  # the kill may cut the last line short: drop it then
+    fields = {"W": 4, "F": 1, "P": 2, "S": 1}  # the kill may cut the last line short: drop it then
     events = [line.split() for line in out.splitlines()]
     return [e for e in events if e and len(e) == fields.get(e[0])]
 
 
 def power_cut(path: Path, events: list[list[str]], rnd: random.Random) -> None:
-    synced = [int(e[1]) for i, e in enumerate(events[:-1]) if e[0] == "P"]
+    synced = [int(e[1]) for e, after in itertools.pairwise(events) if e[0] == "P" and after[0] == "S"]
     current = path.stat().st_size
     if synced:
         os.truncate(path, rnd.randint(min(synced[-1], current), current))
