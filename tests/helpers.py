@@ -122,3 +122,21 @@ def bat_entry_offset(path: str | os.PathLike[str], index: int) -> int:
     with open(path, "rb") as f:
         f.seek(hdr + 16)
         return struct.unpack(">Q", f.read(8))[0] + 4 * index
+
+
+def get_bat(path: str | os.PathLike[str], index: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(bat_entry_offset(path, index))
+        return struct.unpack(">I", f.read(4))[0]
+
+
+def set_bat(path: str | os.PathLike[str], index: int, value: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(bat_entry_offset(path, index))
+        f.write(struct.pack(">I", value))
+
+
+def make_qemu_image(path: str | os.PathLike[str]) -> None:
+    """A 64M dynamic VHD by qemu-img (size rounded up to 67125248) with 5 MiB at 1M and a sector at 40M."""
+    run(need("qemu-img"), "create", "-q", "-f", "vpc", path, "64M")
+    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x5a 1M 5M", "-c", "write -P 0xa5 40M 512", path)

@@ -27,14 +27,6 @@ from vhdtool.errors import CorruptImageError, LockedError, NotVhdError, ParentEr
 from vhdtool.format.rules import MiB
 
 
-@pytest.fixture
-def qemu_dynamic(tmp_path: Path) -> Path:
-    img = tmp_path / "q.vhd"
-    run(need("qemu-img"), "create", "-q", "-f", "vpc", img, "64M")
-    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x5a 1M 3M", "-c", "write -P 0xa5 40M 512", img)
-    return img
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -94,17 +86,17 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
-def test_damaged_images_are_refused_cleanly(qemu_dynamic: Path, damage: str) -> None:
-    DAMAGE[damage](qemu_dynamic)
-    before = _digest(qemu_dynamic)
+def test_damaged_images_are_refused_cleanly(qemu_image: Path, damage: str) -> None:
+    DAMAGE[damage](qemu_image)
+    before = _digest(qemu_image)
     with pytest.raises(VhdError):
-        vhdtool.open(qemu_dynamic, writable=True).close_chain()
+        vhdtool.open(qemu_image, writable=True).close_chain()
     for command in (["info"], ["info", "--json"], ["check"]):
-        result = cli(*command, qemu_dynamic)
+        result = cli(*command, qemu_image)
         assert_clean_error(result) if command[0] == "info" else None
         assert "Traceback" not in result.stderr
         assert result.returncode in ((2, 1) if command[0] == "check" else (1,)), (damage, result)
-    assert _digest(qemu_dynamic) == before
+    assert _digest(qemu_image) == before
 
 
 @pytest.mark.parametrize(
@@ -136,33 +128,33 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert_clean_error(cli("check", tmp_path))
 
 
-def test_damaged_trailing_footer_falls_back_to_copy_read_only(qemu_dynamic: Path, tmp_path: Path) -> None:
-    with vhdtool.open(qemu_dynamic) as img:
+def test_damaged_trailing_footer_falls_back_to_copy_read_only(qemu_image: Path, tmp_path: Path) -> None:
+    with vhdtool.open(qemu_image) as img:
         expected = img.pread(0, img.size)
-    size = qemu_dynamic.stat().st_size
-    with open(qemu_dynamic, "r+b") as f:
+    size = qemu_image.stat().st_size
+    with open(qemu_image, "r+b") as f:
         f.seek(size - 512 + 100)
         f.write(b"garbage")  # checksum no longer matches
-    before = _digest(qemu_dynamic)
-    with vhdtool.open(qemu_dynamic) as img:
+    before = _digest(qemu_image)
+    with vhdtool.open(qemu_image) as img:
         assert img.pread(0, img.size) == expected
         assert any("copy at offset 0" in w for w in img.warnings)
     with pytest.raises(CorruptImageError, match="repair"):
-        vhdtool.open(qemu_dynamic, writable=True)
-    result = cli("info", qemu_dynamic)
+        vhdtool.open(qemu_image, writable=True)
+    result = cli("info", qemu_image)
     assert result.returncode == 0 and "copy at offset 0" in result.stderr
-    assert cli("check", qemu_dynamic).returncode == 2
-    assert _digest(qemu_dynamic) == before
+    assert cli("check", qemu_image).returncode == 2
+    assert _digest(qemu_image) == before
 
 
-def test_511_byte_footer(qemu_dynamic: Path) -> None:
-    with vhdtool.open(qemu_dynamic) as img:
+def test_511_byte_footer(qemu_image: Path) -> None:
+    with vhdtool.open(qemu_image) as img:
         expected = img.pread(0, img.size)
-    data = qemu_dynamic.read_bytes()
-    qemu_dynamic.write_bytes(data[:-1])  # pre-Virtual-PC-2004 images end in a 511-byte footer
-    with vhdtool.open(qemu_dynamic) as img:
+    data = qemu_image.read_bytes()
+    qemu_image.write_bytes(data[:-1])  # pre-Virtual-PC-2004 images end in a 511-byte footer
+    with vhdtool.open(qemu_image) as img:
         assert img.pread(0, img.size) == expected
-    assert cli("check", qemu_dynamic).returncode == 0
+    assert cli("check", qemu_image).returncode == 0
 
 
 def test_missing_parent(tmp_path: Path) -> None:

@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
-import pytest
-
 import vhdtool
-from tests.helpers import bat_entry_offset, need, patch_header, run
+from tests.helpers import get_bat, patch_header, set_bat
 from tests.helpers import vhdtool as cli
 from vhdtool.format.rules import MiB
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    img = tmp_path / "q.vhd"
-    run(need("qemu-img"), "create", "-q", "-f", "vpc", img, "64M")
-    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x5a 1M 5M", "-c", "write -P 0xa5 40M 512", img)
-    return img
-
-
-def _bat(img: Path, index: int) -> int:
-    with open(img, "rb") as f:
-        f.seek(bat_entry_offset(img, index))
-        return struct.unpack(">I", f.read(4))[0]
-
-
-def _set_bat(img: Path, index: int, value: int) -> None:
-    with open(img, "r+b") as f:
-        f.seek(bat_entry_offset(img, index))
-        f.write(struct.pack(">I", value))
 
 
 def _codes(img: Path) -> tuple[int, set[str]]:
@@ -41,9 +18,9 @@ def _codes(img: Path) -> tuple[int, set[str]]:
     return result.returncode, {f["code"] for f in doc["findings"]}
 
 
-def test_clean_images(tmp_path: Path, image: Path) -> None:
-    assert _codes(image) == (0, set())
-    vhdtool.create(tmp_path / "c.vhd", parent=image)
+def test_clean_images(tmp_path: Path, qemu_image: Path) -> None:
+    assert _codes(qemu_image) == (0, set())
+    vhdtool.create(tmp_path / "c.vhd", parent=qemu_image)
     with vhdtool.open(tmp_path / "c.vhd", writable=True) as c:
         c.pwrite(12345, b"x" * 100000)
     assert _codes(tmp_path / "c.vhd") == (0, set())
@@ -51,8 +28,8 @@ def test_clean_images(tmp_path: Path, image: Path) -> None:
     assert _codes(tmp_path / "f.vhd") == (0, set())
 
 
-def test_json_has_qemu_img_keys(image: Path) -> None:
-    doc = json.loads(cli("check", "--json", image).stdout)
+def test_json_has_qemu_img_keys(qemu_image: Path) -> None:
+    doc = json.loads(cli("check", "--json", qemu_image).stdout)
     for key in (
         "filename",
         "format",
@@ -67,35 +44,35 @@ def test_json_has_qemu_img_keys(image: Path) -> None:
     assert doc["allocated-clusters"] == 4 and doc["total-clusters"] == 33  # qemu rounded 64M up to 67125248
 
 
-def test_bat_entry_past_the_end(image: Path) -> None:
-    _set_bat(image, 30, 0x7FFFFFF0)
-    code, codes = _codes(image)
+def test_bat_entry_past_the_end(qemu_image: Path) -> None:
+    set_bat(qemu_image, 30, 0x7FFFFFF0)
+    code, codes = _codes(qemu_image)
     assert code == 2 and "bat-outside" in codes
 
 
-def test_overlapping_blocks(image: Path) -> None:
-    _set_bat(image, 1, _bat(image, 0) + 8)
-    code, codes = _codes(image)
+def test_overlapping_blocks(qemu_image: Path) -> None:
+    set_bat(qemu_image, 1, get_bat(qemu_image, 0) + 8)
+    code, codes = _codes(qemu_image)
     assert code == 2 and "bat-overlap" in codes
 
 
-def test_block_over_metadata(image: Path) -> None:
-    _set_bat(image, 3, 1)  # sector 1 is the dynamic header
-    code, codes = _codes(image)
+def test_block_over_metadata(qemu_image: Path) -> None:
+    set_bat(qemu_image, 3, 1)  # sector 1 is the dynamic header
+    code, codes = _codes(qemu_image)
     assert code == 2 and "bat-overlap-metadata" in codes
 
 
-def test_leaked_block_is_exit_3(image: Path) -> None:
-    data = image.read_bytes()
+def test_leaked_block_is_exit_3(qemu_image: Path) -> None:
+    data = qemu_image.read_bytes()
     span = 512 + 2 * MiB
-    image.write_bytes(data[:-512] + bytes(span) + data[-512:])  # room no BAT entry owns
-    code, codes = _codes(image)
+    qemu_image.write_bytes(data[:-512] + bytes(span) + data[-512:])  # room no BAT entry owns
+    code, codes = _codes(qemu_image)
     assert (code, codes) == (3, {"leak"})
-    vhdtool.open(image, writable=True).close_chain()  # leaks do not stop writers
+    vhdtool.open(qemu_image, writable=True).close_chain()  # leaks do not stop writers
 
 
-def test_footer_copy_differs(image: Path) -> None:
-    with open(image, "r+b") as f:
+def test_footer_copy_differs(qemu_image: Path) -> None:
+    with open(qemu_image, "r+b") as f:
         raw = bytearray(f.read(512))
         raw[24] ^= 1  # timestamp
         from vhdtool.format.structs import vhd_checksum
@@ -103,23 +80,23 @@ def test_footer_copy_differs(image: Path) -> None:
         raw[64:68] = vhd_checksum(raw, 64).to_bytes(4, "big")
         f.seek(0)
         f.write(raw)
-    code, codes = _codes(image)
+    code, codes = _codes(qemu_image)
     assert code == 2 and codes == {"footer-copy-differs"}
 
 
-def test_header_checksum(image: Path) -> None:
-    patch_header(image, 600, b"junk", fix_checksum=False)
-    code, codes = _codes(image)
+def test_header_checksum(qemu_image: Path) -> None:
+    patch_header(qemu_image, 600, b"junk", fix_checksum=False)
+    code, codes = _codes(qemu_image)
     assert code == 2 and "header-checksum" in codes
 
 
-def test_bitmap_disagreeing_with_bat_is_a_warning(image: Path) -> None:
-    with open(image, "r+b") as f:
-        f.seek(_bat(image, 0) * 512)
+def test_bitmap_disagreeing_with_bat_is_a_warning(qemu_image: Path) -> None:
+    with open(qemu_image, "r+b") as f:
+        f.seek(get_bat(qemu_image, 0) * 512)
         f.write(bytes(512))  # allocated block, no sector marked present
-    code, codes = _codes(image)
+    code, codes = _codes(qemu_image)
     assert code == 0 and codes == {"bitmap-empty"}
-    with vhdtool.open(image) as img:
+    with vhdtool.open(qemu_image) as img:
         assert img.pread(1 * MiB, 4096) == bytes(4096)  # honoured: reads zeros
 
 

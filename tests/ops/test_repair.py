@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import vhdtool
-from tests.helpers import assert_clean_error, bat_entry_offset, need, patch_footer, patch_header, run
+from tests.helpers import assert_clean_error, get_bat, need, patch_footer, patch_header, run, set_bat
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import digest, folder_digests, qemu_compare, read_all
 from vhdtool.format.rules import MiB
@@ -20,26 +19,6 @@ from vhdtool.format.structs import vhd_checksum
 from vhdtool.ops.repair import BACKUP_MAGIC
 
 BLOCK = 2 * MiB
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    img = tmp_path / "q.vhd"
-    run(need("qemu-img"), "create", "-q", "-f", "vpc", img, "64M")
-    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x5a 1M 5M", "-c", "write -P 0xa5 40M 512", img)
-    return img
-
-
-def _bat(img: Path, index: int) -> int:
-    with open(img, "rb") as f:
-        f.seek(bat_entry_offset(img, index))
-        return struct.unpack(">I", f.read(4))[0]
-
-
-def _set_bat(img: Path, index: int, value: int) -> None:
-    with open(img, "r+b") as f:
-        f.seek(bat_entry_offset(img, index))
-        f.write(struct.pack(">I", value))
 
 
 def _poke(img: Path, offset: int, data: bytes, fix_checksum_at: int | None = None) -> None:
@@ -94,8 +73,8 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], set[str]]] = {
     "copy-differs": (_copy_differs, {"footer-copy-differs"}),
     "header-checksum": (lambda p: patch_header(p, 600, b"junk", fix_checksum=False), {"header-checksum"}),
     "reserved-bit": (_no_reserved_bit, {"footer-features"}),
-    "bat-outside": (lambda p: _set_bat(p, 30, 0x7FFFFFF0), {"bat-outside"}),
-    "bat-over-metadata": (lambda p: _set_bat(p, 3, 1), {"bat-overlap-metadata"}),
+    "bat-outside": (lambda p: set_bat(p, 30, 0x7FFFFFF0), {"bat-outside"}),
+    "bat-over-metadata": (lambda p: set_bat(p, 3, 1), {"bat-overlap-metadata"}),
     "leak": (_leak, {"leak"}),
 }
 
@@ -105,19 +84,19 @@ def _codes(img: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_repair_each_damage(tmp_path: Path, image: Path, damage: str) -> None:
+def test_repair_each_damage(tmp_path: Path, qemu_image: Path, damage: str) -> None:
     expected = tmp_path / "expected.raw"
-    expected.write_bytes(read_all(image))
+    expected.write_bytes(read_all(qemu_image))
     hurt, codes = DAMAGE[damage]
-    hurt(image)
-    assert codes <= _codes(image)
-    damaged = image.read_bytes()
-    result = cli("repair", image)
+    hurt(qemu_image)
+    assert codes <= _codes(qemu_image)
+    damaged = qemu_image.read_bytes()
+    result = cli("repair", qemu_image)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and result.stdout.strip()
-    assert cli("check", image).returncode == 0 and _codes(image) == set()
-    assert qemu_compare(expected, "raw", image, "vpc") == 0
-    backup = Path(f"{image}.repair-backup")
+    assert cli("check", qemu_image).returncode == 0 and _codes(qemu_image) == set()
+    assert qemu_compare(expected, "raw", qemu_image, "vpc") == 0
+    backup = Path(f"{qemu_image}.repair-backup")
     head, _, body = backup.read_bytes().partition(b"\n" + b"{")
     doc = json.loads(b"{" + body.split(b"\n", 1)[0])
     assert head + b"\n" == BACKUP_MAGIC and doc["file-size"] == len(damaged)
@@ -127,13 +106,13 @@ def test_repair_each_damage(tmp_path: Path, image: Path, damage: str) -> None:
         blob = blob[length:]
 
 
-def test_overlapping_blocks(tmp_path: Path, image: Path) -> None:
-    before = read_all(image)
-    _set_bat(image, 1, _bat(image, 0) + 8)
-    assert "bat-overlap" in _codes(image)
-    assert cli("repair", image).returncode == 0
-    assert _codes(image) == set()
-    after = read_all(image)
+def test_overlapping_blocks(tmp_path: Path, qemu_image: Path) -> None:
+    before = read_all(qemu_image)
+    set_bat(qemu_image, 1, get_bat(qemu_image, 0) + 8)
+    assert "bat-overlap" in _codes(qemu_image)
+    assert cli("repair", qemu_image).returncode == 0
+    assert _codes(qemu_image) == set()
+    after = read_all(qemu_image)
     assert after[BLOCK : 2 * BLOCK] == bytes(BLOCK)  # the cleared block reads zeros, the rest is kept
     assert after[:BLOCK] == before[:BLOCK] and after[2 * BLOCK :] == before[2 * BLOCK :]
 
@@ -146,33 +125,33 @@ def test_fixed_footer_checksum(tmp_path: Path) -> None:
     assert cli("repair", img).returncode == 0 and _codes(img) == set()
 
 
-def test_lost_parent_is_found_by_uuid(tmp_path: Path, image: Path) -> None:
+def test_lost_parent_is_found_by_uuid(tmp_path: Path, qemu_image: Path) -> None:
     child = tmp_path / "c.vhd"
-    vhdtool.create(child, parent=image)
+    vhdtool.create(child, parent=qemu_image)
     expected = read_all(child)
-    image.rename(tmp_path / "renamed.vhd")
+    qemu_image.rename(tmp_path / "renamed.vhd")
     assert "parent" in _codes(child)
     result = cli("repair", child)
     assert result.returncode == 0, result.stderr
     assert read_all(child) == expected and _codes(child) == set()
 
 
-def test_unrepairable_parent_exits_2(tmp_path: Path, image: Path) -> None:
+def test_unrepairable_parent_exits_2(tmp_path: Path, qemu_image: Path) -> None:
     child = tmp_path / "c.vhd"
-    vhdtool.create(child, parent=image)
-    vhdtool.create(image, size=4 * MiB, overwrite=True)  # another disk under the parent's name
+    vhdtool.create(child, parent=qemu_image)
+    vhdtool.create(qemu_image, size=4 * MiB, overwrite=True)  # another disk under the parent's name
     result = cli("repair", child)
     assert result.returncode == 2 and "not repaired" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_clean_image_and_dry_run_change_nothing(tmp_path: Path, image: Path) -> None:
+def test_clean_image_and_dry_run_change_nothing(tmp_path: Path, qemu_image: Path) -> None:
     before = folder_digests(tmp_path)
-    result = cli("repair", image)
+    result = cli("repair", qemu_image)
     assert result.returncode == 0 and "nothing to repair" in result.stdout
     assert folder_digests(tmp_path) == before
-    _poke(image, 0, b"junk")
+    _poke(qemu_image, 0, b"junk")
     before = folder_digests(tmp_path)
-    result = cli("repair", "--dry-run", image)
+    result = cli("repair", "--dry-run", qemu_image)
     assert result.returncode == 0 and "would: rewrote the footer copy" in result.stdout
     assert folder_digests(tmp_path) == before
 
@@ -195,9 +174,9 @@ def test_fixed_disk_cut_short(tmp_path: Path) -> None:
     assert read_all(img) == data[: 5 * MiB] + bytes(3 * MiB)
 
 
-def test_child_naming_no_parent(tmp_path: Path, image: Path) -> None:
+def test_child_naming_no_parent(tmp_path: Path, qemu_image: Path) -> None:
     child = tmp_path / "c.vhd"
-    vhdtool.create(child, parent=image)
+    vhdtool.create(child, parent=qemu_image)
     expected = read_all(child)
     patch_header(child, 64, bytes(512 + 8 * 24))  # no parent name, no locators
     assert "parent-no-locator" in _codes(child)
