@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import uuid
 
 from vhdtool.errors import CorruptImageError, ParentError, UsageError, VhdError
 from vhdtool.format import rules
@@ -102,13 +103,12 @@ def find_parent(meta: ImageMetadata) -> str:
             continue
         finally:
             os.close(fd)
-        footer = (trailing or copy).fields if (trailing or copy) else None
-        if footer is None:
+        found_footer = trailing or copy
+        if found_footer is None:
             mismatched.append(f"{candidate} is not a VHD")
             continue
-        import uuid as _uuid
-
-        found = _uuid.UUID(bytes=bytes(footer.unique_id))
+        footer = found_footer.fields
+        found = uuid.UUID(bytes=bytes(footer.unique_id))
         if found == expected:
             return candidate
         mismatched.append(f"{candidate} has UUID {found}")
@@ -125,9 +125,7 @@ def _open_parent(meta: ImageMetadata, seen: tuple[str, ...]) -> FixedImage | Spa
     if os.path.realpath(parent_path) in seen:
         raise ParentError(f"{meta.path}: differencing chain loops back to {parent_path}")
     parent = _open(parent_path, False, as_parent=True, seen=seen)
-    if parent.size < meta.virtual_size:
-        # a parent smaller than the child is legal (the child grew), reads past it are zeros
-        pass
+    # a parent smaller than the child is legal (the child grew): SparseImage reads zeros past it
     _check_timestamp(meta, parent)
     return parent
 
