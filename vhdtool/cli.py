@@ -13,13 +13,13 @@ from typing import Any
 
 import click
 
-from vhdtool import render
+from vhdtool import __version__, render
 from vhdtool.errors import VhdError
 from vhdtool.format import rules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="vhdtool")
+@click.version_option(version=__version__, prog_name="vhdtool")
 def cli() -> None:
     """vhdtool: create, inspect, repair, convert, mount, serve and boot VHD disk images."""
 

@@ -35,14 +35,18 @@ def print_json(document: Any) -> None:
 
 
 def key_value_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
-    from rich.table import Table
+    """Aligned 'key  value' lines, keys in bold on a terminal.
 
-    table = Table(show_header=False, box=None, title=title, title_justify="left", pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(key, value)
-    _console().print(table)
+    Written by hand rather than as a rich table: rich's import costs ~20 ms of a ~70 ms
+    `vhdtool info`, pads every line with trailing spaces, and reads brackets in values (a file
+    named 'disk[1].vhd') as markup.
+    """
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    width = max((len(key) for key, _ in rows), default=0)
+    lines = [title] if title else []
+    lines += [f"{bold}{key.ljust(width)}{plain}  {value}" for key, value in rows]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
 
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
