@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
 
 from vhdtool.format.structs import SECTOR
 
@@ -47,6 +46,8 @@ def decode_locator_data(code: bytes, data: bytes) -> str | None:
             return data.decode("utf-16-le").rstrip("\0")
         if code == b"MacX":
             text = data.decode("utf-8").rstrip("\0")
+            from urllib.parse import unquote, urlparse  # only Mac locators need it: 2 ms of start-up
+
             parsed = urlparse(text)
             return unquote(parsed.path) if parsed.scheme == "file" else text
         if code in (b"Wi2r", b"Wi2k"):
