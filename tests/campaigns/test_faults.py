@@ -160,3 +160,43 @@ def test_two_writers_racing(tmp_path: Path) -> None:
     assert cli("check", img).returncode == 0
     with vhdtool.open(img, writable=True), pytest.raises(LockedError):
         vhdtool.open(img, writable=True)
+
+
+TRUNCATING_CONVERT = """
+import os, sys
+from vhdtool.errors import VhdError
+from vhdtool.ops.convert import convert
+src, dst, fmt = sys.argv[1:]
+cut = []
+def progress(done, total):
+    if done and not cut:  # after the first piece: another process cuts the source to 1 MiB
+        os.truncate(src, 1 << 20)
+        cut.append(done)
+try:
+    convert(src, dst, output_format=fmt, progress=progress)
+except VhdError as e:
+    print("vhdtool: error:", e, file=sys.stderr)
+    sys.exit(e.exit_code)
+"""
+
+
+@pytest.mark.parametrize("source, output", [("raw", "vhd"), ("vhd", "raw")])
+def test_source_truncated_during_convert(tmp_path: Path, source: str, output: str) -> None:
+    """The source shrinks while convert copies it: pieces scanned after the cut (the workers run a
+    few pieces ahead, so the cut comes before the ninth) lie past the new end. This used to kill
+    the process with SIGBUS (zero checks in a memory map of the source)."""
+    src = tmp_path / f"src.{source}"
+    if source == "raw":
+        with open(src, "wb") as f:
+            f.write(b"\x5a" * (40 * MiB))
+    else:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "vpc", str(src), "48M"], check=True)
+        subprocess.run(["qemu-io", "-f", "vpc", "-c", "write -P 0x5a 0 40M", str(src)], check=True, capture_output=True)
+    dst = tmp_path / f"out.{output}"
+    result = subprocess.run(
+        [sys.executable, "-c", TRUNCATING_CONVERT, str(src), str(dst), output], capture_output=True, text=True
+    )
+    assert result.returncode == 1, (result.returncode, result.stderr)  # not -SIGBUS, not a traceback
+    assert_clean_error(result)
+    assert "changed" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # no destination, no temporary file

@@ -78,6 +78,26 @@ def test_chain_is_flattened(tmp_path: Path) -> None:
     assert qemu_compare(flat_raw, "raw", out, "vpc") == 0
 
 
+def test_pieces_starting_with_zeros(tmp_path: Path) -> None:
+    """Zero checks read a piece's first page, then the rest in steps: data found late in a piece
+    (after the first page, after the first step, in its last byte) is still copied, and a piece
+    of written zeros is still left out."""
+    piece = bytearray(4 * MiB)  # the source is written whole: four 4 MiB pieces of data to check
+    src = tmp_path / "z.raw"
+    with open(src, "wb") as f:
+        for at in (None, 4096, 300 * 1024, 4 * MiB - 1):
+            piece[:] = bytes(4 * MiB)
+            if at is not None:
+                piece[at] = 1
+            f.write(piece)
+    out = tmp_path / "out.raw"
+    convert(src, out)
+    assert out.read_bytes() == src.read_bytes()
+    with open(out, "rb") as f:  # written pieces: the three with data, whole
+        assert os.lseek(f.fileno(), 0, os.SEEK_DATA) == 4 * MiB
+        assert os.lseek(f.fileno(), 4 * MiB, os.SEEK_HOLE) == 16 * MiB
+
+
 def test_odd_sized_raw_is_rounded_to_a_sector(tmp_path: Path) -> None:
     src = make_raw(tmp_path / "odd.raw", 5 * MiB + 100, [(5 * MiB, b"\xee" * 100)])
     vhd = tmp_path / "odd.vhd"

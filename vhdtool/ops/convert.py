@@ -140,12 +140,7 @@ def _convert(
         block_size = block_size or rules.DEFAULT_BLOCK_SIZE
         grid = min(grid, block_size)
     reader = SourceReader(src, grid)
-    try:
-        return _write(
-            reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress
-        )
-    finally:
-        reader.close()
+    return _write(reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress)
 
 
 def _write(
