@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def test_disk_reads_what_was_written(chain: Path, mnt: Path, tmp_path: Path) -> 
     with open(mnt / "disk", "rb") as f:
         assert f.read() == expected
         assert os.pread(f.fileno(), 3 * MiB, 2 * MiB + 5) == expected[2 * MiB + 5 : 5 * MiB + 5]
+        aligned = mmap.mmap(-1, MiB)  # page-aligned 1 MiB reads, as dd and the loop device make them
+        for offset in range(0, len(expected), MiB):
+            assert os.preadv(f.fileno(), [aligned], offset) == MiB
+            assert aligned[:] == expected[offset : offset + MiB], offset
     ok("umount", mnt)
 
 

@@ -4,13 +4,25 @@ libfuse (fuse.c, fuse_free_buf) frees the vector and every memory buffer in it w
 the reply is sent; a file buffer (FUSE_BUF_IS_FD) is read by libfuse itself, which never closes
 the descriptor. mfusepy declares ``struct fuse_bufvec`` with a pointer where C has an inline
 array, so the layout is declared here; libfuse 3.17 added ``mem_size`` to ``struct fuse_buf``.
+
+With FUSE_CAP_SPLICE_WRITE, libfuse answers a vector of file buffers by splicing the image
+file's cached pages into a pipe and the pipe into /dev/fuse: one copy (into the reader's pages)
+instead of pread into a fresh buffer and a write from it. libfuse only splices a reply that
+fits its per-thread pipe with room to spare (``SPLICE_SPARE``), and a pipe grows past
+/proc/sys/fs/pipe-max-size (1 MiB by default) only with CAP_SYS_RESOURCE, which a container's
+root may lack; ``read_request`` then asks the kernel for reads small enough to fit. Measured on
+the --raw view, 1 GiB in page-aligned 1 MiB reads: copied 1.5-1.6 GB/s; spliced 3.4-3.5 GB/s
+with 1 MiB requests, 2.9-3.1 GB/s with 1004 KiB ones (a 1 MiB read is then two requests).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import functools
+import mmap
+import os
 from typing import Any
 
 from vhdtool.mount import fusebind
@@ -20,6 +32,10 @@ fuse = fusebind.load()
 
 FUSE_BUF_IS_FD = 1 << 1
 FUSE_BUF_FD_SEEK = 1 << 2
+SPLICE_SPARE = 5 * mmap.PAGESIZE
+"""What libfuse (fuse_send_data_iov) wants in its pipe beyond a reply's bytes: a page per iovec
+and per buffer, plus one; 5 pages leave room for the header and a reply of two pieces (a read
+across a block boundary)."""
 
 _buf_fields: list[tuple[str, Any]] = [
     ("size", ctypes.c_size_t),
@@ -83,6 +99,27 @@ def from_bytes(data: bytes) -> ctypes.Structure:
     vec.buf[0].mem = _alloc(len(data), zeroed=False)
     ctypes.memmove(vec.buf[0].mem, data, len(data))
     return vec
+
+
+def read_request(largest: int) -> int:
+    """The read request size to mount with: ``largest`` when libfuse can splice replies that
+    big here, else the largest that still fits a pipe of /proc/sys/fs/pipe-max-size."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, largest + SPLICE_SPARE)
+        return largest
+    except OSError:
+        try:
+            with open("/proc/sys/fs/pipe-max-size") as f:
+                pipe_max = int(f.read())
+        except (OSError, ValueError):
+            return largest
+        # below half the largest request, two requests per read cost more than the copy saves
+        fitting = (pipe_max - SPLICE_SPARE) // mmap.PAGESIZE * mmap.PAGESIZE
+        return fitting if fitting >= largest // 2 else largest
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def hand_over(bufpp: Any, vec: ctypes.Structure) -> None:

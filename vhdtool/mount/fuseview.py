@@ -39,6 +39,8 @@ REQUEST = 1 << 20
 """Largest read/write request (libfuse3's ceiling)."""
 FUSE_CAP_ATOMIC_O_TRUNC = 1 << 3
 """O_TRUNC arrives as an open flag (ignored here) instead of a truncate call."""
+FUSE_CAP_SPLICE_WRITE = 1 << 7
+"""Replies made of file buffers are spliced from the image's page cache (see ``fusebufs``)."""
 FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 ATTR_TIMEOUT = 1.0
 """Seconds the kernel may trust a file's attributes. Not 0: with the writeback cache every read
@@ -65,10 +67,12 @@ class RawView(fuse.Operations):  # type: ignore[misc]
         self._time = time.time_ns()
         self._handles: dict[int, BlockDevice] = {}
         self._next = itertools.count(1)
+        self.max_read = fusebufs.read_request(REQUEST)
 
     def init_with_config(self, conn: Any, config: Any) -> None:
-        conn.max_write = conn.max_read = conn.max_readahead = REQUEST
-        for cap in (FUSE_CAP_ATOMIC_O_TRUNC, 0 if self.direct else FUSE_CAP_WRITEBACK_CACHE):
+        conn.max_write = conn.max_readahead = REQUEST
+        conn.max_read = self.max_read
+        for cap in (FUSE_CAP_ATOMIC_O_TRUNC, FUSE_CAP_SPLICE_WRITE, 0 if self.direct else FUSE_CAP_WRITEBACK_CACHE):
             if conn.capable & cap:
                 conn.want |= cap
         if config is not None:
@@ -195,7 +199,7 @@ def serve(view: RawView, mountpoint: str) -> None:
         "default_permissions": True,
         "fsname": "vhdtool",
         "subtype": "vhdtool",
-        "max_read": REQUEST,
+        "max_read": view.max_read,
         "max_threads": 16,
         "max_idle_threads": 16,  # libfuse 3.14 complains about its own default (UINT_MAX) otherwise
     }
