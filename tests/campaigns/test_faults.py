@@ -200,3 +200,15 @@ def test_source_truncated_during_convert(tmp_path: Path, source: str, output: st
     assert_clean_error(result)
     assert "changed" in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]  # no destination, no temporary file
+
+
+def test_raw_file_truncated_under_an_open_reader(tmp_path: Path) -> None:
+    """A raw disk shrunk by another process reads as an error, not as zeros it never held."""
+    path = tmp_path / "disk.raw"
+    path.write_bytes(b"\x5a" * (1 << 20))
+    with vhdtool.RawFile(str(path)) as disk:
+        assert disk.pread(0, 4096) == b"\x5a" * 4096
+        os.truncate(path, 4096)
+        assert disk.pread(0, 4096) == b"\x5a" * 4096  # what is still there still reads
+        with pytest.raises(IoError, match="shrank to 4096 bytes"):
+            disk.pread(0, 8192)

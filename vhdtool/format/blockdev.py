@@ -164,8 +164,12 @@ class RawFile:
             data = os.pread(self._fd, length, offset)
         except OSError as e:
             raise IoError(f"{self.path}: read failed: {e.strerror or e}") from None
-        if len(data) < length:  # a file shrunk under us: the missing tail reads as zeros
-            data += bytes(length - len(data))
+        if len(data) < length:
+            # another process shrank the file: zeros here would be data the disk never held
+            raise IoError(
+                f"{self.path}: the file shrank to {offset + len(data)} bytes while open "
+                f"(it was {self.size} bytes); its data past that is gone"
+            )
         return data
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
