@@ -4,7 +4,8 @@
 
 Every file of BACKING appears in MOUNTPOINT. Writing ``read``, ``write`` or ``all`` to
 ``BACKING/.fail`` (outside the mount, so the switch never fails itself) makes reads, writes or
-both of every file return EIO until the switch is emptied.
+both of every file return EIO until the switch is emptied; ``read-range START END`` fails only
+the reads that touch bytes [START, END) of a file (a bad sector in the middle of a disk).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ class FaultyPassthrough(fuse.Operations):  # type: ignore[misc]
     def _real(self, path: str) -> str:
         return os.path.join(self.backing, path.lstrip("/"))
 
-    def _failing(self, what: str) -> bool:
+    def _failing(self, what: str, start: int = 0, end: int = 0) -> bool:
         try:
             with open(os.path.join(self.backing, ".fail")) as f:
                 mode = f.read().strip()
         except OSError:
             return False
+        if what == "read" and mode.startswith("read-range "):
+            bad_start, bad_end = map(int, mode.split()[1:])
+            return start < bad_end and end > bad_start
         return mode in (what, "all")
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
@@ -50,7 +54,7 @@ class FaultyPassthrough(fuse.Operations):  # type: ignore[misc]
         return os.open(self._real(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        if self._failing("read"):
+        if self._failing("read", offset, offset + size):
             raise fuse.FuseOSError(errno.EIO)
         return os.pread(fh, size, offset)
 

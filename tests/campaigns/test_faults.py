@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import assert_clean_error
+from tests.helpers import assert_clean_error, get_bat
 from tests.helpers import vhdtool as cli
 from vhdtool.errors import IoError, LockedError, ParentError
 
@@ -212,3 +212,27 @@ def test_raw_file_truncated_under_an_open_reader(tmp_path: Path) -> None:
         assert disk.pread(0, 4096) == b"\x5a" * 4096  # what is still there still reads
         with pytest.raises(IoError, match="shrank to 4096 bytes"):
             disk.pread(0, 8192)
+
+
+def test_eio_from_the_source_during_convert_names_the_source(faulty: tuple[Path, Path]) -> None:
+    """copy_file_range fails without saying which file failed: a bad sector in the source must be
+    reported as the source's read error, not as the output's write error. Source and output share
+    the FUSE file system, so the kernel's copy reads the source through it and meets the fault."""
+    from vhdtool.ops.convert import convert
+
+    backing, mnt = faulty
+    vhdtool.create(backing / "d.vhd", size=8 * MiB, block_size=512 * 1024)
+    with vhdtool.open(backing / "d.vhd", writable=True) as image:
+        image.pwrite(0, b"\x77" * (4 * MiB))
+    with vhdtool.open(mnt / "d.vhd") as source:
+        # a bad spot 384 KiB into the first block's data: the block bitmaps, the first page of each
+        # piece (read to check for zeros) and what read-ahead fetches with them all still read
+        bad = get_bat(backing / "d.vhd", 0) * 512 + 512 + 384 * 1024
+        (backing / ".fail").write_text(f"read-range {bad} {bad + 4096}")
+        try:
+            with pytest.raises(IoError, match=r"d\.vhd: read failed") as caught:
+                convert(source, mnt / "out.raw", output_format="raw")
+        finally:
+            (backing / ".fail").write_text("")
+    assert "out.raw" not in str(caught.value)
+    assert sorted(p.name for p in backing.iterdir()) == [".fail", "d.vhd"]  # no output, no temporary file

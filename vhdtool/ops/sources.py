@@ -159,10 +159,26 @@ class SourceReader:
         assert piece.fd is not None
         done = 0
         while done < piece.length:
-            n = os.copy_file_range(piece.fd, dst, piece.length - done, piece.host + done, dst_offset + done)
+            try:
+                n = os.copy_file_range(piece.fd, dst, piece.length - done, piece.host + done, dst_offset + done)
+            except OSError as e:
+                if e.errno not in _NO_COPY_FILE_RANGE:
+                    self._blame_source(piece, done, e)
+                raise
             if n == 0:
                 self._changed(piece, done)
             done += n
+
+    def _blame_source(self, piece: Piece, at: int, error: OSError) -> None:
+        """copy_file_range's error does not say which file failed: when the rest of the piece
+        cannot be read from the source, the error is the source's (else it names the output).
+        Only reached on an error, so reading the rest again costs nothing in a good copy."""
+        assert piece.fd is not None
+        for offset in range(piece.host + at, piece.host + piece.length, CHUNK):
+            try:
+                os.pread(piece.fd, min(CHUNK, piece.host + piece.length - offset), offset)
+            except OSError as e:
+                raise IoError(f"{self._files[piece.fd][0]}: read failed: {e.strerror or e}") from error
 
     def _changed(self, piece: Piece, at: int) -> None:
         """The file ends before data it held when the copy began: some other process cut it."""
