@@ -119,6 +119,7 @@ class RawView(fuse.Operations):  # type: ignore[misc]
     def read_buf(self, path: str, bufpp: Any, size: int, offset: int, fh: int) -> int:
         """Answer with buffers libfuse fills, sends and frees: the image files' own byte ranges
         (``hostmap``), else what the BlockDevice reads."""
+        fusebind.keep_thread_state()
         dev = self._handles[fh]
         length = max(0, min(size, dev.size - offset))
         pieces = hostmap.locate(dev, offset, length)
@@ -135,6 +136,7 @@ class RawView(fuse.Operations):  # type: ignore[misc]
         return 0
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        fusebind.keep_thread_state()
         dev = self._handles[fh]
         length = min(len(data), dev.size - offset)
         if length <= 0:
