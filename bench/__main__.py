@@ -3,13 +3,17 @@
 Each benchmark makes its own data, runs vhdtool and its peers on the same data in the same run,
 alternating rounds, and prints its figures and the ratio vhdtool/peer. `--quick` uses small
 data and few rounds (the whole set in about two minutes); without it, the sizes the issues name.
+The peers come from `bash fixtures/setup.sh` (Debian packages, and the `bench` extra for
+dissect.hypervisor); a benchmark whose peers are missing is not run, and says which are.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +33,32 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+# name: (programs, Python modules) the benchmark runs besides vhdtool: its peers and tools
+PEERS: dict[str, tuple[list[str], list[str]]] = {
+    "read": ([], ["dissect.hypervisor"]),
+    "convert": (["qemu-img", "qemu-io"], []),
+    "nbd": (["qemu-img", "qemu-io", "qemu-nbd", "nbdcopy"], []),
+    "mount": (["qemu-img", "vhdimount", "losetup", "mkfs.ext4", "fuse2fs", "fusermount3"], ["mfusepy"]),
+    "build": (["qemu-img", "mke2fs", "debugfs", "truncate"], []),
+    "run": (["qemu-system-x86_64", "qemu-img"], []),
+    "snapshot": ([], []),
+}
+SETUP = "bash fixtures/setup.sh"
+
+
+def missing_peers(name: str) -> list[str]:
+    programs, modules = PEERS[name]
+    gone = [p for p in programs if shutil.which(p) is None]
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            found = False
+        if not found:
+            gone.append(f"python module {module}")
+    return gone
+
+
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     return f"{platform.node()}: {os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}"
@@ -43,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in args.only or BENCHMARKS:
         full, quick = BENCHMARKS[name]
+        gone = missing_peers(name)
+        if gone:
+            print(f"\n== {name}: not run, missing {', '.join(gone)} (install them with '{SETUP}')", flush=True)
+            failed.append(name)
+            continue
         cmd = [sys.executable, str(HERE / f"bench_{name}.py"), *(quick if args.quick else full)]
         print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.monotonic()
