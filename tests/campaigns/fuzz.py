@@ -64,7 +64,7 @@ def _fix_checksums(data: bytearray) -> None:
         data[-512 + FOOTER_CHECKSUM_AT : -512 + FOOTER_CHECKSUM_AT + 4] = vhd_checksum(
             tail, FOOTER_CHECKSUM_AT
         ).to_bytes(4, "big")
-    if data[:8] == b"conectix":
+    if len(data) >= 512 and data[:8] == b"conectix":
         data[FOOTER_CHECKSUM_AT : FOOTER_CHECKSUM_AT + 4] = vhd_checksum(data[:512], FOOTER_CHECKSUM_AT).to_bytes(
             4, "big"
         )
@@ -92,13 +92,13 @@ def mutate(original: bytes, rnd: random.Random) -> bytes:
         elif kind < 0.75:
             data[at : at + 8] = struct.pack(">Q", rnd.choice(INTERESTING_64))
         elif kind < 0.85:
-            data[at : at + 4] = os.urandom(4)
+            data[at : at + 4] = rnd.randbytes(4)
         elif kind < 0.92:
             del data[rnd.randrange(len(data)) :]
             if not data:
                 break
         else:
-            data += os.urandom(rnd.choice([1, 511, 512, 4096]))
+            data += rnd.randbytes(rnd.choice([1, 511, 512, 4096]))
     if rnd.random() < 0.75:
         _fix_checksums(data)
     return bytes(data)
@@ -132,7 +132,7 @@ def _exercise(path: Path, rnd: random.Random) -> str:
         with vhdtool.open(path, writable=True) as img:
             if img.size:
                 off = rnd.randrange(0, img.size)
-                payload = os.urandom(min(rnd.choice([1, 600, 70000]), img.size - off))
+                payload = rnd.randbytes(min(rnd.choice([1, 600, 70000]), img.size - off))
                 img.pwrite(off, payload)
                 img.flush()
                 if img.pread(off, len(payload)) != payload:
@@ -147,7 +147,20 @@ def _exercise(path: Path, rnd: random.Random) -> str:
     return outcome
 
 
-def run_campaign(execs: int, seed: int, folder: Path, progress: bool = False) -> Stats:
+def _found(stats: Stats, bug: Bug, execution: int, progress: bool, keep: Path | None) -> None:
+    """Record a bug, and in a long run say so and keep its image at once: a campaign stopped later
+    (a kill, a crash of the harness) must not lose what it found."""
+    stats.bugs.append(bug)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"bug-{execution}-{bug.seed}-{bug.kind}.vhd").write_bytes(bug.image)
+    if progress:
+        print(f"bug at execution {execution}: {bug.kind} on {bug.seed}\n{bug.detail}", flush=True)
+
+
+def run_campaign(
+    execs: int, seed: int, folder: Path, progress: bool = False, keep: Path | None = None
+) -> Stats:
     seeds = build_corpus(folder / "corpus")
     originals = {s.name: s.path.read_bytes() for s in seeds}
     watched = {p: p.stat().st_mtime_ns for p in (folder / "corpus").iterdir()}
@@ -165,9 +178,10 @@ def run_campaign(execs: int, seed: int, folder: Path, progress: bool = False) ->
             try:
                 stats.outcomes[_exercise(target, rnd)] += 1
             except Hang:
-                stats.bugs.append(Bug(s.name, "hang", f"no answer within {DEADLINE_S} s", image))
+                _found(stats, Bug(s.name, "hang", f"no answer within {DEADLINE_S} s", image), i, progress, keep)
             except Exception as e:  # anything but VhdError is a bug
-                stats.bugs.append(Bug(s.name, type(e).__name__, traceback.format_exc(limit=6), image))
+                bug = Bug(s.name, type(e).__name__, traceback.format_exc(limit=6), image)
+                _found(stats, bug, i, progress, keep)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             stats.execs += 1
@@ -196,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix="vhdtool-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     ) as tmp:
         t0 = time.monotonic()
-        stats = run_campaign(execs, args.seed, Path(tmp), progress=True)
+        stats = run_campaign(execs, args.seed, Path(tmp), progress=True, keep=args.keep)
         elapsed = time.monotonic() - t0
     print(
         f"fuzz: {stats.execs} executions in {elapsed:.0f} s (seed {args.seed}), outcomes {dict(stats.outcomes)}, "
@@ -206,10 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     for (seed_name, kind), n in kinds.most_common():
         example = next(b for b in stats.bugs if (b.seed, b.kind) == (seed_name, kind))
         print(f"  {n}x {kind} on {seed_name}:\n{example.detail}")
-    if args.keep and stats.bugs:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        for i, bug in enumerate(stats.bugs[:50]):
-            (args.keep / f"bug-{i}-{bug.seed}-{bug.kind}.vhd").write_bytes(bug.image)
     return 1 if stats.bugs else 0
 
 
