@@ -182,6 +182,8 @@ def check_report(report: Any, as_json: bool) -> None:
         return
     for f in report.findings:
         print(f"{f.severity}: {f.message}")
+    for code, n in report.not_listed.items():
+        print(f"... and {n} more findings like these ({code}); '--json' counts them the same way")
     corrupt, leaks = report.count("corruption"), report.count("leak")
     if corrupt:
         print(f"{report.path}: {corrupt} corruption(s), {leaks} leak(s) found")

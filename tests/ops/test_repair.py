@@ -182,3 +182,28 @@ def test_child_naming_no_parent(tmp_path: Path, qemu_image: Path) -> None:
     assert "parent-no-locator" in _codes(child)
     assert cli("repair", child).returncode == 0
     assert _codes(child) == set() and read_all(child) == expected
+
+
+def test_many_bad_entries_are_counted_all_and_listed_in_part(tmp_path: Path) -> None:
+    """A BAT with more bad entries than check lists (LISTED_PER_CODE a kind): the counts are
+    exact, the listing short, and repair still clears every one of them."""
+    from vhdtool.ops.check import LISTED_PER_CODE
+
+    image = tmp_path / "d.vhd"
+    vhdtool.create(image, size=64 * MiB, block_size=512 * 1024)  # 128 BAT entries
+    bad = range(10, 10 + 2 * LISTED_PER_CODE + 5)
+    for index in bad:
+        set_bat(image, index, 0x7FFFFFF0)
+    result = cli("check", "--json", image)
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    listed = [f for f in report["findings"] if f["code"] == "bat-outside"]
+    assert len(listed) == LISTED_PER_CODE
+    assert report["findings-not-listed"] == {"bat-outside": len(bad) - LISTED_PER_CODE}
+    assert report["corruptions"] == len(bad)
+    text = cli("check", image).stdout
+    assert f"... and {len(bad) - LISTED_PER_CODE} more findings like these (bat-outside)" in text
+    assert len(text.splitlines()) == LISTED_PER_CODE + 2
+    assert cli("repair", image).returncode == 0
+    assert cli("check", image).returncode in (0, 3)
+    assert all(get_bat(image, index) == 0xFFFFFFFF for index in bad)

@@ -78,7 +78,7 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
     """Repair what ``check`` reports on ``path``; ``dry_run`` only lists what would be done."""
     path = os.fspath(path)
     result = Repaired(path, dry_run=dry_run)
-    report = check_image(path)
+    report = check_image(path, list_all=True)
     if not _needs_repair(report):
         return result
     before = file_stamp(path)
@@ -93,8 +93,9 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
                 editor = MetadataEditor(editor.fd, read_metadata(path, editor.fd))
                 _fix_blocks(editor, path, result)
     restamp_children(path, [os.path.dirname(os.path.abspath(path))], before)
-    final = check_image(path)
+    final = check_image(path)  # what is left is reported, so listed the way check lists it
     result.unrepaired = [f.message for f in final.findings if f.severity in (CORRUPTION, LEAK)]
+    result.unrepaired += [f"... and {n} more ({code})" for code, n in final.not_listed.items()]
     return result
 
 
@@ -204,7 +205,7 @@ REASONS = {
 
 def _fix_blocks(editor: MetadataEditor, path: str, result: Repaired) -> None:
     meta = editor.meta
-    report = check_image(path)
+    report = check_image(path, list_all=True)
     cleared = False
     # entries pointing outside or at metadata first: an overlap with one of those is its fault alone
     for codes in (("bat-outside", "bat-overlap-metadata"), ("bat-overlap",)):
@@ -217,7 +218,7 @@ def _fix_blocks(editor: MetadataEditor, path: str, result: Repaired) -> None:
         what = "from the parent" if meta.parent_uuid else "as zeros"
         for block, code in sorted(bad.items()):
             result.actions.append(f"cleared BAT entry {block} (pointed {REASONS[code]}); its range now reads {what}")
-        report = check_image(path)
+        report = check_image(path, list_all=True)
     if any(f.code in RELINK_CODES for f in report.findings):
         _relink(editor, result)
     if cleared or any(f.severity == LEAK for f in report.findings):
