@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.campaigns.fuzz import run_campaign
+from tests.campaigns.fuzz import _fix_checksums, run_campaign
 
 
 def test_short_fuzz_run_finds_no_bug(tmp_path: Path) -> None:
@@ -13,3 +13,12 @@ def test_short_fuzz_run_finds_no_bug(tmp_path: Path) -> None:
     # the campaign reaches past the first gates: some mutants open, some are written
     assert stats.outcomes["read"] + stats.outcomes["written"] > 150
     assert not stats.bugs, "\n".join(f"{b.kind} on {b.seed}: {b.detail}" for b in stats.bugs[:3])
+
+
+def test_mutants_cut_short_keep_the_harness_running() -> None:
+    """A mutant cut below a footer's size that still starts with the cookie once crashed the
+    checksum fixer, and with it a long run after 390,000 executions."""
+    for length in (8, 16, 23, 24, 511):
+        data = bytearray(b"conectix" + bytes(length - 8))
+        _fix_checksums(data)
+        assert len(data) == length
