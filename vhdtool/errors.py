@@ -45,3 +45,10 @@ class ReadOnlyError(VhdError):
 
 class IoError(VhdError):
     """Reading or writing the file failed (EIO, ENOSPC, ...): the message names the file."""
+
+
+def io_error(path: str, action: str, error: OSError) -> IoError:
+    """The one wording of a failed file operation: 'PATH: read failed: Input/output error'.
+    A factory for ``raise ... from`` in an except clause, so the data path pays nothing when
+    the operation succeeds."""
+    return IoError(f"{path}: {action} failed: {error.strerror or error}")

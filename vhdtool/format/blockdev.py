@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
-from vhdtool.errors import IoError, ReadOnlyError, UsageError, VhdError
+from vhdtool.errors import IoError, ReadOnlyError, UsageError, VhdError, io_error
 
 ZERO_CACHE_LIMIT = 4 << 20
 
@@ -163,7 +163,7 @@ class RawFile:
         try:
             data = os.pread(self._fd, length, offset)
         except OSError as e:
-            raise IoError(f"{self.path}: read failed: {e.strerror or e}") from None
+            raise io_error(self.path, "read", e) from None
         if len(data) < length:
             # another process shrank the file: zeros here would be data the disk never held
             raise IoError(
@@ -179,14 +179,14 @@ class RawFile:
         try:
             pwrite_all(self._fd, offset, data)
         except OSError as e:
-            raise IoError(f"{self.path}: write failed: {e.strerror or e}") from None
+            raise io_error(self.path, "write", e) from None
 
     def flush(self) -> None:
         if self.writable:
             try:
                 os.fsync(self._fd)
             except OSError as e:
-                raise IoError(f"{self.path}: flush failed: {e.strerror or e}") from None
+                raise io_error(self.path, "flush", e) from None
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         end = self.size if length is None else offset + length

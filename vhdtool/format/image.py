@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vhdtool.errors import IoError, ReadOnlyError
+from vhdtool.errors import ReadOnlyError, io_error
 from vhdtool.format.metadata import ImageMetadata
 
 
@@ -36,19 +36,19 @@ class ImageBase:
         try:
             return self._pread(offset, length)
         except OSError as e:
-            raise IoError(f"{self.path}: read failed: {e.strerror or e}") from None
+            raise io_error(self.path, "read", e) from None
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         try:
             self._pwrite(offset, data)
         except OSError as e:
-            raise IoError(f"{self.path}: write failed: {e.strerror or e}") from None
+            raise io_error(self.path, "write", e) from None
 
     def flush(self) -> None:
         try:
             self._flush()
         except OSError as e:
-            raise IoError(f"{self.path}: flush failed: {e.strerror or e}") from None
+            raise io_error(self.path, "flush", e) from None
 
     def trim(self, offset: int, length: int) -> None:
         """Discard a range (NBD TRIM, FUSE punch-hole): afterwards it may read as zeros."""
@@ -57,13 +57,13 @@ class ImageBase:
         try:
             self._trim(offset, length)
         except OSError as e:
-            raise IoError(f"{self.path}: trim failed: {e.strerror or e}") from None
+            raise io_error(self.path, "trim", e) from None
 
     def close(self) -> None:
         try:
             self._close()
         except OSError as e:
-            raise IoError(f"{self.path}: close failed: {e.strerror or e}") from None
+            raise io_error(self.path, "close", e) from None
 
     def _pread(self, offset: int, length: int) -> bytes:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-from vhdtool.errors import CorruptImageError, IoError, ReadOnlyError
+from vhdtool.errors import CorruptImageError, ReadOnlyError, io_error
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, pwrite_all, zeros
 from vhdtool.format.fallocate import punch_hole
@@ -133,7 +133,7 @@ class SparseImage(ImageBase):
         try:  # reached from extents() too, which no read wrapper covers
             raw = os.pread(self._fd, self._bitmap_size, self.bat[block] * SECTOR)
         except OSError as e:
-            raise IoError(f"{self.path}: read failed: {e.strerror or e}") from None
+            raise io_error(self.path, "read", e) from None
         value = self._bitmap_from(raw)
         self._bitmaps[block] = value
         return value

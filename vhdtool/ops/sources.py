@@ -24,7 +24,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from vhdtool.errors import IoError
+from vhdtool.errors import IoError, io_error
 from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.image import ImageBase
@@ -150,7 +150,7 @@ class SourceReader:
             try:
                 n = os.preadv(piece.fd, [view[done:]], piece.host + at + done)
             except OSError as e:
-                raise IoError(f"{self._files[piece.fd][0]}: read failed: {e.strerror or e}") from None
+                raise io_error(self._files[piece.fd][0], "read", e) from None
             if n == 0:
                 self._changed(piece, at + done)
             done += n
@@ -178,7 +178,7 @@ class SourceReader:
             try:
                 os.pread(piece.fd, min(CHUNK, piece.host + piece.length - offset), offset)
             except OSError as e:
-                raise IoError(f"{self._files[piece.fd][0]}: read failed: {e.strerror or e}") from error
+                raise io_error(self._files[piece.fd][0], "read", e) from error
 
     def _changed(self, piece: Piece, at: int) -> None:
         """The file ends before data it held when the copy began: some other process cut it."""
