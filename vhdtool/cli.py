@@ -202,16 +202,20 @@ def convert(
 @click.option("--json", "as_json", is_flag=True, help="qemu-img map --output=json's shape, plus 'file'.")
 def map_command(path: str, fmt: str | None, as_json: bool) -> None:
     """List the runs of the disk that hold data, and which file of the chain holds each."""
-    from vhdtool.ops.map import map_image
+    from vhdtool.ops.map import map_inspect
 
-    entries = map_image(path, fmt)
+    entries, warnings = map_inspect(path, fmt)
+    for w in warnings:
+        render.warning(w)
     if as_json:
         render.print_json([e.as_json() for e in entries])
         return
     # qemu-img map's human format: fixed columns, whole paths (a table would truncate them); C's %#x prints 0 as 0
     print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")
     for e in entries:
-        if not e.zero:
+        if e.parent_missing:
+            print(f"{e.start:#x}".ljust(16) + f"{e.length:#x}".ljust(16) + "-".ljust(16) + "(the missing parent)")
+        elif not e.zero:
             print("".join(f"{n:#x}".ljust(16) if n else "0".ljust(16) for n in (e.start, e.length, e.offset)) + e.file)
 
 

@@ -35,6 +35,11 @@ class ParentError(VhdError):
     """A differencing disk's parent is missing, mismatched, or the chain loops."""
 
 
+class ParentMissingError(ParentError):
+    """No file a locator or the parent name points at exists: the chain cannot be read (the child's
+    own metadata still can), and nothing about it can be called corrupt."""
+
+
 class LockedError(VhdError):
     """Another process holds the image open for writing."""
 

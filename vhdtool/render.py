@@ -165,7 +165,7 @@ def _one_image(doc: dict[str, Any]) -> None:
         rows.append(("saved state", "set"))
     if "parent-uuid" in d:
         rows += [
-            ("parent", doc.get("full-backing-filename", "?")),
+            ("parent", doc.get("full-backing-filename", "not found")),
             ("parent name", d["parent-name"]),
             ("parent uuid", d["parent-uuid"]),
         ]
@@ -184,13 +184,17 @@ def check_report(report: Any, as_json: bool) -> None:
         print(f"{f.severity}: {f.message}")
     for code, n in report.not_listed.items():
         print(f"... and {n} more findings like these ({code}); '--json' counts them the same way")
-    corrupt, leaks = report.count("corruption"), report.count("leak")
-    if corrupt:
+    corrupt, leaks, errors = report.count("corruption"), report.count("leak"), report.count("error")
+    if errors:
+        print(f"{report.path}: could not be checked completely ({errors} error(s)); {corrupt} corruption(s) found")
+    elif corrupt:
         print(f"{report.path}: {corrupt} corruption(s), {leaks} leak(s) found")
     elif leaks:
         print(
             f"{report.path}: {leaks} leak(s) ({report.leaked_bytes} bytes); no corruption. "
             "'vhdtool repair' reclaims leaked space"
         )
-    else:
+    elif report.total_blocks:
         print(f"{report.path}: no errors found ({report.allocated_blocks}/{report.total_blocks} blocks allocated)")
+    else:
+        print(f"{report.path}: no errors found")

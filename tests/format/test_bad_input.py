@@ -85,6 +85,11 @@ DAMAGE = {
 }
 
 
+CUT_BLOCKS = ("truncated", "bat-past-end", "bad-everything")
+"""Damage that leaves blocks past the end of the file: info still describes the image, with a
+warning (as vhdiinfo does), since its metadata is readable."""
+
+
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
 def test_damaged_images_are_refused_cleanly(qemu_image: Path, damage: str) -> None:
     DAMAGE[damage](qemu_image)
@@ -93,9 +98,15 @@ def test_damaged_images_are_refused_cleanly(qemu_image: Path, damage: str) -> No
         vhdtool.open(qemu_image, writable=True).close_chain()
     for command in (["info"], ["info", "--json"], ["check"]):
         result = cli(*command, qemu_image)
-        assert_clean_error(result) if command[0] == "info" else None
         assert "Traceback" not in result.stderr
-        assert result.returncode in ((2, 1) if command[0] == "check" else (1,)), (damage, result)
+        if command[0] == "check":
+            assert result.returncode in (2, 1), (damage, result)
+        elif damage in CUT_BLOCKS:
+            shown = result.stdout + result.stderr
+            assert result.returncode == 0 and "past the end of the file" in shown, (damage, result)
+        else:
+            assert_clean_error(result)
+            assert result.returncode == 1, (damage, result)
     assert _digest(qemu_image) == before
 
 
@@ -163,8 +174,9 @@ def test_missing_parent(tmp_path: Path) -> None:
     os.unlink(tmp_path / "p.vhd")
     with pytest.raises(ParentError, match="not found"):
         vhdtool.open(tmp_path / "c.vhd")
-    assert_clean_error(cli("info", tmp_path / "c.vhd"), 1)
-    assert cli("check", tmp_path / "c.vhd").returncode == 2
+    shown = cli("info", tmp_path / "c.vhd")  # its own metadata, as qemu-img info and vhdiinfo show it
+    assert shown.returncode == 0 and "parent disk not found" in shown.stderr and "p.vhd" in shown.stdout
+    assert cli("check", tmp_path / "c.vhd").returncode == 1  # could not be checked, as qemu-img check
 
 
 def test_mismatched_parent_names_both_files(tmp_path: Path) -> None:
@@ -174,7 +186,8 @@ def test_mismatched_parent_names_both_files(tmp_path: Path) -> None:
     with pytest.raises(ParentError, match="UUID") as e:
         vhdtool.open(tmp_path / "c.vhd")
     assert "c.vhd" in str(e.value) and "p.vhd" in str(e.value)
-    assert_clean_error(cli("info", tmp_path / "c.vhd"), 1)
+    shown = cli("info", tmp_path / "c.vhd")
+    assert shown.returncode == 0 and "UUID mismatch" in shown.stderr
 
 
 def test_chain_loop_is_an_error(tmp_path: Path) -> None:
@@ -188,7 +201,8 @@ def test_chain_loop_is_an_error(tmp_path: Path) -> None:
     patch_header(tmp_path / "b.vhd", 40, a_uuid)  # ...whose UUID b expects: a -> b -> a
     with pytest.raises(ParentError, match="loops"):
         vhdtool.open(tmp_path / "a.vhd")
-    assert_clean_error(cli("info", tmp_path / "a.vhd"), 1)
+    shown = cli("info", tmp_path / "a.vhd")
+    assert shown.returncode == 0 and "loops" in shown.stderr
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ def test_lost_parent_is_found_by_uuid(tmp_path: Path, qemu_image: Path) -> None:
     vhdtool.create(child, parent=qemu_image)
     expected = read_all(child)
     qemu_image.rename(tmp_path / "renamed.vhd")
-    assert "parent" in _codes(child)
+    assert "parent-missing" in _codes(child)
     result = cli("repair", child)
     assert result.returncode == 0, result.stderr
     assert read_all(child) == expected and _codes(child) == set()

@@ -11,7 +11,7 @@ import os
 import stat
 import uuid
 
-from vhdtool.errors import CorruptImageError, ParentError, UsageError, VhdError
+from vhdtool.errors import CorruptImageError, ParentError, ParentMissingError, UsageError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.image import ImageBase
@@ -44,8 +44,16 @@ def open_image(path: str | os.PathLike[str], writable: bool = False, durable: bo
     return _open(os.fspath(path), writable, as_parent=False, seen=(), durable=durable)
 
 
+def open_for_inspection(path: str | os.PathLike[str]) -> FixedImage | SparseImage:
+    """Open read-only to describe an image, not to read its data: a parent that cannot be found or
+    does not match, and blocks cut off by a truncated file, become warnings (as qemu-img info and
+    vhdiinfo still show such images). The chain stops where it breaks; reads of what lies below
+    the break are zeros, so this is not for copying data."""
+    return _open(os.fspath(path), False, as_parent=False, seen=(), inspect=True)
+
+
 def _open(
-    path: str, writable: bool, as_parent: bool, seen: tuple[str, ...], durable: bool = True
+    path: str, writable: bool, as_parent: bool, seen: tuple[str, ...], durable: bool = True, inspect: bool = False
 ) -> FixedImage | SparseImage:
     if len(seen) > MAX_CHAIN_DEPTH:
         raise ParentError(f"{path}: differencing chain deeper than {MAX_CHAIN_DEPTH} images")
@@ -61,9 +69,14 @@ def _open(
             return FixedImage(meta, fd, writable)
         parent = None
         if meta.disk_type == DISK_TYPE_DIFFERENCING:
-            parent = _open_parent(meta, (*seen, os.path.realpath(path)))
+            try:
+                parent = _open_parent(meta, (*seen, os.path.realpath(path)), inspect)
+            except ParentError as e:
+                if not inspect:
+                    raise
+                meta.warnings.append(f"{e}; only this image's own metadata is shown")
         try:
-            return SparseImage(meta, fd, writable, parent, sync_growth=durable)
+            return SparseImage(meta, fd, writable, parent, sync_growth=durable, tolerate_cut_blocks=inspect)
         except BaseException:
             if parent is not None:
                 parent.close_chain()
@@ -117,14 +130,14 @@ def find_parent(meta: ImageMetadata) -> str:
             f"{meta.path}: parent UUID mismatch: the child expects parent UUID {expected}, but " + "; ".join(mismatched)
         )
     tried = ", ".join(candidates) or "no locator or parent name"
-    raise ParentError(f"{meta.path}: parent disk not found (tried {tried})")
+    raise ParentMissingError(f"{meta.path}: parent disk not found (tried {tried})")
 
 
-def _open_parent(meta: ImageMetadata, seen: tuple[str, ...]) -> FixedImage | SparseImage:
+def _open_parent(meta: ImageMetadata, seen: tuple[str, ...], inspect: bool) -> FixedImage | SparseImage:
     parent_path = find_parent(meta)
     if os.path.realpath(parent_path) in seen:
         raise ParentError(f"{meta.path}: differencing chain loops back to {parent_path}")
-    parent = _open(parent_path, False, as_parent=True, seen=seen)
+    parent = _open(parent_path, False, as_parent=True, seen=seen, inspect=inspect)
     # a parent smaller than the child is legal (the child grew): SparseImage reads zeros past it
     _check_timestamp(meta, parent)
     return parent

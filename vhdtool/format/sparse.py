@@ -62,6 +62,7 @@ class SparseImage(ImageBase):
         writable: bool,
         parent: BlockDevice | None = None,
         sync_growth: bool = True,
+        tolerate_cut_blocks: bool = False,
     ) -> None:
         assert meta.header is not None and meta.bat is not None
         self.meta = meta
@@ -73,7 +74,7 @@ class SparseImage(ImageBase):
         self.is_differencing = meta.disk_type == DISK_TYPE_DIFFERENCING
         self._fd = fd
         self.block_size = meta.block_size
-        self._validate_layout()
+        self._validate_layout(tolerate_cut_blocks)
         self._shift = self.block_size.bit_length() - 1
         self._mask = self.block_size - 1
         self._sectors_per_block = self.block_size // SECTOR
@@ -90,7 +91,7 @@ class SparseImage(ImageBase):
         if meta.torn_tail is not None and writable:
             self._restore_torn_footer(meta.torn_tail)
 
-    def _validate_layout(self) -> None:
+    def _validate_layout(self, tolerate_cut_blocks: bool) -> None:
         meta, bs = self.meta, self.block_size
         if bs < SECTOR or bs & (bs - 1) or bs > 256 * rules.MiB:
             raise CorruptImageError(f"{self.path}: block size {bs} in the dynamic header is not valid")
@@ -102,12 +103,17 @@ class SparseImage(ImageBase):
             raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
         span = rules.bitmap_bytes(bs) + bs
         limit = meta.footer_offset
-        for index, entry in enumerate(meta.bat):
-            if entry != UNALLOCATED and entry * SECTOR + span > limit:
-                raise CorruptImageError(
-                    f"{self.path}: BAT entry {index} points at sector {entry}, past the end of the file "
-                    f"(run 'vhdtool check')"
-                )
+        cut = [i for i, entry in enumerate(meta.bat) if entry != UNALLOCATED and entry * SECTOR + span > limit]
+        if not cut:
+            return
+        message = (
+            f"{self.path}: BAT entry {cut[0]} points at sector {meta.bat[cut[0]]}, past the end of the file "
+            f"(run 'vhdtool check')"
+        )
+        if not tolerate_cut_blocks or self.writable:
+            raise CorruptImageError(message)
+        more = f" (and {len(cut) - 1} more block(s))" if len(cut) > 1 else ""
+        self.warnings.append(f"{message}{more}: the file is truncated or the BAT damaged")
 
     def _restore_torn_footer(self, data_end: int) -> None:
         """Put back the footer an interrupted growth did not leave, at the end of the file. What lies

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from vhdtool.errors import ParentError, VhdError
+from vhdtool.errors import ParentError, ParentMissingError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.chain import find_parent, parent_modified_since_link
 from vhdtool.format.metadata import ImageMetadata, read_metadata
@@ -30,6 +30,9 @@ from vhdtool.format.structs import (
 )
 
 CORRUPTION, LEAK, WARNING = "corruption", "leak", "warning"
+CHECK_ERROR = "error"
+"""Something could not be checked (a missing parent): neither clean nor corrupt, as qemu-img
+check's check-errors (exit 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,8 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
+        if self.count(CHECK_ERROR):
+            return 1
         if self.count(CORRUPTION):
             return 2
         if self.count(LEAK):
@@ -106,7 +111,7 @@ class CheckReport:
         return {
             "filename": self.path,
             "format": "vpc",
-            "check-errors": 0,
+            "check-errors": self.count(CHECK_ERROR),
             "corruptions": self.count(CORRUPTION),
             "leaks": self.count(LEAK),
             "leaked-bytes": self.leaked_bytes,
@@ -358,6 +363,9 @@ def _check_parent(meta: ImageMetadata, report: CheckReport) -> None:
         return
     try:
         parent = find_parent(meta)
+    except ParentMissingError as e:
+        report.add(CHECK_ERROR, "parent-missing", f"{e}: the link to it cannot be checked")
+        return
     except ParentError as e:
         report.add(CORRUPTION, "parent", str(e))
         return

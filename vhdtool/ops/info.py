@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from vhdtool.format import rules
-from vhdtool.format.chain import open_image
+from vhdtool.format.chain import open_for_inspection
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.sparse import SparseImage
@@ -100,6 +100,9 @@ def describe(image: ImageBase) -> dict[str, Any]:
         doc["backing-filename"] = meta.parent_name or parent.path
         doc["full-backing-filename"] = os.path.abspath(parent.path)
         doc["backing-filename-format"] = "vpc"
+    elif meta.disk_type == DISK_TYPE_DIFFERENCING:  # the parent is missing: name it as the child does
+        doc["backing-filename"] = meta.parent_name or next((loc.path for loc in meta.locators), "")
+        doc["backing-filename-format"] = "vpc"
     doc["format-specific"] = {"type": "vpc", "data": data}
     if image.warnings:
         doc["warnings"] = list(image.warnings)
@@ -107,7 +110,13 @@ def describe(image: ImageBase) -> dict[str, Any]:
 
 
 def image_info(path: str | os.PathLike[str], chain: bool = False) -> list[dict[str, Any]]:
-    """Describe the image, or with ``chain`` every image from the top down to the base."""
-    with open_image(path) as image:
-        images = list(image.chain()) if chain else [image]
-        return [describe(i) for i in images]
+    """Describe the image, or with ``chain`` every image from the top down to the base (as far as
+    it can be followed: a missing parent or a truncated file is a warning, not an error)."""
+    with open_for_inspection(path) as image:
+        if chain:
+            return [describe(i) for i in image.chain()]
+        doc = describe(image)
+        below = image.all_warnings()[len(image.warnings) :]  # a broken link further down concerns it too
+        if below:
+            doc["warnings"] = [*doc.get("warnings", []), *below]
+        return [doc]

@@ -2,7 +2,9 @@
 
 The JSON has the shape of `qemu-img map --output=json` (start, length, depth, present, zero,
 data, offset), plus ``file``: the path of the image that holds a data run. Runs nobody holds read
-as zeros and carry the depth of the bottom image, as qemu reports them.
+as zeros and carry the depth of the bottom image, as qemu reports them. A chain whose parent is
+missing is still mapped as far as it goes: the runs left to the missing parent are neither zero nor
+data but ``parent-missing``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from vhdtool.errors import ParentError
 from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.chain import open_for_inspection
+from vhdtool.format.image import ImageBase
 from vhdtool.format.placement import place
 from vhdtool.ops.devices import close_device, open_device
 
@@ -27,16 +32,20 @@ class MapEntry:
     offset: int | None
     """Where the run's data starts in ``file`` (None for zero runs)."""
     file: str | None
+    parent_missing: bool = False
+    """The run is left to a parent that cannot be found: what it reads is unknown."""
 
     def as_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "start": self.start,
             "length": self.length,
             "depth": self.depth,
-            "present": True,
-            "zero": self.zero,
+            "present": not self.parent_missing,
+            "zero": self.zero and not self.parent_missing,
             "data": not self.zero,
         }
+        if self.parent_missing:
+            d["parent-missing"] = True
         if self.offset is not None:
             d["offset"] = self.offset
             d["file"] = self.file
@@ -48,6 +57,24 @@ def map_image(path: str | os.PathLike[str], fmt: str | None = None) -> list[MapE
     dev = open_device(path, fmt)
     try:
         return list(map_device(dev))
+    finally:
+        close_device(dev)
+
+
+def map_inspect(path: str | os.PathLike[str], fmt: str | None = None) -> tuple[list[MapEntry], list[str]]:
+    """``map_image`` and the warnings of opening, also for a chain whose parent is missing."""
+    try:
+        dev = open_device(path, fmt)
+    except ParentError:
+        image = open_for_inspection(path)
+        with image:
+            entries = [
+                dataclasses.replace(e, parent_missing=True, depth=e.depth + 1) if e.zero else e
+                for e in map_device(image)
+            ]
+            return entries, image.all_warnings()
+    try:
+        return list(map_device(dev)), dev.all_warnings() if isinstance(dev, ImageBase) else []
     finally:
         close_device(dev)
 

@@ -43,7 +43,7 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
-from vhdtool.ops.check import CORRUPTION, LEAK, CheckReport, check_image
+from vhdtool.ops.check import CHECK_ERROR, CORRUPTION, LEAK, CheckReport, check_image
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts
 from vhdtool.ops.packing import metadata_ranges, pack
@@ -94,7 +94,7 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
                 _fix_blocks(editor, path, result)
     restamp_children(path, [os.path.dirname(os.path.abspath(path))], before)
     final = check_image(path)  # what is left is reported, so listed the way check lists it
-    result.unrepaired = [f.message for f in final.findings if f.severity in (CORRUPTION, LEAK)]
+    result.unrepaired = [f.message for f in final.findings if f.severity in (CORRUPTION, LEAK, CHECK_ERROR)]
     result.unrepaired += [f"... and {n} more ({code})" for code, n in final.not_listed.items()]
     return result
 
@@ -195,7 +195,7 @@ def _header_problem(meta: ImageMetadata) -> str | None:
 # -- pass 2: BAT, parent, leaks -----------------------------------------------------------------
 
 
-RELINK_CODES = ("parent", "parent-no-locator", "parent-no-relative")
+RELINK_CODES = ("parent", "parent-missing", "parent-no-locator", "parent-no-relative")
 REASONS = {
     "bat-outside": "past the end of the file",
     "bat-overlap-metadata": "at metadata",
