@@ -95,6 +95,25 @@ def test_vhdiinfo_reads_differencing_parent(tmp_path: Path) -> None:
         assert str(base.meta.uuid) in out
 
 
+def test_vhdimount_opens_a_child_from_another_folder(tmp_path: Path) -> None:
+    """libvhdi finds the parent by the header's Parent Unicode Name joined to the child's folder:
+    the name must be the parent's file name, as Windows writes it (not an absolute path)."""
+    (tmp_path / "ch").mkdir()
+    base, kid, mnt = tmp_path / "ch" / "base.vhd", tmp_path / "ch" / "kid.vhd", tmp_path / "mnt"
+    vhdtool.create(base, size=16 * MiB)
+    vhdtool.create(kid, parent=base)
+    run("qemu-io", "-f", "vpc", "-c", "write -P 9 0 4M", base)
+    with vhdtool.open(kid, writable=True) as image:  # 4 KiB-aligned: libvhdi zero-fills the rest of a page
+        image.pwrite(1 * MiB, b"\x42" * 8192)
+    mnt.mkdir()
+    run(need("vhdimount"), "ch/kid.vhd", mnt, cwd=tmp_path)  # a relative path, from another folder
+    try:
+        top = sorted(mnt.iterdir())[-1].read_bytes()
+    finally:
+        run("fusermount", "-u", mnt)
+    assert top[1 * MiB : 1 * MiB + 8192] == b"\x42" * 8192 and top[:4096] == b"\x09" * 4096
+
+
 # Creator strings from every tool the notes name, with a size CHS cannot represent: vhdtool reads
 # Current Size; qemu 7.2 decides by creator, and our table of its rule must match what it does.
 CREATORS = [b"vpc ", b"vs  ", b"win ", b"d2v ", b"qemu", b"qem2", b"tap\0", b"CTXS", b"wa\0\0", b"vbox"]

@@ -7,10 +7,13 @@ import shutil
 import uuid
 from pathlib import Path
 
+import pytest
+
 import vhdtool
 from tests.helpers import assert_clean_error, need, run
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import folder_digests, make_chain, read_all
+from vhdtool.errors import ParentError
 
 
 def _uuid(path: Path) -> str:
@@ -43,7 +46,9 @@ def test_children_follow(tmp_path: Path) -> None:
     expected = read_all(top)
     result = cli("reset-id", base)  # without --children: warned, left dangling
     assert result.returncode == 0 and "layer1.vhd" in result.stderr
-    assert_clean_error(cli("info", mid))
+    assert "UUID mismatch" in cli("info", mid).stderr  # described, with the broken link named
+    with pytest.raises(ParentError):
+        vhdtool.open(mid)
     wanted = str(uuid.uuid4())
     result = cli("reset-id", "--children", tmp_path, "--uuid", wanted, base)  # found by their locators
     assert result.returncode == 0 and "layer1.vhd" in result.stdout

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.format import rules
-from vhdtool.format.locators import encode_locator_data, encode_parent_name, relative_windows_path
+from vhdtool.format.locators import encode_locator_data, header_parent_name, relative_windows_path
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -140,7 +140,7 @@ def sparse_image_bytes(
             "parent_unique_id": parent.unique_id if parent else bytes(16),
             "parent_timestamp": parent.timestamp if parent else 0,
             "reserved1": 0,
-            "parent_unicode_name": encode_parent_name(os.path.abspath(parent.path)) if parent else bytes(512),
+            "parent_unicode_name": header_parent_name(parent.path) if parent else bytes(512),
             "parent_locators": locators
             or [
                 {

@@ -77,6 +77,13 @@ def encode_parent_name(name: str) -> bytes:
     return raw + bytes(512 - len(raw))
 
 
+def header_parent_name(parent_path: str) -> bytes:
+    """The Parent Unicode Name a child gets: the parent's file name, as Windows writes it. Readers
+    look for it beside the child (libvhdi's vhdimount joins it to the child's folder); the
+    folder is the locators' business."""
+    return encode_parent_name(os.path.basename(parent_path))
+
+
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 

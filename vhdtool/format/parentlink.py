@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from vhdtool.format.locators import encode_locator_data, encode_parent_name, relative_windows_path
+from vhdtool.format.locators import encode_locator_data, header_parent_name, relative_windows_path
 from vhdtool.format.rewrite import MetadataEditor, round_up
 from vhdtool.format.structs import LOCATOR_SLOTS
 
@@ -60,7 +60,7 @@ def point_at_parent(
     editor.set_header(
         parent_unique_id=parent_uuid,
         parent_timestamp=parent_timestamp,
-        parent_unicode_name=encode_parent_name(os.path.abspath(parent_path)),
+        parent_unicode_name=header_parent_name(parent_path),
         parent_locators=entries,
     )
     editor.sync()
