@@ -76,16 +76,29 @@ def info(path: str, as_json: bool, chain: bool) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with qemu-img check's key names.")
-def check(path: str, as_json: bool) -> None:
+@click.option("--for", "target", type=click.Choice(["azure", "hyper-v"]),
+              help="Also judge whether this platform takes the disk, naming each reason it would not.")
+def check(path: str, as_json: bool, target: str | None) -> None:
     """Validate footers, header, checksums, BAT, bitmaps and the parent link.
 
-    Exit status: 0 clean, 2 corruption, 3 leaks only, 1 error (like qemu-img check).
+    Exit status: 0 clean, 2 corruption, 3 leaks only, 1 error (like qemu-img check): the parent
+    is missing, or with --for the platform would not take the disk.
     """
     from vhdtool.ops.check import check_image
+    from vhdtool.ops.targets import unsuitable
 
     report = check_image(path)
-    render.check_report(report, as_json)
-    sys.exit(report.exit_code)
+    reasons = unsuitable(path, target) if target else []
+    if as_json and target:
+        render.print_json({**report.as_json(), "target": target, "target-ok": not reasons, "target-reasons": reasons})
+    else:
+        render.check_report(report, as_json)
+    if target and not as_json:
+        for reason in reasons:
+            print(f"not for {target}: {reason}")
+        if not reasons:
+            print(f"{path}: {target} takes this disk" + ("" if report.exit_code == 0 else " once it is repaired"))
+    sys.exit(report.exit_code or (1 if reasons else 0))
 
 
 @cli.command()
@@ -146,13 +159,20 @@ _QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (no progress bar).")
 
 
+_FORMATS = ["vhd", "raw", "qcow2", "vmdk", "vhdx", "vdi", "qed"]  # the last five through qemu-img
+
+
 @cli.command()
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.argument("destination", type=click.Path(dir_okay=False))
-@click.option("-O", "--output-format", type=click.Choice(["vhd", "raw"]), help="Default: vhd for a .vhd DESTINATION.")
-@click.option("-f", "--source-format", type=click.Choice(["vhd", "raw"]), help="Default: probed.")
+@click.option("-O", "--output-format", type=click.Choice(_FORMATS),
+              help="Default: named by DESTINATION's extension (.vhd, .qcow2, .vmdk, .vhdx, .vdi, .qed), else raw.")
+@click.option("-f", "--source-format", type=click.Choice(_FORMATS), help="Default: probed.")
 @click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), help="VHD type. Default: dynamic.")
 @click.option("--block-size", help="Dynamic VHD block size (power of two >= 512K). Default 2M.")
+@click.option("--for", "target", type=click.Choice(["azure", "hyper-v"]),
+              help="azure: a fixed VHD, size rounded up to a whole MiB; hyper-v: warn of a block size New-VHD "
+              "does not offer.")
 @click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists.")
 @_QUIET
 @_JSON
@@ -163,18 +183,27 @@ def convert(
     source_format: str | None,
     disk_type: str | None,
     block_size: str | None,
+    target: str | None,
     force: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Copy a raw file or any VHD (a chain is flattened) into a raw file or a new VHD.
 
+    Other formats (qcow2, vmdk, vhdx, vdi, qed) in and out go through qemu-img; a VHD chain is
+    handed to it over vhdtool's NBD server (qemu reads no VHD parents), so it arrives flattened.
     Zero runs are skipped: raw output is sparse, a dynamic VHD gets no block for them.
     Crash safety: DESTINATION is written beside itself and renamed into place, so an interrupted
     convert (Ctrl-C included) leaves no DESTINATION at all.
+
+    Exit status: 0 done, 1 error, 64 bad options (a format or extension vhdtool cannot write).
     """
     from vhdtool.ops.convert import convert as convert_image
+    from vhdtool.ops.targets import hyper_v_warning
 
+    caution = hyper_v_warning(_size_option(block_size)) if target == "hyper-v" else None
+    if caution:
+        render.warning(caution)
     with _progress("converting", not (quiet or as_json)) as progress:
         done = convert_image(
             source,
@@ -185,11 +214,12 @@ def convert(
             block_size=_size_option(block_size),
             overwrite=force,
             progress=progress,
+            target=target,
         )
     if as_json:
         render.print_json(done.as_json())
     elif not quiet:
-        what = f"{done.type} VHD" if done.type else "raw"
+        what = f"{done.type} VHD" if done.type else done.format
         print(
             f"converted {source} -> {destination} ({what}, {render.human_size(done.size)}, "
             f"{render.human_size(done.data_bytes)} of data)"

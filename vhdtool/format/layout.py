@@ -158,14 +158,20 @@ def sparse_image_bytes(
     return footer + header + bat + locator_area, footer
 
 
+def temp_path_for(path: str) -> str:
+    """Where a new file for ``path`` is written before it is renamed into place: beside it (the
+    same file system, so the rename is atomic), hidden, and named after this process."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, f".{os.path.basename(path)}.vhdtool-{os.getpid()}.tmp")
+
+
 def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
     """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place."""
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"{path}: file exists (use --force to overwrite)")
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory")
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.vhdtool-{os.getpid()}.tmp")
+    tmp = temp_path_for(path)
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     except OSError as e:

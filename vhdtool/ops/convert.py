@@ -1,4 +1,5 @@
-"""`vhdtool convert`: copy any VHD (a chain flattened) or raw image into a raw file or a new VHD.
+"""`vhdtool convert`: copy any VHD (a chain flattened) or raw image into a raw file or a new VHD;
+other formats in and out go through qemu-img (``ops.foreign``).
 
 Only runs some layer holds data for are read (a raw source is walked with SEEK_DATA/SEEK_HOLE,
 a VHD by its BATs), in pieces of up to 4 MiB; pieces that are all zeros are not written, so a
@@ -24,6 +25,7 @@ from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.layout import BAT_OFFSET, footer_fields, new_unique_id, sparse_image_bytes, write_new_file
 from vhdtool.format.rewrite import pwrite_all, round_up
 from vhdtool.format.structs import DISK_TYPE_FIXED, NO_DATA_OFFSET, SECTOR, UNALLOCATED, build_footer
+from vhdtool.ops import foreign
 from vhdtool.ops.datapath import (
     Meter,
     ProgressCallback,
@@ -33,8 +35,9 @@ from vhdtool.ops.datapath import (
 )
 from vhdtool.ops.devices import close_device, open_device
 from vhdtool.ops.sources import Piece, SourceReader
+from vhdtool.ops.targets import TARGETS
 
-OUTPUT_FORMATS = ("vhd", "raw")
+OUTPUT_FORMATS = ("vhd", "raw", *foreign.FORMATS)
 DATA_ALIGNMENT = 4096
 VHD_TYPES = ("dynamic", "fixed")
 
@@ -44,7 +47,7 @@ class Converted:
     source: str
     destination: str
     format: str
-    """'vhd' or 'raw'."""
+    """'vhd', 'raw' or a format qemu-img writes."""
     type: str | None
     """'dynamic' or 'fixed' for a VHD, None for raw."""
     size: int
@@ -58,16 +61,37 @@ class Converted:
 
 
 def output_format_for(destination: str, output_format: str | None, disk_type: str | None) -> str:
-    """-O as given; else 'vhd' for a .vhd destination or when a VHD type was asked for; else 'raw'."""
+    """-O as given; else the format the extension names (.vhd, .qcow2, .vmdk, .vhdx, .vdi, .qed;
+    one vhdtool cannot make is refused), 'vhd' when a VHD type was asked for; else 'raw'."""
     if output_format is not None:
         if output_format not in OUTPUT_FORMATS:
-            raise UsageError(f"unknown output format {output_format!r} (choose vhd or raw)")
-        if output_format == "raw" and disk_type is not None:
-            raise UsageError("--type applies to VHD output, not raw")
+            raise UsageError(f"unknown output format {output_format!r} (choose {', '.join(OUTPUT_FORMATS)})")
+        if output_format != "vhd" and disk_type is not None:
+            raise UsageError(f"--type applies to VHD output, not {output_format}")
         return output_format
+    named = foreign.format_of_extension(destination)
+    if named is not None:
+        if disk_type is not None:
+            raise UsageError(f"--type applies to VHD output, not {named}")
+        return named
     if disk_type is not None or destination.lower().endswith(".vhd"):
         return "vhd"
     return "raw"
+
+
+def _settle_target(target: str | None, fmt: str, disk_type: str | None, block_size: int | None) -> str | None:
+    """The VHD type ``--for`` implies, refusing what contradicts it."""
+    if target is None:
+        return disk_type
+    if target not in TARGETS:
+        raise UsageError(f"unknown target {target!r} (choose {', '.join(TARGETS)})")
+    if fmt != "vhd":
+        raise UsageError(f"--for {target} makes a VHD, not {fmt}")
+    if target == "azure":
+        if disk_type == "dynamic" or block_size is not None:
+            raise UsageError("--for azure makes a fixed VHD (Azure takes no dynamic disk)")
+        return "fixed"
+    return disk_type
 
 
 def convert(
@@ -82,9 +106,14 @@ def convert(
     unique_id: bytes | None = None,
     timestamp: int | None = None,
     progress: ProgressCallback | None = None,
+    target: str | None = None,
 ) -> Converted:
-    """Convert ``source`` (a path, probed as VHD or raw unless ``source_format`` says, or an open
-    BlockDevice, which stays open) into ``destination``.
+    """Convert ``source`` (a path, probed as VHD, raw or a format qemu-img reads unless
+    ``source_format`` says, or an open BlockDevice, which stays open) into ``destination``.
+
+    ``target`` 'azure' makes a fixed VHD of a whole number of MiB (the size rounded up, the data
+    kept); 'hyper-v' a VHD as Hyper-V's New-VHD makes it (``targets.hyper_v_warning`` says when
+    the block size asked for is not one it offers).
 
     ``output_format`` 'vhd'/'raw' (default from the destination's extension), ``disk_type``
     'dynamic' (default) or 'fixed', ``block_size`` for dynamic output (default 2 MiB).
@@ -94,6 +123,8 @@ def convert(
     """
     destination = os.fspath(destination)
     fmt = output_format_for(destination, output_format, disk_type)
+    disk_type = _settle_target(target, fmt, disk_type, block_size)
+    size_unit = rules.MiB if target == "azure" else SECTOR
     disk_type = disk_type or "dynamic"
     if disk_type not in VHD_TYPES:
         raise UsageError(f"unknown VHD type {disk_type!r} (choose dynamic or fixed)")
@@ -103,14 +134,53 @@ def convert(
         rules.validate_block_size(block_size)
     if isinstance(source, BlockDevice):
         _refuse_same_file(source.path, destination)
-        return _convert(source, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress)
+        return _convert(
+            source, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit
+        )
     source = os.fspath(source)
     _refuse_same_file(source, destination)
+    other = source_format if source_format in foreign.FORMATS else None
+    if source_format is None:
+        other = foreign.source_format(source)
+    if other is not None:
+        return _from_foreign(source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit)
     dev = open_device(source, source_format)
     try:
-        return _convert(dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress)
+        return _convert(
+            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit
+        )
     finally:
         close_device(dev)
+
+
+def _from_foreign(
+    source: str,
+    source_format: str,
+    destination: str,
+    fmt: str,
+    disk_type: str,
+    block_size: int | None,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+    size_unit: int,
+) -> Converted:
+    """A format qemu-img reads: into a VHD that vhdtool lays out, or to any other format by qemu-img alone."""
+    size = foreign.virtual_size(source, source_format)
+    if fmt == "vhd":
+        size = round_up(size, size_unit)
+        rules.validate_virtual_size(size, disk_type)
+        foreign.import_image(source, source_format, destination, size, disk_type, block_size, overwrite, progress)
+    else:
+        foreign.convert_with_qemu(source, source_format, destination, fmt, size, overwrite, progress)
+    return Converted(
+        source=source,
+        destination=destination,
+        format=fmt,
+        type=disk_type if fmt == "vhd" else None,
+        size=size,
+        data_bytes=os.stat(destination).st_blocks * 512,
+        file_size=os.path.getsize(destination),
+    )
 
 
 def _refuse_same_file(source: str, destination: str) -> None:
@@ -128,12 +198,18 @@ def _convert(
     unique_id: bytes | None,
     timestamp: int | None,
     progress: ProgressCallback | None,
+    size_unit: int = SECTOR,
 ) -> Converted:
     if os.path.isdir(destination):
         raise UsageError(f"{destination}: is a directory")
     size = src.size
+    if fmt in foreign.FORMATS:
+        foreign.export(src, destination, fmt, overwrite, progress)
+        return Converted(src.path, destination, fmt, None, size, os.stat(destination).st_blocks * 512,
+                         os.path.getsize(destination))
     if fmt == "vhd":
-        size = round_up(src.size)  # a VHD holds whole sectors; the tail reads as zeros, as in qemu-img
+        # a VHD holds whole sectors (Azure: whole MiB); the tail reads as zeros, as in qemu-img
+        size = round_up(src.size, size_unit)
         rules.validate_virtual_size(size, disk_type)
     grid = read_grid(src)
     if fmt == "vhd" and disk_type == "dynamic":
