@@ -19,6 +19,12 @@ class UsageError(VhdError):
     exit_code = 64
 
 
+class RefusedError(VhdError):
+    """Refused for safety: the command would lose data or change what other disks read (merge into
+    a parent other children use, shrink over stored data, a suspended VM's disk). An error (exit
+    1), not a usage mistake: the same options are right for another disk."""
+
+
 class NotVhdError(VhdError):
     """The file is not a VHD (no footer cookie at the end nor at offset 0)."""
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vhdtool.errors import UsageError
+from vhdtool.errors import RefusedError, UsageError
 from vhdtool.format.chain import open_image
 from vhdtool.format.metadata import read_metadata
 from vhdtool.format.rewrite import MetadataEditor
@@ -48,7 +48,9 @@ class Compacted:
 
 def refuse_saved_state(path: str, saved_state: int, what: str) -> None:
     if saved_state:
-        raise UsageError(f"{path}: the saved-state flag is set (a VM was suspended with this disk); refusing to {what}")
+        raise RefusedError(
+            f"{path}: the saved-state flag is set (a VM was suspended with this disk); refusing to {what}"
+        )
 
 
 def compact(path: str | os.PathLike[str], progress: ProgressCallback | None = None) -> Compacted:

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vhdtool.errors import UsageError
+from vhdtool.errors import RefusedError, UsageError
 from vhdtool.format.blockdev import BlockDevice, merge_extents
 from vhdtool.format.chain import open_image
 from vhdtool.format.layers import open_over
@@ -73,7 +73,7 @@ def merge(
     ancestor, upper = plan.paths[-1], plan.paths[:-1]
     others = children_of(plan.uuids[-1], {os.path.dirname(os.path.abspath(p)) for p in plan.paths}, exclude=upper)
     if others and not force:
-        raise UsageError(
+        raise RefusedError(
             f"{ancestor}: other differencing disks depend on it ({', '.join(others)}); merging would change "
             "what they read (use --force to merge anyway)"
         )

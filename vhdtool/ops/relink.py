@@ -3,9 +3,12 @@
 Each differencing disk of the chain (from CHILD down) gets its parent found again: the given
 ``parent`` for the child, else through its locators, else by UUID among the VHDs in its own
 folder. Then its header gets a relative and an absolute locator to that file and the parent
-name (the UUID is kept: the parent is the same disk; so is the time stamp, unless it was the
-parent file's time, which then follows the parent's own relink). Every parent is found
-before anything is written, so a chain with a missing link is refused unchanged.
+name; the UUID is kept (the parent is the same disk, checked by that UUID) and the time stamp
+becomes the parent file's current time, so that a copied chain (new file times) stops warning
+that its parent was modified. A stored 0 (Windows 10 writes it) stays 0. With ``check_content``
+the found parent is first compared with the file the old locators still point at (the
+original of a copy) and the relink is refused if they read differently. Every parent is found
+(and compared) before anything is written, so a chain with a missing link is refused unchanged.
 
 Crash safety: per disk, the new locator data is written past the end of the file and then the
 header switches to it in one write (``format.parentlink``); an interruption leaves each disk
@@ -20,6 +23,7 @@ from typing import Any
 
 from vhdtool.errors import ParentError, UsageError
 from vhdtool.format.chain import find_parent
+from vhdtool.format.locators import candidate_paths
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.parentlink import point_at_parent
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
@@ -39,7 +43,9 @@ class Relinked:
         return [{"filename": c, "backing-filename": p} for c, p in self.links]
 
 
-def relink(child: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None) -> Relinked:
+def relink(
+    child: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None, *, check_content: bool = False
+) -> Relinked:
     child = os.fspath(child)
     meta = read_metadata(child)
     if meta.disk_type != DISK_TYPE_DIFFERENCING:
@@ -53,20 +59,40 @@ def relink(child: str | os.PathLike[str], parent: str | os.PathLike[str] | None 
         if os.path.realpath(found) in seen:
             raise ParentError(f"{meta.path}: differencing chain loops back to {found}")
         seen.add(os.path.realpath(found))
+        if check_content:
+            _same_content_as_original(meta, found)
         given = None
         meta = read_metadata(found)
-    # deepest first: a disk's own edit changes its file time, which its child then records (when the
-    # child recorded the time the file had before; any other time is kept, and so is its warning)
-    before = {found: file_stamp(found) for _, found in links}
+    # deepest first: a disk's own edit changes its file time, which its child then records
     for path, found in reversed(links):
         with edit_image(path) as editor, deferred_interrupts():
             header = editor.header
             assert header is not None
-            stamp = int(header.parent_timestamp)
-            if stamp == before[found]:
-                stamp = file_stamp(found)
+            stamp = file_stamp(found) if int(header.parent_timestamp) else 0
             point_at_parent(editor, path, found, bytes(header.parent_unique_id), stamp)
     return Relinked(links)
+
+
+def _same_content_as_original(meta: ImageMetadata, found: str) -> None:
+    """Refuse unless ``found`` reads as the file with the same UUID that the locators name."""
+    from vhdtool.ops.compare import compare
+
+    originals = [
+        p
+        for p in candidate_paths(meta.path, meta.locators, meta.parent_name)
+        if os.path.isfile(p) and not os.path.samefile(p, found) and read_metadata(p).uuid == meta.parent_uuid
+    ]
+    if not originals:
+        raise ParentError(
+            f"{meta.path}: --check-content: no other file with the parent's UUID {meta.parent_uuid} is where the "
+            f"locators point, so {found} cannot be compared with it"
+        )
+    result = compare(originals[0], found)
+    if not result.identical:
+        raise ParentError(
+            f"{meta.path}: {found} does not read as {originals[0]} (first difference at offset {result.offset}); "
+            "not relinked"
+        )
 
 
 def locate_parent(meta: ImageMetadata, given: str | None = None) -> str:

@@ -27,7 +27,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vhdtool.errors import UsageError
+from vhdtool.errors import RefusedError, UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, pwrite_all
 from vhdtool.format.chain import open_image
@@ -86,7 +86,7 @@ def resize(path: str | os.PathLike[str], size: int | str, *, force: bool = False
     image = open_image(path, writable=True)
     try:
         if new < old and not force and _holds_data(image, new):
-            raise UsageError(
+            raise RefusedError(
                 f"{path}: shrinking to {new} bytes would drop data stored past that offset; shrink the "
                 "filesystem inside first, then use --force"
             )
