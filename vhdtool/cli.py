@@ -384,6 +384,7 @@ def _owner_option(text: str | None) -> tuple[int, int] | None:
 @click.option("--owner", help="Give every file this numeric UID:GID (default: the folder's own).")
 @click.option("--reproducible", is_flag=True, help="Fixed ids and times from SOURCE_DATE_EPOCH: identical bytes.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@_QUIET
 @_JSON
 def build(
     out: str,
@@ -397,24 +398,27 @@ def build(
     owner: str | None,
     reproducible: bool,
     force: bool,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Build a VHD holding a partition with a filesystem made from a folder (no root, no FUSE)."""
     from vhdtool.ops.build import build as build_image
 
-    built = build_image(
-        out,
-        from_dir,
-        fs=fs,
-        table=table,
-        size=None if size == "auto" else _size_option(size),
-        label=label,
-        fs_uuid=fs_uuid,
-        disk_type=disk_type,
-        owner=_owner_option(owner),
-        reproducible=reproducible,
-        overwrite=force,
-    )
+    with _progress("building", not (quiet or as_json)) as progress:
+        built = build_image(
+            out,
+            from_dir,
+            fs=fs,
+            table=table,
+            size=None if size == "auto" else _size_option(size),
+            label=label,
+            fs_uuid=fs_uuid,
+            disk_type=disk_type,
+            owner=_owner_option(owner),
+            reproducible=reproducible,
+            overwrite=force,
+            progress=progress,
+        )
     for w in built.warnings:
         render.warning(w)
     if as_json:

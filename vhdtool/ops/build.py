@@ -18,7 +18,10 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import RawFile
 from vhdtool.ops.convert import convert
+from vhdtool.ops.datapath import ProgressCallback
 
 MiB = 1 << 20
 ALIGN = MiB
@@ -129,8 +133,12 @@ def build(
     owner: tuple[int, int] | None = None,
     reproducible: bool = False,
     overwrite: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Built:
-    """Build the VHD ``out`` from the folder ``source``; ``size`` None sizes it to the content."""
+    """Build the VHD ``out`` from the folder ``source``; ``size`` None sizes it to the content.
+
+    ``progress(done, total)`` counts two equal halves: the files the filesystem tool has written
+    (seen as the partition file's allocated bytes), then the copy into the VHD."""
     out, src = os.fspath(out), Path(source)
     if fs not in FILESYSTEMS:
         raise UsageError(f"unknown filesystem {fs!r} (choose {', '.join(FILESYSTEMS)})")
@@ -167,7 +175,8 @@ def build(
             hidden_sectors=start // rules.SECTOR,
             fs_variant=fs if fs.startswith("ext") else None,
         )
-        warnings = driver.make(Volume(str(part_path), fs_size), src, tree, opts)
+        with _watch_growth(part_path, needed, progress):
+            warnings = driver.make(Volume(str(part_path), fs_size), src, tree, opts)
         with RawFile(part_path) as part_dev:
             made = detect(part_dev)
             assert made is not None, "the filesystem tool left no filesystem"
@@ -193,6 +202,7 @@ def build(
                 disk_type=disk_type,
                 unique_id=ids.uuid("vhd").bytes,
                 timestamp=epoch,
+                progress=None if progress is None else _second_half(needed, progress),
             ).data_bytes
         os.replace(tmp_out, out)
     finally:
@@ -209,6 +219,44 @@ def build(
         data_bytes=written,
         warnings=warnings,
     )
+
+
+@contextmanager
+def _watch_growth(path: Path, needed: int, progress: ProgressCallback | None) -> Iterator[None]:
+    """Report the first half of the build while an outside tool fills ``path``: it says nothing
+    itself, so its file's allocated size is sampled a few times a second."""
+    if progress is None:
+        yield
+        return
+    total = 2 * max(needed, 1)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            try:
+                done = os.stat(path).st_blocks * 512
+            except OSError:
+                continue
+            progress(min(done, needed), total)
+
+    watcher = threading.Thread(target=sample, name="vhdtool-build-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+    progress(needed, total)
+
+
+def _second_half(needed: int, progress: ProgressCallback) -> ProgressCallback:
+    """The copy into the VHD as the second half of the build's progress."""
+    half = max(needed, 1)
+
+    def report(done: int, total: int) -> None:
+        progress(half + (half * done // total if total else half), 2 * half)
+
+    return report
 
 
 def _fs_id(fs: str, ids: _Ids) -> str | None:
