@@ -230,11 +230,16 @@ def convert(
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("-f", "--format", "fmt", type=click.Choice(["vhd", "raw"]), help="Default: probed.")
 @click.option("--json", "as_json", is_flag=True, help="qemu-img map --output=json's shape, plus 'file'.")
-def map_command(path: str, fmt: str | None, as_json: bool) -> None:
-    """List the runs of the disk that hold data, and which file of the chain holds each."""
+@_QUIET
+def map_command(path: str, fmt: str | None, as_json: bool, quiet: bool) -> None:
+    """List the runs of the disk that hold data, and which file of the chain holds each.
+
+    A child whose parent is missing is mapped as far as it goes (the rest: 'the missing parent').
+    """
     from vhdtool.ops.map import map_inspect
 
-    entries, warnings = map_inspect(path, fmt)
+    with _progress("mapping", not (quiet or as_json)) as progress:
+        entries, warnings = map_inspect(path, fmt, progress)
     for w in warnings:
         render.warning(w)
     if as_json:
@@ -901,6 +906,28 @@ def umount_command(mountpoint: str, action: str | None, quiet: bool, as_json: bo
             "discard": f"; discarded the undo disk, {done.record.image} is unchanged",
         }.get(done.action or "", "")
         print(f"unmounted {done.record.mountpoint}{outcome}")
+
+
+_EXIT_CODES = "Exit status: 0 done; 1 error{}; 64 bad options or arguments."
+_REFUSALS = {
+    "merge": " or refused for safety (other disks depend on the parent; --force overrides)",
+    "resize": " or refused for safety (a shrink over stored data; --force overrides)",
+    "compact": " or refused for safety (the saved-state flag is set)",
+    "rebase": " or refused (a loop, a missing or mismatched parent)",
+    "relink": " or refused (a parent not found, or with --check-content one that reads differently)",
+}
+
+
+def _document_exit_codes(group: click.Group) -> None:
+    """Every command's --help ends with its exit codes (those that differ say so in their text)."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            _document_exit_codes(command)
+        elif command.help and "Exit status" not in command.help and "Exit codes" not in command.help:
+            command.epilog = _EXIT_CODES.format(_REFUSALS.get(name, ""))
+
+
+_document_exit_codes(cli)
 
 
 def main() -> None:

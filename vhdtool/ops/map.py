@@ -20,6 +20,7 @@ from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.chain import open_for_inspection
 from vhdtool.format.image import ImageBase
 from vhdtool.format.placement import place
+from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.devices import close_device, open_device
 
 
@@ -61,8 +62,11 @@ def map_image(path: str | os.PathLike[str], fmt: str | None = None) -> list[MapE
         close_device(dev)
 
 
-def map_inspect(path: str | os.PathLike[str], fmt: str | None = None) -> tuple[list[MapEntry], list[str]]:
-    """``map_image`` and the warnings of opening, also for a chain whose parent is missing."""
+def map_inspect(
+    path: str | os.PathLike[str], fmt: str | None = None, progress: ProgressCallback | None = None
+) -> tuple[list[MapEntry], list[str]]:
+    """``map_image`` and the warnings of opening, also for a chain whose parent is missing;
+    ``progress(done, total)`` follows the offset reached."""
     try:
         dev = open_device(path, fmt)
     except ParentError:
@@ -70,13 +74,21 @@ def map_inspect(path: str | os.PathLike[str], fmt: str | None = None) -> tuple[l
         with image:
             entries = [
                 dataclasses.replace(e, parent_missing=True, depth=e.depth + 1) if e.zero else e
-                for e in map_device(image)
+                for e in _reporting(map_device(image), image.size, progress)
             ]
             return entries, image.all_warnings()
     try:
-        return list(map_device(dev)), dev.all_warnings() if isinstance(dev, ImageBase) else []
+        entries = list(_reporting(map_device(dev), dev.size, progress))
+        return entries, dev.all_warnings() if isinstance(dev, ImageBase) else []
     finally:
         close_device(dev)
+
+
+def _reporting(entries: Iterator[MapEntry], size: int, progress: ProgressCallback | None) -> Iterator[MapEntry]:
+    for entry in entries:
+        if progress is not None:
+            progress(entry.start + entry.length, size)
+        yield entry
 
 
 def map_device(dev: BlockDevice) -> Iterator[MapEntry]:

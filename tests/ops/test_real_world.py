@@ -1,0 +1,108 @@
+"""Disks as users meet them: a child without its parent, a chain copied elsewhere, refusals for
+safety, long commands on a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import vhdtool
+from tests.helpers import VHDTOOL, need, run
+from tests.helpers import vhdtool as cli
+from tests.ops.oputil import folder_digests, make_chain, read_all
+from vhdtool.format.rules import MiB
+
+
+def _orphan(tmp_path: Path) -> Path:
+    _, mid, top = make_chain(tmp_path, 2)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(top, lone / top.name)
+    mid.unlink()
+    return lone / top.name
+
+
+def test_an_orphan_is_described_not_refused(tmp_path: Path) -> None:
+    child = _orphan(tmp_path)
+    qemu = json.loads(run(need("qemu-img"), "info", "-f", "vpc", "--output=json", child).stdout)
+    info = cli("info", "--json", child)
+    doc = json.loads(info.stdout)
+    assert info.returncode == 0 and "parent disk not found" in doc["warnings"][0]
+    assert "parent disk not found" in cli("info", child).stderr
+    assert doc["virtual-size"] == qemu["virtual-size"] and doc["backing-filename"] == "layer1.vhd"
+    assert "full-backing-filename" not in doc
+    chain = json.loads(cli("info", "--json", "--chain", child).stdout)
+    assert len(chain) == 1  # as far as the chain goes
+    check = cli("check", "--json", child)
+    assert check.returncode == 1 and json.loads(check.stdout)["check-errors"] == 1
+
+
+def test_map_of_an_orphan_marks_what_the_parent_held(tmp_path: Path) -> None:
+    child = _orphan(tmp_path)
+    result = cli("map", "--json", child)
+    assert result.returncode == 0 and "parent disk not found" in result.stderr
+    runs = json.loads(result.stdout)
+    own = [r for r in runs if r["data"]]
+    missing = [r for r in runs if r.get("parent-missing")]
+    assert own and missing and all(r["file"].endswith("layer2.vhd") for r in own)
+    assert sum(r["length"] for r in runs) == 24 * MiB
+    assert all(not r["present"] and not r["zero"] for r in missing)
+
+
+def test_relink_settles_a_copied_chain(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    *_, top = make_chain(tmp_path / "a", 1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # new file times
+    os.utime(tmp_path / "b" / "base.vhd", (1, 1))
+    copy = tmp_path / "b" / top.name
+    assert "modified" in cli("info", copy).stderr
+    result = cli("relink", "--check-content", copy)  # the original is where the old locators point
+    assert result.returncode == 0, result.stderr
+    assert "modified" not in cli("info", copy).stderr and read_all(copy) == read_all(top)
+    assert json.loads(cli("check", "--json", copy).stdout)["findings"] == []
+
+
+def test_relink_check_content_refuses_a_changed_copy(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    *_, top = make_chain(tmp_path / "a", 1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with vhdtool.open(tmp_path / "b" / "base.vhd", writable=True) as base:
+        base.pwrite(20 * MiB, b"changed")
+    before = folder_digests(tmp_path / "b")
+    result = cli("relink", "--check-content", tmp_path / "b" / top.name)
+    assert result.returncode == 1 and "does not read as" in result.stderr
+    assert folder_digests(tmp_path / "b") == before
+
+
+def test_safety_refusals_exit_1(tmp_path: Path) -> None:
+    base, child = make_chain(tmp_path, 1)
+    vhdtool.create(tmp_path / "other.vhd", parent=base)
+    before = folder_digests(tmp_path)
+    merged = cli("merge", child)
+    assert merged.returncode == 1 and "other differencing disks depend on it" in merged.stderr
+    size = 24 * MiB
+    vhdtool.create(tmp_path / "d.vhd", size=size)
+    with vhdtool.open(tmp_path / "d.vhd", writable=True) as img:
+        img.pwrite(size - 4096, b"x" * 4096)
+    shrunk = cli("resize", tmp_path / "d.vhd", "-1M")
+    assert shrunk.returncode == 1 and "--force" in shrunk.stderr
+    assert {k: v for k, v in folder_digests(tmp_path).items() if k != "d.vhd"} == before
+    assert "Exit status" in cli("merge", "--help").stdout
+
+
+def test_long_commands_draw_a_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big.bin").write_bytes(os.urandom(64 * MiB))
+    command = " ".join([*VHDTOOL, "build", str(tmp_path / "t.vhd"), "--from-dir", str(tree)])
+    shown = subprocess.run([need("script"), "-qec", command, "/dev/null"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "━" in shown.stdout, shown.stdout[-500:]
+    piped = cli("build", tmp_path / "p.vhd", "--from-dir", tree)
+    assert piped.returncode == 0 and "━" not in piped.stdout + piped.stderr
+    for args in (["map", tmp_path / "t.vhd"], ["compare", tmp_path / "t.vhd", tmp_path / "p.vhd"]):
+        command = " ".join(map(str, [*VHDTOOL, *args]))
+        shown = subprocess.run([need("script"), "-qec", command, "/dev/null"], capture_output=True, text=True)
+        assert "━" in shown.stdout, (args, shown.stdout[-500:])
