@@ -485,11 +485,14 @@ def cat_command(target: str, partition: int | None, undo: bool) -> None:
 @click.argument("destination")
 @_PARTITION
 @_UNDO
-def cp_command(source: str, destination: str, partition: int | None, undo: bool) -> None:
+@_QUIET
+def cp_command(source: str, destination: str, partition: int | None, undo: bool, quiet: bool) -> None:
     """Copy a file or folder into an image (DESTINATION is IMAGE:PATH) or out of one (SOURCE is)."""
     from vhdtool.ops.files import cp
 
-    _file_warnings(cp(source, destination, partition=partition, undo=undo).warnings)
+    with _progress("copying", not quiet) as progress:
+        copied = cp(source, destination, partition=partition, undo=undo, progress=progress)
+    _file_warnings(copied.warnings)
 
 
 @cli.command(name="rm")

@@ -102,7 +102,15 @@ def test_long_commands_draw_a_bar_on_a_terminal_only(tmp_path: Path) -> None:
     assert shown.returncode == 0 and "━" in shown.stdout, shown.stdout[-500:]
     piped = cli("build", tmp_path / "p.vhd", "--from-dir", tree)
     assert piped.returncode == 0 and "━" not in piped.stdout + piped.stderr
-    for args in (["map", tmp_path / "t.vhd"], ["compare", tmp_path / "t.vhd", tmp_path / "p.vhd"]):
+    (tmp_path / "more.bin").write_bytes(os.urandom(32 * MiB))
+    assert cli("build", tmp_path / "room.vhd", "--from-dir", tree, "--size", "256M").returncode == 0
+    for args in (
+        ["map", tmp_path / "t.vhd"],
+        ["compare", tmp_path / "t.vhd", tmp_path / "p.vhd"],
+        ["cp", tmp_path / "more.bin", f"{tmp_path / 'room.vhd'}:/more.bin"],
+        ["cp", f"{tmp_path / 'room.vhd'}:/big.bin", tmp_path / "out.bin"],
+    ):
         command = " ".join(map(str, [*VHDTOOL, *args]))
         shown = subprocess.run([need("script"), "-qec", command, "/dev/null"], capture_output=True, text=True)
         assert "━" in shown.stdout, (args, shown.stdout[-500:])
+    assert (tmp_path / "out.bin").read_bytes() == (tree / "big.bin").read_bytes()

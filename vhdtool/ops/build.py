@@ -18,10 +18,7 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ from vhdtool.format import rules
 from vhdtool.format.blockdev import RawFile
 from vhdtool.ops.convert import convert
 from vhdtool.ops.datapath import ProgressCallback
+from vhdtool.ops.growth import allocated_bytes, watched
 
 MiB = 1 << 20
 ALIGN = MiB
@@ -175,7 +173,8 @@ def build(
             hidden_sectors=start // rules.SECTOR,
             fs_variant=fs if fs.startswith("ext") else None,
         )
-        with _watch_growth(part_path, needed, progress):
+        first_half = None if progress is None else (lambda done: progress(done, 2 * max(needed, 1)))
+        with watched(lambda: allocated_bytes(part_path), needed, first_half):
             warnings = driver.make(Volume(str(part_path), fs_size), src, tree, opts)
         with RawFile(part_path) as part_dev:
             made = detect(part_dev)
@@ -219,34 +218,6 @@ def build(
         data_bytes=written,
         warnings=warnings,
     )
-
-
-@contextmanager
-def _watch_growth(path: Path, needed: int, progress: ProgressCallback | None) -> Iterator[None]:
-    """Report the first half of the build while an outside tool fills ``path``: it says nothing
-    itself, so its file's allocated size is sampled a few times a second."""
-    if progress is None:
-        yield
-        return
-    total = 2 * max(needed, 1)
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.2):
-            try:
-                done = os.stat(path).st_blocks * 512
-            except OSError:
-                continue
-            progress(min(done, needed), total)
-
-    watcher = threading.Thread(target=sample, name="vhdtool-build-progress", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        watcher.join()
-    progress(needed, total)
 
 
 def _second_half(needed: int, progress: ProgressCallback) -> ProgressCallback:

@@ -29,7 +29,9 @@ from vhdtool.disk.fs.base import Entry, FsDriver, FsPathError, Volume, name_of, 
 from vhdtool.disk.partitions import partition_view, read_table, select
 from vhdtool.disk.table import Partition
 from vhdtool.errors import UsageError, VhdError
+from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.extract import extract, write_back
+from vhdtool.ops.growth import allocated_bytes, watched
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,19 +148,26 @@ class Copied:
     warnings: list[str]
 
 
-def cp(src: str, dst: str, partition: int | None = None, undo: bool = False) -> Copied:
-    """Copy a file or folder into an image (DST is IMAGE:PATH) or out of one (SRC is IMAGE:PATH)."""
+def cp(
+    src: str, dst: str, partition: int | None = None, undo: bool = False, progress: ProgressCallback | None = None
+) -> Copied:
+    """Copy a file or folder into an image (DST is IMAGE:PATH) or out of one (SRC is IMAGE:PATH).
+
+    ``progress(done, total)`` follows the bytes of the copied files as the filesystem tool writes
+    them (a folder copied out: not reported, its size inside the image is not known up front)."""
     s_ip, d_ip = parse_image_path(src, require=False), parse_image_path(dst, require=False)
     if s_ip and d_ip:
         raise UsageError("copying between two images is not supported: copy out, then in")
     if d_ip is not None:
-        return _copy_in(Path(src), d_ip, partition, undo)
+        return _copy_in(Path(src), d_ip, partition, undo, progress)
     if s_ip is not None:
-        return _copy_out(s_ip, Path(dst), partition, undo)
+        return _copy_out(s_ip, Path(dst), partition, undo, progress)
     raise UsageError("one side of cp must be IMAGE:PATH")
 
 
-def _copy_in(src: Path, dst: ImagePath, partition: int | None, undo: bool) -> Copied:
+def _copy_in(
+    src: Path, dst: ImagePath, partition: int | None, undo: bool, progress: ProgressCallback | None
+) -> Copied:
     if not src.exists() and not src.is_symlink():
         raise UsageError(f"{src}: no such file or folder")
     with open_volume(dst.image, write=True, partition=partition, undo=undo) as s:
@@ -173,11 +182,17 @@ def _copy_in(src: Path, dst: ImagePath, partition: int | None, undo: bool) -> Co
             s.driver.remove(s.volume, path)  # a file replaces a file, as cp does
         else:
             _need(s.driver, s.volume, dst.image, parent_of(path), "dir")
-        warnings = s.driver.copy_in(s.volume, src, path)
+        total = allocated_bytes(src)
+        start = allocated_bytes(s.volume.path)  # the extract is sparse: the tool's writes grow it
+        report = None if progress is None else (lambda done: progress(done, total))
+        with watched(lambda: allocated_bytes(s.volume.path) - start, total, report):
+            warnings = s.driver.copy_in(s.volume, src, path)
     return Copied(str(src), f"{dst.image}:{path}", s.written, warnings)
 
 
-def _copy_out(src: ImagePath, dst: Path, partition: int | None, undo: bool) -> Copied:
+def _copy_out(
+    src: ImagePath, dst: Path, partition: int | None, undo: bool, progress: ProgressCallback | None
+) -> Copied:
     with open_volume(src.image, write=False, partition=partition, undo=undo) as s:
         entry = _need(s.driver, s.volume, src.image, src.path)
         if dst.is_dir():
@@ -188,8 +203,11 @@ def _copy_out(src: ImagePath, dst: Path, partition: int | None, undo: bool) -> C
             dst.unlink()
         elif not dst.parent.is_dir():
             raise UsageError(f"{dst.parent}: no such folder")
+        total = entry.size if entry.kind == "file" else 0
+        report = None if progress is None or not total else (lambda done: progress(done, total))
         try:
-            s.driver.copy_out(s.volume, src.path, dst)
+            with watched(lambda: allocated_bytes(dst), total, report):
+                s.driver.copy_out(s.volume, src.path, dst)
         except BaseException:
             if dst.is_dir() and not dst.is_symlink():
                 shutil.rmtree(dst, ignore_errors=True)
