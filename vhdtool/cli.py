@@ -334,7 +334,7 @@ def snapshot_list(as_json: bool) -> None:
 
 @snapshot.command(name="merge")
 @click.argument("snapshot_id", metavar="SNAPSHOT")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def snapshot_merge(snapshot_id: str, as_json: bool) -> None:
     """Fold the layer made by SNAPSHOT (a group ID or an image) back into its point-in-time image.
 
@@ -348,7 +348,7 @@ def snapshot_merge(snapshot_id: str, as_json: bool) -> None:
 
 @snapshot.command(name="discard")
 @click.argument("snapshot_id", metavar="SNAPSHOT")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def snapshot_discard(snapshot_id: str, as_json: bool) -> None:
     """Drop the layer made by SNAPSHOT: the disk returns to the point in time. Guests must be stopped."""
     from vhdtool.vss import api
@@ -357,7 +357,7 @@ def snapshot_discard(snapshot_id: str, as_json: bool) -> None:
 
 
 @snapshot.command(name="hypervisors")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def snapshot_hypervisors(as_json: bool) -> None:
     """The installed hypervisor plugins, whether each works here, and their options."""
     from vhdtool.vss import api

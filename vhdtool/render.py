@@ -51,6 +51,14 @@ def key_value_table(rows: list[tuple[str, str]], title: str | None = None) -> No
 
 
 def table(columns: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A boxed table on a terminal; piped, one tab-separated line per row with every value whole
+    (a table fitted to a width would cut paths short)."""
+    if not sys.stdout.isatty():
+        lines = [title] if title else []
+        lines += ["\t".join(cell.replace("\n", "; ") for cell in row) for row in [columns, *rows]]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+        return
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import click
+
 import vhdtool
 from tests.helpers import VHDTOOL, need, run
 from tests.helpers import vhdtool as cli
@@ -114,3 +116,24 @@ def test_long_commands_draw_a_bar_on_a_terminal_only(tmp_path: Path) -> None:
         shown = subprocess.run([need("script"), "-qec", command, "/dev/null"], capture_output=True, text=True)
         assert "━" in shown.stdout, (args, shown.stdout[-500:])
     assert (tmp_path / "out.bin").read_bytes() == (tree / "big.bin").read_bytes()
+
+
+def test_small_things_say_what_they_found(tmp_path: Path) -> None:
+    run(need("qemu-img"), "create", "-f", "vhdx", tmp_path / "x.vhdx", "8M")
+    run(need("qemu-img"), "create", "-f", "qcow2", tmp_path / "x.qcow2", "8M")
+    for command in ("info", "check"):
+        for name, kind in (("x.vhdx", "VHDX"), ("x.qcow2", "qcow2")):
+            result = cli(command, tmp_path / name)
+            assert result.returncode == 1 and f"this is a {kind} file" in result.stderr, result.stderr
+    (tmp_path / "dir.vhd").mkdir()
+    listed = cli("ls", f"{tmp_path / 'dir.vhd'}:/")
+    assert listed.returncode == 64 and "is a folder, not a disk image" in listed.stderr
+    vhdtool.create(tmp_path / "f.vhd", size=4 * MiB, type="fixed")
+    assert "blocks allocated" not in cli("check", tmp_path / "f.vhd").stdout
+    plugins = cli("snapshot", "hypervisors").stdout.splitlines()  # piped: one whole line per plugin
+    assert any(line.startswith("simulated (test plugin") for line in plugins) and "━" not in "".join(plugins)
+    from vhdtool.cli import snapshot
+
+    for name, command in snapshot.commands.items():  # every subcommand and option explains itself
+        assert command.help, name
+        assert all(p.help for p in command.params if isinstance(p, click.Option)), name

@@ -90,6 +90,16 @@ def test_console_matches_across_chunks_and_keeps_the_last_lines() -> None:
     assert log.last_lines() == ["line 1", "MARKER-fromchild", "caf\u00e9"]
 
 
+def test_console_ends_an_open_line_before_vhdtool_speaks() -> None:
+    out = io.BytesIO()
+    log = ConsoleLog(out, re.compile("READY"))
+    assert log.feed(b"boot\r\nREADY> ")  # a prompt: the guest leaves the line open
+    log.end_line()
+    assert out.getvalue() == b"boot\r\nREADY> \n"
+    log.end_line()  # nothing open any more: nothing added
+    assert out.getvalue().endswith(b"> \n") and log.last_lines() == ["boot", "READY> "]
+
+
 def test_console_without_expect_never_matches() -> None:
     log = ConsoleLog(None, None)
     assert not log.feed(b"anything\n")

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from vhdtool.errors import ParentError, ParentMissingError, VhdError
+from vhdtool.errors import NotVhdError, ParentError, ParentMissingError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.chain import find_parent, parent_modified_since_link
 from vhdtool.format.metadata import ImageMetadata, read_metadata
@@ -28,6 +28,7 @@ from vhdtool.format.structs import (
     UNALLOCATED,
     build_footer,
 )
+from vhdtool.ops.foreign import explain_not_vhd
 
 CORRUPTION, LEAK, WARNING = "corruption", "leak", "warning"
 CHECK_ERROR = "error"
@@ -129,7 +130,10 @@ def check_image(path: str | os.PathLike[str], *, list_all: bool = False) -> Chec
     a VHD at all or cannot be read; everything else is a finding. Past LISTED_PER_CODE findings
     of one kind the rest are only counted, unless ``list_all``."""
     path = os.fspath(path)
-    meta = read_metadata(path)
+    try:
+        meta = read_metadata(path)
+    except NotVhdError as e:
+        raise explain_not_vhd(path, e) from None
     report = CheckReport(
         path, meta.type_name, image_end_offset=meta.file_size, listed_per_code=None if list_all else LISTED_PER_CODE
     )

@@ -53,6 +53,9 @@ def parse_image_path(text: str, require: bool = True) -> ImagePath | None:
     if require:
         if os.path.isfile(text):
             return ImagePath(text, "/")
+        image = text.split(":", 1)[0]
+        if os.path.isdir(image):
+            raise UsageError(f"{image}: is a folder, not a disk image (write IMAGE:PATH, IMAGE a VHD file)")
         raise UsageError(f"{text}: no such image (write IMAGE:PATH)")
     return None
 

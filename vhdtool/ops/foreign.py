@@ -20,12 +20,9 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
-from vhdtool.errors import UsageError, VhdError
+from vhdtool.errors import NotVhdError, UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
-from vhdtool.format.chain import open_image
 from vhdtool.format.layout import temp_path_for
-from vhdtool.nbd.server import NbdServer, ServerThread
-from vhdtool.ops.create import create
 from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.devices import FOREIGN_MAGIC
 
@@ -85,8 +82,7 @@ def convert_with_qemu(
         _run([tool, "convert", "-p", "-f", source_format, "-O", fmt, source, tmp], size, progress)
 
 
-def source_format(path: str) -> str | None:
-    """qemu-img's name for a foreign image's format; None for a VHD, a raw disk or no image."""
+def _magic_name(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
             head = f.read(0x44)
@@ -94,8 +90,22 @@ def source_format(path: str) -> str | None:
         return None
     for offset, magic, name in FOREIGN_MAGIC:
         if head[offset : offset + len(magic)] == magic:
-            return PROBED.get(name)
+            return name
     return None
+
+
+def source_format(path: str) -> str | None:
+    """qemu-img's name for a foreign image's format; None for a VHD, a raw disk or no image."""
+    name = _magic_name(path)
+    return None if name is None else PROBED.get(name)
+
+
+def explain_not_vhd(path: str, error: NotVhdError) -> NotVhdError:
+    """``error``, or one that names the other format ``path`` is in and how to make a VHD of it."""
+    name = _magic_name(path)
+    if name is None:
+        return error
+    return NotVhdError(f"{path}: this is a {name} file, not a VHD; 'vhdtool convert {path} OUT.vhd' makes a VHD of it")
 
 
 def virtual_size(path: str, fmt: str) -> int:
@@ -117,6 +127,9 @@ def import_image(
     progress: ProgressCallback | None,
 ) -> None:
     """Make ``destination`` a new VHD of ``size`` holding what qemu-img reads from ``source``."""
+    from vhdtool.format.chain import open_image
+    from vhdtool.ops.create import create
+
     tool = qemu_img()
     with _new_output(destination, overwrite) as tmp:
         create(tmp, size=size, type=disk_type, block_size=block_size)
@@ -150,6 +163,8 @@ def _new_output(destination: str, overwrite: bool) -> Iterator[str]:
 @contextlib.contextmanager
 def _served(device: BlockDevice, read_only: bool) -> Iterator[str]:
     """``device`` exported on a private unix socket; yields the URI qemu-img opens."""
+    from vhdtool.nbd.server import NbdServer, ServerThread  # only this route needs the server
+
     folder = tempfile.mkdtemp(prefix="vhdtool-convert-")
     try:
         server = NbdServer()

@@ -6,12 +6,14 @@ import datetime as dt
 import os
 from typing import Any
 
+from vhdtool.errors import NotVhdError
 from vhdtool.format import rules
 from vhdtool.format.chain import open_for_inspection
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, build_footer
+from vhdtool.ops.foreign import explain_not_vhd
 
 
 def _iso(vhd_timestamp: int) -> str:
@@ -112,7 +114,11 @@ def describe(image: ImageBase) -> dict[str, Any]:
 def image_info(path: str | os.PathLike[str], chain: bool = False) -> list[dict[str, Any]]:
     """Describe the image, or with ``chain`` every image from the top down to the base (as far as
     it can be followed: a missing parent or a truncated file is a warning, not an error)."""
-    with open_for_inspection(path) as image:
+    try:
+        image = open_for_inspection(path)
+    except NotVhdError as e:
+        raise explain_not_vhd(os.fspath(path), e) from None
+    with image:
         if chain:
             return [describe(i) for i in image.chain()]
         doc = describe(image)

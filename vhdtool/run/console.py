@@ -54,6 +54,14 @@ class ConsoleLog:
         *complete, self._partial = (self._partial + text).split("\n")
         self._lines.extend(line for line in complete if line.strip())
 
+    def end_line(self) -> None:
+        """Finish the line the guest left open, so that what vhdtool prints next starts a line."""
+        if self._partial and self.out is not None:
+            self.out.write(b"\n")
+            self.out.flush()
+            self._lines.append(self._partial)
+            self._partial = ""
+
     def last_lines(self) -> list[str]:
         """The last non-blank lines, the one still arriving included."""
         lines = list(self._lines)

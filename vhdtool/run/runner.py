@@ -389,6 +389,7 @@ class _Run:
                     task.cancel()
         if self.matched.is_set():
             assert self.console.matched is not None
+            self.console.end_line()
             _say(f"matched {self.console.matched.group(0)!r} after {self.elapsed():.1f} s; stopping the guest")
             return 0
         if self.signum is not None:

@@ -112,13 +112,23 @@ def cli_hypervisors(as_json: bool) -> None:
             cls = registry.plugin_class(name)
             reason = cls.supports()
             options = dict(cls.option_help)
+            for_tests = bool(cls.for_tests)
         except Exception as e:  # a broken third-party plugin is listed, not fatal
-            reason, options = str(e), {}
-        found.append({"name": name, "usable": reason is None, "reason": reason, "options": options})
+            reason, options, for_tests = str(e), {}, False
+        found.append(
+            {"name": name, "usable": reason is None, "reason": reason, "options": options, "test-plugin": for_tests}
+        )
     if as_json:
         render.print_json(found)
         return
     render.table(
         ["hypervisor", "usable", "options"],
-        [[f["name"], "yes" if f["usable"] else f"no: {f['reason']}", ", ".join(f["options"])] for f in found],
+        [
+            [
+                f["name"] + (" (test plugin: no real guests)" if f["test-plugin"] else ""),
+                "yes" if f["usable"] else f"no: {f['reason']}",
+                ", ".join(f["options"]),
+            ]
+            for f in found
+        ],
     )

@@ -86,6 +86,9 @@ class Hypervisor(ABC):
     option_help: ClassVar[Mapping[str, str]] = {}
     """KEY -> description of the ``--hypervisor-opt`` keys this plugin understands."""
 
+    for_tests: ClassVar[bool] = False
+    """A plugin that snapshots no real guest (it exercises the coordinator): listed as such."""
+
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
         self.options = dict(options or {})
         unknown = sorted(set(self.options) - set(self.option_help))

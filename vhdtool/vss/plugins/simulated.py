@@ -95,6 +95,7 @@ class _SimGuest:
 
 class SimulatedHypervisor(Hypervisor):
     name = "simulated"
+    for_tests = True
     option_help: ClassVar[Mapping[str, str]] = {
         "guests": f"number of guests (default 4, at most {MAX_GUESTS})",
         "freeze_ms": "agent freeze latency in milliseconds",
