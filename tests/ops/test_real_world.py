@@ -137,3 +137,11 @@ def test_small_things_say_what_they_found(tmp_path: Path) -> None:
     for name, command in snapshot.commands.items():  # every subcommand and option explains itself
         assert command.help, name
         assert all(p.help for p in command.params if isinstance(p, click.Option)), name
+
+
+def test_mount_needs_no_extra() -> None:
+    """`pip install vhdtool` alone brings the FUSE binding `vhdtool mount` uses."""
+    from importlib.metadata import requires
+
+    core = [r for r in requires("vhdtool") or [] if "extra ==" not in r]
+    assert any(r.startswith("mfusepy") for r in core), core

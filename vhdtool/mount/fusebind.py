@@ -28,7 +28,7 @@ def check() -> None:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise FuseUnavailable("FUSE is not available: no permission to open /dev/fuse")
     if importlib.util.find_spec("mfusepy") is None:
-        raise FuseUnavailable("FUSE is not available: mfusepy is not installed (pip install 'vhdtool[mount]')")
+        raise FuseUnavailable("FUSE is not available: mfusepy is not installed (pip install mfusepy)")
     if not os.environ.get("FUSE_LIBRARY_PATH") and ctypes.util.find_library("fuse3") is None:
         raise FuseUnavailable("FUSE is not available: libfuse3 is not installed (apt install libfuse3-3 fuse3)")
 
