@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import assert_clean_error, need, run
+from tests.helpers import assert_clean_error, need, run, vhdiinfo_size
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import make_chain, qemu_compare, read_all, sample_raw
 from vhdtool.format.rules import MiB
@@ -104,6 +104,15 @@ def test_hyper_v_block_sizes(tmp_path: Path) -> None:
     result = cli("convert", "--for", "hyper-v", "--block-size", "1M", src, tmp_path / "odd.vhd")
     assert result.returncode == 0 and "not one Hyper-V offers" in result.stderr
     assert cli("check", "--for", "hyper-v", tmp_path / "odd.vhd").returncode == 1
-    result = cli("convert", "--for", "hyper-v", "--block-size", "512K", src, tmp_path / "ok.vhd")
-    assert result.returncode == 0 and "Hyper-V" not in result.stderr
-    assert cli("check", "--for", "hyper-v", tmp_path / "ok.vhd").returncode == 0
+    for kind in ("dynamic", "fixed"):
+        out = tmp_path / f"ok-{kind}.vhd"
+        args = ["--block-size", "512K"] if kind == "dynamic" else ["--type", "fixed"]
+        result = cli("convert", "--for", "hyper-v", *args, src, out)
+        assert result.returncode == 0 and "Hyper-V" not in result.stderr
+        assert cli("check", "--for", "hyper-v", out).returncode == 0
+        data = json.loads(cli("info", "--json", out).stdout)["format-specific"]["data"]
+        creator = (data["creator-application"], data["creator-version"], data["creator-host-os"])
+        assert creator == ("win ", "10.0", "Wi2k")
+        assert data["chs"]["cylinders"] != 65535  # the spec's CHS, as Windows writes it
+        assert qemu_compare(src, "raw", out, "vpc") == 0  # qemu 7.2 reads Current Size for 'win '
+        assert vhdiinfo_size(out) == src.stat().st_size

@@ -67,6 +67,19 @@ def test_relink_settles_a_copied_chain(tmp_path: Path) -> None:
     assert json.loads(cli("check", "--json", copy).stdout)["findings"] == []
 
 
+def test_rebase_unsafe_records_the_parent_time_stamp(tmp_path: Path) -> None:
+    base, child = make_chain(tmp_path, 1)
+    expected = read_all(child)
+    os.utime(base, (1, 1))
+    assert "modified" in cli("info", child).stderr
+    assert cli("rebase", "--unsafe", child, "--parent", base).returncode == 0
+    assert "modified" not in cli("info", child).stderr and read_all(child) == expected
+    vhdtool.create(tmp_path / "stranger.vhd", size=24 * MiB)
+    before = folder_digests(tmp_path)
+    assert cli("relink", child, "--parent", tmp_path / "stranger.vhd").returncode == 1  # UUID checked first
+    assert folder_digests(tmp_path) == before
+
+
 def test_relink_check_content_refuses_a_changed_copy(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     *_, top = make_chain(tmp_path / "a", 1)

@@ -54,17 +54,18 @@ def footer_fields(
     unique_id: bytes,
     timestamp: int,
     geometry: rules.Geometry | None = None,
+    creator: rules.Creator = rules.VHDTOOL_CREATOR,
 ) -> dict:
-    geometry = geometry or rules.geometry_for_new_image(size)
+    geometry = geometry or rules.geometry_for_creator(size, creator)
     return {
         "cookie": FOOTER_COOKIE,
         "features": FEATURE_RESERVED,
         "file_format_version": 0x00010000,
         "data_offset": data_offset,
         "timestamp": timestamp,
-        "creator_application": rules.CREATOR_APPLICATION,
-        "creator_version": rules.CREATOR_VERSION,
-        "creator_host_os": rules.CREATOR_HOST_OS,
+        "creator_application": creator.application,
+        "creator_version": creator.version,
+        "creator_host_os": creator.host_os,
         "original_size": size,
         "current_size": size,
         "cylinders": geometry.cylinders,
@@ -119,13 +120,16 @@ def sparse_image_bytes(
     unique_id: bytes,
     timestamp: int,
     parent: ParentLink | None = None,
+    creator: rules.Creator = rules.VHDTOOL_CREATOR,
 ) -> tuple[bytes, bytes]:
     """The metadata of an empty dynamic/differencing image: (bytes from offset 0, trailing footer)."""
     entries = -(-size // block_size)
     bat_bytes = _round_up(entries * 4, SECTOR)
     disk_type = DISK_TYPE_DIFFERENCING if parent else DISK_TYPE_DYNAMIC
     footer = build_footer(
-        footer_fields(disk_type, size, HEADER_OFFSET, unique_id, timestamp, parent.geometry if parent else None)
+        footer_fields(
+            disk_type, size, HEADER_OFFSET, unique_id, timestamp, parent.geometry if parent else None, creator
+        )
     )
     locators, locator_area = _locator_entries(path, parent, BAT_OFFSET + bat_bytes) if parent else ([], b"")
     header = build_header(

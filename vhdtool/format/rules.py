@@ -30,6 +30,20 @@ CREATOR_APPLICATION = b"vhdt"
 CREATOR_VERSION = 0x00010000
 CREATOR_HOST_OS = b"Wi2k"
 
+
+@dataclass(frozen=True, slots=True)
+class Creator:
+    """The footer's creator fields: application, version (major << 16 | minor), host OS."""
+
+    application: bytes
+    version: int
+    host_os: bytes
+
+
+VHDTOOL_CREATOR = Creator(CREATOR_APPLICATION, CREATOR_VERSION, CREATOR_HOST_OS)
+HYPER_V_CREATOR = Creator(b"win ", 0x000A0000, b"Wi2k")
+"""What Hyper-V's New-VHD writes on Windows 10 and Server 2016 or later."""
+
 CREATOR_NAMES = {
     b"vpc ": "Microsoft Virtual PC",
     b"vs  ": "Microsoft Virtual Server",
@@ -85,6 +99,14 @@ def chs_geometry(size: int) -> Geometry:
             spt, heads = 63, 16
             cth = total // spt
     return Geometry(cth // heads, heads, spt)
+
+
+def geometry_for_creator(size: int, creator: Creator) -> Geometry:
+    """The spec's CHS for a creator every reader takes the size fields of (Windows writes it, and
+    qemu 7.2 reads Current Size for it), else ``geometry_for_new_image``."""
+    if creator.application in QEMU72_CURRENT_SIZE_CREATORS:
+        return chs_geometry(size)
+    return geometry_for_new_image(size)
 
 
 def geometry_for_new_image(size: int) -> Geometry:

@@ -125,6 +125,7 @@ def convert(
     fmt = output_format_for(destination, output_format, disk_type)
     disk_type = _settle_target(target, fmt, disk_type, block_size)
     size_unit = rules.MiB if target == "azure" else SECTOR
+    creator = rules.HYPER_V_CREATOR if target == "hyper-v" else rules.VHDTOOL_CREATOR
     disk_type = disk_type or "dynamic"
     if disk_type not in VHD_TYPES:
         raise UsageError(f"unknown VHD type {disk_type!r} (choose dynamic or fixed)")
@@ -135,7 +136,8 @@ def convert(
     if isinstance(source, BlockDevice):
         _refuse_same_file(source.path, destination)
         return _convert(
-            source, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit
+            source, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
+            creator,
         )
     source = os.fspath(source)
     _refuse_same_file(source, destination)
@@ -147,7 +149,8 @@ def convert(
     dev = open_device(source, source_format)
     try:
         return _convert(
-            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit
+            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
+            creator,
         )
     finally:
         close_device(dev)
@@ -199,6 +202,7 @@ def _convert(
     timestamp: int | None,
     progress: ProgressCallback | None,
     size_unit: int = SECTOR,
+    creator: rules.Creator = rules.VHDTOOL_CREATOR,
 ) -> Converted:
     if os.path.isdir(destination):
         raise UsageError(f"{destination}: is a directory")
@@ -216,7 +220,9 @@ def _convert(
         block_size = block_size or rules.DEFAULT_BLOCK_SIZE
         grid = min(grid, block_size)
     reader = SourceReader(src, grid)
-    return _write(reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress)
+    return _write(
+        reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress, creator
+    )
 
 
 def _write(
@@ -231,6 +237,7 @@ def _write(
     unique_id: bytes | None,
     timestamp: int | None,
     progress: ProgressCallback | None,
+    creator: rules.Creator = rules.VHDTOOL_CREATOR,
 ) -> Converted:
     meter = Meter(progress, sum(p.length for p in reader.pieces))
     uid = unique_id or new_unique_id()
@@ -243,10 +250,11 @@ def _write(
         elif disk_type == "fixed":
             os.ftruncate(fd, size)
             _copy_pieces(reader, fd, meter)
-            pwrite_all(fd, size, build_footer(footer_fields(DISK_TYPE_FIXED, size, NO_DATA_OFFSET, uid, stamp)))
+            footer = footer_fields(DISK_TYPE_FIXED, size, NO_DATA_OFFSET, uid, stamp, creator=creator)
+            pwrite_all(fd, size, build_footer(footer))
         else:
             assert block_size is not None
-            _write_dynamic(reader, fd, destination, size, block_size, uid, stamp, meter)
+            _write_dynamic(reader, fd, destination, size, block_size, uid, stamp, meter, creator)
 
     write_new_file(destination, write, overwrite)
     return Converted(
@@ -285,6 +293,7 @@ def _write_dynamic(
     uid: bytes,
     stamp: int,
     meter: Meter,
+    creator: rules.Creator = rules.VHDTOOL_CREATOR,
 ) -> None:
     """Blocks are laid out in disk order as their first non-zero piece comes; workers check the
     pieces ahead, the copies go out from here (in file order, so the layout is reproducible).
@@ -293,7 +302,7 @@ def _write_dynamic(
     lays blocks out: page-aligned data is what lets copy_file_range move whole pages (converting
     such an image back to raw measured 0.22 s of CPU for 512 MiB, against 0.26 s unaligned).
     """
-    head, footer = sparse_image_bytes(destination, size, block_size, uid, stamp)
+    head, footer = sparse_image_bytes(destination, size, block_size, uid, stamp, creator=creator)
     entries = -(-size // block_size)
     bat = array("I", [UNALLOCATED]) * entries
     bitmap_size = rules.bitmap_bytes(block_size)
