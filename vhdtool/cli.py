@@ -171,8 +171,8 @@ _FORMATS = ["vhd", "raw", "qcow2", "vmdk", "vhdx", "vdi", "qed"]  # the last fiv
 @click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), help="VHD type. Default: dynamic.")
 @click.option("--block-size", help="Dynamic VHD block size (power of two >= 512K). Default 2M.")
 @click.option("--for", "target", type=click.Choice(["azure", "hyper-v"]),
-              help="azure: a fixed VHD, size rounded up to a whole MiB; hyper-v: warn of a block size New-VHD "
-              "does not offer.")
+              help="azure: a fixed VHD, size rounded up to a whole MiB; hyper-v: New-VHD's creator fields, "
+              "a warning for a block size it does not offer.")
 @click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists.")
 @_QUIET
 @_JSON
