@@ -116,3 +116,12 @@ def test_hyper_v_block_sizes(tmp_path: Path) -> None:
         assert data["chs"]["cylinders"] != 65535  # the spec's CHS, as Windows writes it
         assert qemu_compare(src, "raw", out, "vpc") == 0  # qemu 7.2 reads Current Size for 'win '
         assert vhdiinfo_size(out) == src.stat().st_size
+
+
+def test_a_failed_qemu_img_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "bad.qcow2").write_bytes(b"QFI\xfb" + bytes(4092))  # a qcow2 magic, nothing valid after it
+    vhdtool.create(tmp_path / "d.vhd", size=4 * MiB)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_clean_error(cli("convert", tmp_path / "bad.qcow2", tmp_path / "out.vhd"), 1)
+    assert_clean_error(cli("convert", "-O", "qcow2", "-f", "vhd", tmp_path / "bad.qcow2", tmp_path / "o.qcow2"), 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid as uuid_module
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vhdtool.errors import UsageError, VhdError
@@ -169,12 +170,37 @@ def temp_path_for(path: str) -> str:
     return os.path.join(folder, f".{os.path.basename(path)}.vhdtool-{os.getpid()}.tmp")
 
 
-def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
-    """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place."""
+def _refuse_existing(path: str, overwrite: bool) -> None:
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"{path}: file exists (use --force to overwrite)")
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory")
+
+
+@contextlib.contextmanager
+def new_file_by_name(path: str, overwrite: bool) -> Iterator[str]:
+    """``write_new_file`` for writers that need a name, not a descriptor (another program): yields
+    the temporary path; when the block succeeds the file is fsynced and renamed onto ``path``,
+    otherwise removed."""
+    _refuse_existing(path, overwrite)
+    tmp = temp_path_for(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise VhdError(f"{path}: cannot write: {e.strerror}") from None
+    finally:
+        _unlink_quietly(tmp)
+
+
+def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
+    """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place."""
+    _refuse_existing(path, overwrite)
     tmp = temp_path_for(path)
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)

@@ -20,6 +20,7 @@ FOREIGN_MAGIC = (
     (0, b"KDMV", "VMDK"),
     (0, b"# Disk DescriptorFile", "VMDK descriptor"),
     (0x40, b"\x7f\x10\xda\xbe", "VDI"),
+    (0, b"QED\x00", "QED"),
 )
 VHD_SUFFIXES = (".vhd", ".avhd")
 

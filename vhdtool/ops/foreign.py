@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 from vhdtool.errors import NotVhdError, UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
-from vhdtool.format.layout import temp_path_for
+from vhdtool.format.layout import new_file_by_name
 from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.devices import FOREIGN_MAGIC
 
@@ -68,7 +68,7 @@ def export(
 ) -> None:
     """Write ``src`` (a whole chain, as vhdtool reads it) into ``destination`` in format ``fmt``."""
     tool = qemu_img()
-    with _new_output(destination, overwrite) as tmp, _served(src, read_only=True) as uri:
+    with new_file_by_name(destination, overwrite) as tmp, _served(src, read_only=True) as uri:
         _run([tool, "convert", "-p", "-f", "raw", "-O", fmt, uri, tmp], src.size, progress)
 
 
@@ -78,7 +78,7 @@ def convert_with_qemu(
 ) -> None:
     """Neither side a VHD: qemu-img does it all."""
     tool = qemu_img()
-    with _new_output(destination, overwrite) as tmp:
+    with new_file_by_name(destination, overwrite) as tmp:
         _run([tool, "convert", "-p", "-f", source_format, "-O", fmt, source, tmp], size, progress)
 
 
@@ -131,33 +131,12 @@ def import_image(
     from vhdtool.ops.create import create
 
     tool = qemu_img()
-    with _new_output(destination, overwrite) as tmp:
+    with new_file_by_name(destination, overwrite) as tmp:
         create(tmp, size=size, type=disk_type, block_size=block_size)
         with open_image(tmp, writable=True, durable=False) as image, _served(image, read_only=False) as uri:
             # the new VHD reads as zeros already: qemu-img need only write the data
             _run([tool, "convert", "-p", "-n", "--target-is-zero", "-f", fmt, source, "-O", "raw", uri], size, progress)
             image.flush()
-
-
-@contextlib.contextmanager
-def _new_output(destination: str, overwrite: bool) -> Iterator[str]:
-    """A temporary path beside ``destination``, renamed onto it when the block succeeds."""
-    if os.path.lexists(destination) and not overwrite:
-        raise UsageError(f"{destination}: file exists (use --force to overwrite)")
-    if os.path.isdir(destination):
-        raise UsageError(f"{destination}: is a directory")
-    tmp = temp_path_for(destination)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, destination)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager
