@@ -121,6 +121,8 @@ def test_every_command_refuses_bad_input_cleanly(command: str, inputs: dict[str,
     listing = {p: sorted(os.listdir(p)) for p in {i.parent for i in inputs.values()} if p != Path("/dev")}
     env = {**os.environ, "VHDTOOL_STATE_DIR": str(tmp_path / "state")}
     for name, bad in inputs.items():
+        if name == "qcow2" and command.startswith("convert"):
+            continue  # not bad input for convert: qemu-img reads it (tests/ops/test_foreign.py)
         mountpoint = tmp_path / f"mnt-{name}"
         mountpoint.mkdir()
         out = tmp_path / f"out-{name}"
