@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from vhdtool.errors import UsageError, VhdError
+from vhdtool.errors import RefusedError, VhdError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.image import ImageBase
 from vhdtool.format.lock import lock_image
@@ -76,8 +76,8 @@ def commit(undo: str, image: str, progress: ProgressCallback | None = None) -> i
 
     try:
         return merge(undo, into=image, delete_child=True, progress=progress).data_bytes
-    except UsageError as e:  # other children of the image in sight: merging would change them
-        raise UsageError(f"{e}; the undo disk {undo} is kept and {image} is unchanged") from None
+    except RefusedError as e:  # other children of the image in sight: merging would change them
+        raise RefusedError(f"{e}; the undo disk {undo} is kept and {image} is unchanged") from None
 
 
 def discard(undo: str) -> None:
