@@ -275,7 +275,8 @@ def snapshot() -> None:
 
 @snapshot.command(name="create")
 @click.option("--hypervisor", default="runner", show_default=True, help="Plugin (see 'snapshot hypervisors').")
-@click.option("--guest", "guests", multiple=True, help="A guest of the group (repeatable).")
+@click.option("--guest", "guests", multiple=True, metavar="[PLUGIN:]NAME",
+              help="A guest of the group (repeatable); PLUGIN: puts a guest of another plugin in the same group.")
 @click.option("--all", "all_guests", is_flag=True, help="Every guest the hypervisor runs.")
 @click.option("--quiesce", type=click.Choice(["required", "preferred", "off"]), default="preferred", show_default=True,
               help="required: fail unless every guest's agent freezes; preferred: pause guests without one; "
@@ -284,7 +285,8 @@ def snapshot() -> None:
               help="Seconds for the whole group to freeze.")
 @click.option("--hold-timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
               help="Seconds the guests may stay frozen while their disks switch layers.")
-@click.option("--hypervisor-opt", "hv_opts", multiple=True, metavar="KEY=VALUE", help="Plugin option (repeatable).")
+@click.option("--hypervisor-opt", "hv_opts", multiple=True, metavar="[PLUGIN:]KEY=VALUE",
+              help="Plugin option (repeatable); PLUGIN: gives it to that plugin of a mixed group.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
 def snapshot_create(
     hypervisor: str,
