@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from vhdtool.errors import UsageError
 from vhdtool.vss import registry
-from vhdtool.vss.plugin import Disk, Guest, GuestStatus, Hypervisor, HypervisorError
+from vhdtool.vss.plugin import Disk, FreezeState, Guest, GuestStatus, Hypervisor, HypervisorError, RunState
 
 NAME = "mixed"
 SEP = ":"
@@ -107,6 +107,8 @@ class MixedHypervisor(Hypervisor):
         hv.switch_disk(name, disk, layer, timeout)
 
     def status(self, guest: str, timeout: float) -> GuestStatus:
+        if guest.partition(SEP)[0] in self.gone:
+            return GuestStatus(RunState.STOPPED, FreezeState.UNKNOWN)  # gone with its coordinator
         hv, name = self._member(guest)
         return hv.status(name, timeout)
 
