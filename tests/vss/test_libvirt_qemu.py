@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import need
-from tests.vss.guest import VHDTOOL, build_image
+from tests.vss.guest import VHDTOOL, booted_guest, build_image
 from tests.vss.libvirtd import Domain, booted, file_disk, nbd_disk, running_libvirtd, session_tag
 from vhdtool.vss import control, served
 
@@ -249,6 +249,23 @@ def test_one_group_over_two_connections(lab: Lab) -> None:
     assert lab.file.disk_source().endswith(".qcow2") and lab.served_layer().endswith(".vhd")
     for d in (lab.file, lab.nbd):
         assert_thawed_and_ticking(d)
+
+
+def test_one_group_over_the_runner_and_libvirt(lab: Lab) -> None:
+    with booted_guest(lab.folder / "run", lab.env, name=f"{session_tag()}-run") as runner:
+        state = runner.env["VHDTOOL_STATE_DIR"]
+        done = lab.snapshot("--guest", f"runner:{runner.name}", "--guest", f"libvirt:{lab.nbd.name}",
+                            "--hypervisor-opt", f"runner:state={state}", "--hypervisor-opt", f"libvirt:uri={lab.uri}",
+                            "--quiesce", "required", "--json")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        shown = {(g["hypervisor"], g["name"]): g for g in doc["guests"]}
+        assert set(shown) == {("runner", runner.name), ("libvirt", lab.nbd.name)}
+        assert doc["consistent"] and all(g["disks"][0]["active"].endswith(".vhd") for g in shown.values())
+        assert lab.served_layer() == shown["libvirt", lab.nbd.name]["disks"][0]["active"]
+        before = runner.ticks()
+        assert runner.wait_ticks(before + 2), "the runner guest stopped ticking"
+    assert_thawed_and_ticking(lab.nbd)
 
 
 def test_bare_name_with_two_connections_is_refused(lab: Lab) -> None:
