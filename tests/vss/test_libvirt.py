@@ -8,6 +8,7 @@ and check with the driver's own thaw count (0 = nothing left frozen) that every 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 import vhdtool
 from vhdtool.vss.coordinator import Quiesce, SnapshotError, SnapshotOptions, create_snapshot
-from vhdtool.vss.plugin import HypervisorError, RunState
+from vhdtool.vss.plugin import Disk, HypervisorError, RunState
 from vhdtool.vss.plugins.libvirt import LibvirtHypervisor
 
 DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os><devices>
@@ -46,6 +47,10 @@ def test_lists_guests_and_their_vhd_disks(hv: LibvirtHypervisor, tmp_path: Path)
     st = hv.status("web", 1)
     assert st.run is RunState.RUNNING and st.active_layers == {"vda": disk.path}
     assert hv.layer_path("web", disk, "G").endswith("/web.G.qcow2")
+    # a snapshot of an overlay names its own after the disk again, not web.<g1>.<g2>.qcow2
+    first = hv.layer_path("web", disk, "20261203T102210Z-eb40")
+    second = hv.layer_path("web", Disk("vda", first), "20261203T102215Z-b8e9")
+    assert os.path.basename(second) == "web.20261203T102215Z-b8e9.qcow2"
 
 
 def test_freeze_thaw_pause_resume(hv: LibvirtHypervisor) -> None:

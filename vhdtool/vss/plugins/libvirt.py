@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from vhdtool.vss import control, served
+from vhdtool.vss import control, layers, served
 from vhdtool.vss.plugin import (
     AgentUnavailable,
     Disk,
@@ -183,8 +183,8 @@ class LibvirtHypervisor(Hypervisor):
     def layer_path(self, guest: str, disk: Disk, group: str) -> str:
         if self._served(guest, disk.id) is not None:
             return super().layer_path(guest, disk, group)
-        folder, name = os.path.split(os.path.abspath(disk.path))
-        return os.path.join(folder, f"{os.path.splitext(name)[0]}.{group}.qcow2")
+        # named like a VHD layer (a later snapshot's overlay drops the earlier group from the name)
+        return f"{os.path.splitext(layers.layer_path(disk.path, group))[0]}.qcow2"
 
     def layer_cost(self, guest: str, disk: Disk) -> int:
         if self._served(guest, disk.id) is not None:
