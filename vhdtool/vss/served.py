@@ -21,6 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from vhdtool.format.lock import held_elsewhere
 from vhdtool.nbd.server import NbdServer
 from vhdtool.run.state import state_dir
 from vhdtool.vss.control import LayerControl
@@ -72,20 +73,6 @@ async def registered(server: NbdServer, socket_path: str, image: str) -> AsyncIt
         os.close(lock_fd)
 
 
-def _alive(lock_path: str) -> bool:
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def entries() -> list[Served]:
     """The live servers on record; stale entries are removed on the way."""
     base = folder()
@@ -96,7 +83,7 @@ def entries() -> list[Served]:
     found = []
     for name in names:
         stem = os.path.join(base, name[: -len(".json")])
-        if not _alive(f"{stem}.lock"):
+        if not held_elsewhere(f"{stem}.lock"):
             for leftover in (f"{stem}.json", f"{stem}.lock", f"{stem}.control.sock"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
