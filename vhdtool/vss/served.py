@@ -51,8 +51,9 @@ async def registered(server: NbdServer, socket_path: str, image: str) -> AsyncIt
     os.makedirs(base, mode=0o700, exist_ok=True)
     pid = os.getpid()
     lock_path, entry_path = os.path.join(base, f"{pid}.lock"), os.path.join(base, f"{pid}.json")
-    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)  # our own pid's file: a stale holder is dead by definition
+    lock_fd = _lock(lock_path)
+    with contextlib.suppress(FileNotFoundError):  # left by an earlier process of our pid
+        os.unlink(entry_path)
     control = LayerControl(server, os.path.join(base, f"{pid}.control.sock"))
     try:
         await control.start()
@@ -71,6 +72,21 @@ async def registered(server: NbdServer, socket_path: str, image: str) -> AsyncIt
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_path)
         os.close(lock_fd)
+
+
+def _lock(path: str) -> int:
+    """An fd holding the exclusive flock on ``path``. The file is named after our pid, so any
+    earlier holder is dead; but a finder may remove it as stale between our open and our flock,
+    so the lock must be on the file that is still there."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def entries() -> list[Served]:
