@@ -88,3 +88,33 @@ def test_differencing_vhd_disk_is_refused_before_any_freeze(hv: LibvirtHyperviso
     with pytest.raises(HypervisorError, match="cannot take a snapshot layer"):
         create_snapshot(hv, SnapshotOptions(guests=["diff"]), catalogue_dir=str(tmp_path / "records"))
     assert hv.conn.lookupByName("diff").fsThaw() == 0
+
+
+NBD_DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os><devices>
+<disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd'>
+<host transport='unix' socket='{socket}'/></source><target dev='vda'/></disk></devices></domain>"""
+
+
+def test_nbd_disks_are_layered_only_when_vhdtool_serves_them(
+    hv: LibvirtHypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("VHDTOOL_STATE_DIR", str(tmp_path / "state"))
+    served, stranger = tmp_path / "served.sock", tmp_path / "stranger.sock"
+    hv.conn.createXML(NBD_DOMAIN.format(name="nbd-served", socket=served), 0)
+    hv.conn.createXML(NBD_DOMAIN.format(name="nbd-other", socket=stranger), 0)
+    (other,) = hv.list_disks("nbd-other")
+    assert not other.layerable and "not served by vhdtool" in other.path
+    server = subprocess.Popen([sys.executable, "-m", "vhdtool", "serve", tmp_path / "web.vhd", "--socket", served],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline()  # listening, registered
+        (disk,) = hv.list_disks("nbd-served")
+        assert disk.layerable and disk.path == str(tmp_path / "web.vhd")
+        assert hv.layer_path("nbd-served", disk, "G").endswith("/web.G.vhd")  # a VHD layer, not qcow2
+        assert hv.status("nbd-served", 1).active_layers == {"vda": disk.path}
+    finally:
+        server.terminate()
+        server.wait()
