@@ -10,7 +10,12 @@ Real guest (``--real``): a TCG guest booted by `vhdtool run --agent` with qemu-g
 acceptance guest: Debian's cloud kernel, busybox, qemu-ga), snapshotted with
 ``--quiesce required`` a few times; its window is printed the same way.
 
-    .venv/bin/python bench/bench_snapshot.py [--rounds 3] [--sizes 1,8,512] [--real]
+Real hypervisors (``--libvirt``): the same guest as a libvirt TCG domain on a raw file disk
+(libvirt's qcow2 overlay), as one on a VHD that `vhdtool serve` feeds (VHD layer switched by the
+server), and under `vhdtool run`; the window of each alone, of mixed groups over the runner and
+libvirt, and of one group over two libvirt connections. Starts libvirtd when none answers.
+
+    .venv/bin/python bench/bench_snapshot.py [--rounds 3] [--sizes 1,8,512] [--real] [--libvirt]
 """
 
 from __future__ import annotations
@@ -66,17 +71,72 @@ def real_guest(rounds: int, env: dict[str, str]) -> None:
         )
 
 
+def libvirt_groups(rounds: int, env: dict[str, str]) -> None:
+    """Boot two libvirt domains and a runner guest; print the window of each kind of group."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from pathlib import Path
+
+    from tests.vss.guest import booted_guest, build_image
+    from tests.vss.libvirtd import booted, file_disk, nbd_disk, running_libvirtd, session_tag
+
+    with tempfile.TemporaryDirectory(prefix="bench-libvirt-") as tmp:
+        folder = Path(tmp)
+        folder.chmod(0o755)
+        env = {**env, "VHDTOOL_STATE_DIR": str(folder / "state")}
+        vhd, raw, sock = build_image(folder), folder / "g.raw", folder / "nbd.sock"
+        subprocess.run([*VHDTOOL, "convert", "-O", "raw", vhd, raw], check=True, capture_output=True, env=env)
+        server = subprocess.Popen([*VHDTOOL, "serve", vhd, "--socket", sock], stdout=subprocess.PIPE, env=env)
+        tag = session_tag()
+        try:
+            assert server.stdout is not None and server.stdout.readline()  # its URI: listening and registered
+            with (
+                running_libvirtd(folder) as uri,
+                booted(uri, f"{tag}-file", file_disk(raw), folder) as f,
+                booted(uri, f"{tag}-nbd", nbd_disk(sock), folder) as n,
+                booted_guest(folder / "run", env, name=f"{tag}-run") as r,
+            ):
+                if not (f.wait_ticks(3) and n.wait_ticks(3)):
+                    sys.exit("libvirt guests did not boot")
+                second = "qemu+unix:///system"
+                lv = ["--hypervisor-opt", f"libvirt:uri={uri}"]
+                run = ["--hypervisor-opt", f"runner:state={r.env['VHDTOOL_STATE_DIR']}"]
+                kinds = {
+                    "runner guest alone": ["--guest", f"runner:{r.name}", *run],
+                    "libvirt, file disk (qcow2 overlay)": ["--guest", f"libvirt:{f.name}", *lv],
+                    "libvirt, served VHD": ["--guest", f"libvirt:{n.name}", *lv],
+                    "runner + libvirt served VHD": ["--guest", f"runner:{r.name}", "--guest", f"libvirt:{n.name}",
+                                                    *run, *lv],
+                    "runner + both libvirt guests": ["--guest", f"runner:{r.name}", "--guest", f"libvirt:{n.name}",
+                                                     "--guest", f"libvirt:{f.name}", *run, *lv],
+                    "two libvirt connections": ["--guest", f"libvirt:{f.name}@{uri}", "--guest",
+                                                f"libvirt:{n.name}@{second}", *lv, "--hypervisor-opt",
+                                                f"libvirt:uri={second}"],
+                }  # fmt: skip
+                windows: dict[str, list[int]] = {k: [] for k in kinds}
+                for _ in range(rounds):  # kinds alternate within each round
+                    for kind, args in kinds.items():
+                        windows[kind].append(snapshot_window([*args, "--quiesce", "required"], env)[0])
+                for kind, w in windows.items():
+                    print(f"{kind:>36}: best {min(w)} ms, median {statistics.median(w):.0f} ms, worst {max(w)} ms")
+        finally:
+            server.terminate()
+            server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="1,8,512")
     parser.add_argument("--real", action="store_true", help="also snapshot a real TCG guest (boots one)")
+    parser.add_argument("--libvirt", action="store_true", help="also groups of libvirt and runner guests (boots 3)")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-snapshot-records-") as records:
         env = {**os.environ, "VHDTOOL_SNAPSHOT_DIR": records}
         simulated([int(s) for s in opts.sizes.split(",")], opts.rounds, env)
         if opts.real:
             real_guest(opts.rounds, env)
+        if opts.libvirt:
+            libvirt_groups(opts.rounds, env)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ def _size_option(text: str | None) -> int | None:
     return None if text is None else rules.parse_size(text)[1]
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an octal mode like 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"{text!r} is not a permission mode (0 to 0777)")
+    return mode
+
+
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--size", "-s", help="Virtual size: bytes or 512M, 127G, 2T (binary units). Default 127G.")
@@ -109,6 +119,8 @@ def check(path: str, as_json: bool, target: str | None) -> None:
 @click.option("--read-only", is_flag=True, help="Refuse writes.")
 @click.option("--export-name", default="", help="Export name (default: the empty, default export).")
 @click.option("--snapshot", is_flag=True, help="Write to a temporary differencing layer deleted at exit.")
+@click.option("--socket-mode", type=_octal_mode, metavar="MODE", help="The socket's mode, e.g. 0660.")
+@click.option("--socket-group", metavar="GROUP", help="The socket's group (name or number).")
 def serve(
     image: str,
     socket_path: str | None,
@@ -117,10 +129,14 @@ def serve(
     read_only: bool,
     export_name: str,
     snapshot: bool,
+    socket_mode: int | None,
+    socket_group: str | None,
 ) -> None:
     """Serve IMAGE and its whole differencing chain over NBD until SIGINT/SIGTERM.
 
-    Prints the URI to connect to (nbd+unix:///?socket=... or nbd://host:port/).
+    Prints the URI to connect to (nbd+unix:///?socket=... or nbd://host:port/). A writable
+    server on a unix socket registers itself, so that `snapshot create --hypervisor libvirt`
+    switches the write layer of a libvirt guest whose disk is that socket (a VHD snapshot).
     """
     from vhdtool.nbd.serve import serve_image
 
@@ -132,6 +148,8 @@ def serve(
         read_only=read_only,
         export_name=export_name,
         snapshot=snapshot,
+        socket_mode=socket_mode,
+        socket_group=socket_group,
         on_listening=lambda uri: click.echo(uri),
     )
 
@@ -296,7 +314,8 @@ def snapshot() -> None:
 
 @snapshot.command(name="create")
 @click.option("--hypervisor", default="runner", show_default=True, help="Plugin (see 'snapshot hypervisors').")
-@click.option("--guest", "guests", multiple=True, help="A guest of the group (repeatable).")
+@click.option("--guest", "guests", multiple=True, metavar="[PLUGIN:]NAME",
+              help="A guest of the group (repeatable); PLUGIN: puts a guest of another plugin in the same group.")
 @click.option("--all", "all_guests", is_flag=True, help="Every guest the hypervisor runs.")
 @click.option("--quiesce", type=click.Choice(["required", "preferred", "off"]), default="preferred", show_default=True,
               help="required: fail unless every guest's agent freezes; preferred: pause guests without one; "
@@ -305,7 +324,8 @@ def snapshot() -> None:
               help="Seconds for the whole group to freeze.")
 @click.option("--hold-timeout", type=click.FloatRange(min=0.01), default=10.0, show_default=True,
               help="Seconds the guests may stay frozen while their disks switch layers.")
-@click.option("--hypervisor-opt", "hv_opts", multiple=True, metavar="KEY=VALUE", help="Plugin option (repeatable).")
+@click.option("--hypervisor-opt", "hv_opts", multiple=True, metavar="[PLUGIN:]KEY=VALUE",
+              help="Plugin option (repeatable); PLUGIN: gives it to that plugin of a mixed group.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
 def snapshot_create(
     hypervisor: str,

@@ -8,6 +8,7 @@ and check with the driver's own thaw count (0 = nothing left frozen) that every 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 import vhdtool
 from vhdtool.vss.coordinator import Quiesce, SnapshotError, SnapshotOptions, create_snapshot
-from vhdtool.vss.plugin import HypervisorError, RunState
+from vhdtool.vss.plugin import Disk, HypervisorError, RunState
 from vhdtool.vss.plugins.libvirt import LibvirtHypervisor
 
 DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os><devices>
@@ -46,6 +47,10 @@ def test_lists_guests_and_their_vhd_disks(hv: LibvirtHypervisor, tmp_path: Path)
     st = hv.status("web", 1)
     assert st.run is RunState.RUNNING and st.active_layers == {"vda": disk.path}
     assert hv.layer_path("web", disk, "G").endswith("/web.G.qcow2")
+    # a snapshot of an overlay names its own after the disk again, not web.<g1>.<g2>.qcow2
+    first = hv.layer_path("web", disk, "20261203T102210Z-eb40")
+    second = hv.layer_path("web", Disk("vda", first), "20261203T102215Z-b8e9")
+    assert os.path.basename(second) == "web.20261203T102215Z-b8e9.qcow2"
 
 
 def test_freeze_thaw_pause_resume(hv: LibvirtHypervisor) -> None:
@@ -83,3 +88,33 @@ def test_differencing_vhd_disk_is_refused_before_any_freeze(hv: LibvirtHyperviso
     with pytest.raises(HypervisorError, match="cannot take a snapshot layer"):
         create_snapshot(hv, SnapshotOptions(guests=["diff"]), catalogue_dir=str(tmp_path / "records"))
     assert hv.conn.lookupByName("diff").fsThaw() == 0
+
+
+NBD_DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os><devices>
+<disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd'>
+<host transport='unix' socket='{socket}'/></source><target dev='vda'/></disk></devices></domain>"""
+
+
+def test_nbd_disks_are_layered_only_when_vhdtool_serves_them(
+    hv: LibvirtHypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("VHDTOOL_STATE_DIR", str(tmp_path / "state"))
+    served, stranger = tmp_path / "served.sock", tmp_path / "stranger.sock"
+    hv.conn.createXML(NBD_DOMAIN.format(name="nbd-served", socket=served), 0)
+    hv.conn.createXML(NBD_DOMAIN.format(name="nbd-other", socket=stranger), 0)
+    (other,) = hv.list_disks("nbd-other")
+    assert not other.layerable and "not served by vhdtool" in other.path
+    server = subprocess.Popen([sys.executable, "-m", "vhdtool", "serve", tmp_path / "web.vhd", "--socket", served],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline()  # listening, registered
+        (disk,) = hv.list_disks("nbd-served")
+        assert disk.layerable and disk.path == str(tmp_path / "web.vhd")
+        assert hv.layer_path("nbd-served", disk, "G").endswith("/web.G.vhd")  # a VHD layer, not qcow2
+        assert hv.status("nbd-served", 1).active_layers == {"vda": disk.path}
+    finally:
+        server.terminate()
+        server.wait()

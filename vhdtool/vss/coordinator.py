@@ -114,7 +114,7 @@ class _Group:
                 if not d.layerable:
                     raise HypervisorError(f"{name}: disk {d.id} ({d.path}) cannot take a snapshot layer")
             layers = {d.id: self.hv.layer_path(name, d, self.report.group) for d in disks}
-            self.members[name] = _Member(name, disks, layers, "pause", GuestResult(name, "none"))
+            self.members[name] = _Member(name, disks, layers, "pause", self._result(name, "none"))
         self.report.guests = [m.result for m in self.members.values()]
 
     def choose_modes(self) -> None:
@@ -157,9 +157,13 @@ class _Group:
         planned = Report(self.report.group, self.report.hypervisor, self.report.created)
         for m in self.members.values():
             planned.guests.append(
-                GuestResult(m.name, m.mode, disks=[DiskResult(d.id, d.path, m.layers[d.id]) for d in m.disks])
+                self._result(m.name, m.mode, [DiskResult(d.id, d.path, m.layers[d.id]) for d in m.disks])
             )
         return planned
+
+    def _result(self, name: str, mode: str, disks: list[DiskResult] | None = None) -> GuestResult:
+        plugin, shown = self.hv.describe(name)
+        return GuestResult(shown, mode, disks=disks or [], hypervisor=plugin)
 
     def _fail_before_freeze(self, batch: Batch[Any, Any], what: str) -> None:
         for key, error in batch.failures().items():

@@ -141,6 +141,10 @@ class Hypervisor(ABC):
     def status(self, guest: str, timeout: float) -> GuestStatus:
         """Whether the guest runs, whether it is frozen, and where its disks write."""
 
+    def describe(self, guest: str) -> tuple[str, str]:
+        """(plugin, guest name) as a report shows ``guest``."""
+        return self.name, guest
+
     def layer_path(self, guest: str, disk: Disk, group: str) -> str:
         """Where the new write layer of ``disk`` goes for snapshot group ``group``."""
         from vhdtool.vss.layers import layer_path

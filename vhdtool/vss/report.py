@@ -1,8 +1,8 @@
 """What a snapshot did, per guest and per disk, as data and as the documented JSON document:
 
 ``{"group", "consistent", "freeze_window_ms", "guests": [{"name", "quiesced", "disks":
-[{"snapshot", "active"}]}]}`` plus a few extra keys (hypervisor, created, error, per guest the
-mode and an error, per disk its id) that scripts may ignore.
+[{"snapshot", "active"}]}]}`` plus a few extra keys (hypervisor, created, error, per guest its
+hypervisor plugin, the mode and an error, per disk its id) that scripts may ignore.
 """
 
 from __future__ import annotations
@@ -34,10 +34,13 @@ class GuestResult:
     error: str | None = None
     note: str | None = None
     """Why a guest was only paused (no agent, a failed freeze under --quiesce preferred)."""
+    hypervisor: str = ""
+    """The plugin that runs the guest (groups may span several)."""
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "name": self.name,
+            "hypervisor": self.hypervisor,
             "quiesced": self.quiesced,
             "mode": self.mode,
             "disks": [d.to_json() for d in self.disks],
@@ -105,6 +108,7 @@ class Report:
                     disks=[DiskResult(str(d.get("id", "")), str(d["snapshot"]), str(d["active"])) for d in g["disks"]],
                     error=g.get("error"),
                     note=g.get("note"),
+                    hypervisor=str(g.get("hypervisor", report.hypervisor)),
                 )
             )
         return report

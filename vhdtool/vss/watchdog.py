@@ -255,9 +255,12 @@ def main() -> int:
             group=str(doc["group"]),
             guests=list(doc["guests"]),
         )
+        from vhdtool.vss.mixed import NAME as MIXED
+        from vhdtool.vss.mixed import MixedHypervisor
         from vhdtool.vss.registry import plugin_class
 
-        cls = plugin_class(plan.hypervisor)  # fail now, while the coordinator can still refuse
+        # fail now, while the coordinator can still refuse
+        cls = MixedHypervisor if plan.hypervisor == MIXED else plugin_class(plan.hypervisor)
     except Exception as e:
         _log(f"bad plan: {e}")
         return 1

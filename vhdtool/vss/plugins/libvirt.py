@@ -3,23 +3,28 @@ dependency ``vhdtool[libvirt]``).
 
 Quiesce is ``virDomainFSFreeze``/``FSThaw`` (libvirt talks to the guest agent), pause is
 suspend/resume, the agent probe is ``virDomainGetFSInfo`` (answered by the agent). The new write
-layer is a libvirt disk-only external snapshot: libvirt and QEMU create a qcow2 overlay over the
-disk's current file and switch the running guest to it; the file it was is the point-in-time
-image. A roll-back commits that overlay back (active block commit, then pivot).
+layer depends on the disk:
 
-What it cannot do:
+- A disk whose source is a unix socket of a ``vhdtool serve`` (``<disk type='network'><source
+  protocol='nbd'><host transport='unix' socket='S'/>``): the server that registered ``S``
+  (``vhdtool.vss.served``) switches its write layer to a new VHD differencing child, the same
+  atomic switch the runner makes. The point-in-time image and the new layer are VHDs; QEMU and
+  libvirt see the same socket throughout. Roll-back is the server switching back.
+- A file disk (``<disk type='file'>``): a libvirt disk-only external snapshot: libvirt and QEMU
+  create a qcow2 overlay over the disk's current file and switch the running guest to it; the
+  file it was is the point-in-time image. A roll-back commits that overlay back (active block
+  commit, then pivot). QEMU cannot make VHD differencing layers, and its ``vpc`` driver reads a
+  differencing VHD as if it had no parent, so a file disk that is itself a differencing VHD is
+  refused (``layerable`` is false); a fixed or dynamic VHD is fine as the overlay's backing file.
+- Other disks (block devices, volumes, NBD sockets vhdtool does not serve) are refused.
 
-- The overlay is qcow2, never a VHD: QEMU cannot make VHD differencing layers, and its ``vpc``
-  driver reads a differencing VHD as if it had no parent. So a domain disk that is itself a
-  differencing VHD cannot be snapshotted (``layerable`` is false); a fixed or dynamic VHD can
-  (QEMU reads it as the overlay's backing file). For VHD chains use the ``runner`` hypervisor,
-  whose disks vhdtool itself serves.
-- Only file-backed disks (``<disk type='file'>``); block, network and volume disks are refused.
-- Freeze state is not exposed by libvirt's public API: ``status`` reports it as unknown.
-- libvirt's ``test:///`` driver keeps its domains inside the connecting process, so no watchdog
-  process can reach them, and it implements no external snapshots (a switch fails, and the
-  coordinator's roll-back is what one sees). Freeze, thaw, suspend, resume and the rest work.
-"""
+Several connections (hosts): ``--hypervisor-opt uri=A --hypervisor-opt uri=B`` opens each; the
+guests are then named ``DOMAIN@URI``. Remote URIs such as ``qemu+ssh://host/system`` are libvirt's
+own way to reach many hosts; a served disk must be served on the host that runs the coordinator.
+
+Freeze state is not exposed by libvirt's public API: ``status`` reports it as unknown.
+libvirt's ``test:///`` driver keeps its domains inside the connecting process, so no watchdog
+process can reach them, and it implements no external snapshots."""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from vhdtool.vss import control, layers, served
 from vhdtool.vss.plugin import (
     AgentUnavailable,
     Disk,
@@ -54,7 +60,8 @@ def _libvirt() -> Any:
 class LibvirtHypervisor(Hypervisor):
     name = "libvirt"
     option_help: ClassVar[Mapping[str, str]] = {
-        "uri": "libvirt connection URI (default: libvirt's own default, e.g. qemu:///system)",
+        "uri": "libvirt connection URI (default: libvirt's own default, e.g. qemu:///system); "
+        "repeat for several connections, whose guests are named DOMAIN@URI",
     }
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
@@ -63,11 +70,18 @@ class LibvirtHypervisor(Hypervisor):
         # errors come back as exceptions with their message; libvirt's default handler would
         # also print each one on stderr
         lv.registerErrorHandler(lambda _ctx, _err: None, None)
-        self.uri = self.options.get("uri")
-        try:
-            self.conn = lv.open(self.uri)
-        except lv.libvirtError as e:
-            raise HypervisorError(f"libvirt {self.uri or '(default URI)'}: cannot connect: {_msg(e)}") from None
+        uris: list[str | None] = [u for u in self.options.get("uri", "").split(",") if u] or [None]
+        self.uri = uris[0]
+        self.conns: dict[str | None, Any] = {}
+        for uri in dict.fromkeys(uris):
+            try:
+                self.conns[uri] = lv.open(uri)
+            except lv.libvirtError as e:
+                self.close()
+                raise HypervisorError(f"libvirt {uri or '(default URI)'}: cannot connect: {_msg(e)}") from None
+        self.conn = self.conns[self.uri]
+        self.qualified = len(self.conns) > 1
+        """Whether guest names carry their connection (``DOMAIN@URI``)."""
 
     @classmethod
     def supports(cls) -> str | None:
@@ -79,8 +93,14 @@ class LibvirtHypervisor(Hypervisor):
 
     def _domain(self, guest: str) -> Any:
         lv = _libvirt()
+        conn, name = self.conn, guest
+        if self.qualified:
+            name, _, uri = guest.partition("@")
+            if uri not in self.conns:
+                raise HypervisorError(f"libvirt: {guest!r} is not DOMAIN@URI with one of the URIs given")
+            conn = self.conns[uri]
         try:
-            return self.conn.lookupByName(guest)
+            return conn.lookupByName(name)
         except lv.libvirtError as e:
             raise HypervisorError(f"libvirt: no domain {guest!r}: {_msg(e)}") from None
 
@@ -97,17 +117,42 @@ class LibvirtHypervisor(Hypervisor):
             raise HypervisorError(f"{guest}: {what}: {_msg(e)}") from None
 
     def list_guests(self) -> list[Guest]:
-        active = self.conn.listAllDomains(_libvirt().VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-        return [Guest(d.name(), d.UUIDString()) for d in active]
+        flag = _libvirt().VIR_CONNECT_LIST_DOMAINS_ACTIVE
+        guests = []
+        for uri, conn in self.conns.items():
+            for d in conn.listAllDomains(flag):
+                guests.append(Guest(f"{d.name()}@{uri}" if self.qualified else d.name(), d.UUIDString()))
+        return guests
 
-    def list_disks(self, guest: str) -> list[Disk]:
+    def _disk_elements(self, guest: str) -> list[tuple[str, ET.Element]]:
         root = ET.fromstring(self._domain(guest).XMLDesc(0))
-        disks = []
+        found = []
         for el in root.findall("./devices/disk[@device='disk']"):
             target = el.find("target")
+            found.append((target.get("dev", "?") if target is not None else "?", el))
+        return found
+
+    def _served(self, guest: str, disk_id: str) -> tuple[str, str] | None:
+        """(control socket, export) of the vhdtool server feeding ``disk_id``, if one does."""
+        for dev, el in self._disk_elements(guest):
+            if dev == disk_id:
+                return _served_source(el)
+        raise HypervisorError(f"{guest}: no disk {disk_id}")
+
+    def list_disks(self, guest: str) -> list[Disk]:
+        disks = []
+        for dev, el in self._disk_elements(guest):
             source = el.find("source")
             driver = el.find("driver")
-            dev = target.get("dev", "?") if target is not None else "?"
+            if el.get("type") == "network":
+                served = _served_source(el)
+                if served is not None:
+                    disks.append(Disk(dev, _served_layers(guest, served)[served[1]]))
+                else:
+                    socket = _nbd_socket(el)
+                    what = f"nbd socket {socket} not served by vhdtool" if socket else "network disk"
+                    disks.append(Disk(dev, f"({what})", False))
+                continue
             path = (source.get("file") if source is not None else None) or ""
             fmt = driver.get("type", "raw") if driver is not None else "raw"
             layerable = el.get("type") == "file" and bool(path) and not _is_differencing_vhd(path, fmt)
@@ -136,19 +181,29 @@ class LibvirtHypervisor(Hypervisor):
             self._call(guest, "resume", dom.resume)
 
     def layer_path(self, guest: str, disk: Disk, group: str) -> str:
-        folder, name = os.path.split(os.path.abspath(disk.path))
-        return os.path.join(folder, f"{os.path.splitext(name)[0]}.{group}.qcow2")
+        if self._served(guest, disk.id) is not None:
+            return super().layer_path(guest, disk, group)
+        # named like a VHD layer (a later snapshot's overlay drops the earlier group from the name)
+        return f"{os.path.splitext(layers.layer_path(disk.path, group))[0]}.qcow2"
 
     def layer_cost(self, guest: str, disk: Disk) -> int:
+        if self._served(guest, disk.id) is not None:
+            return super().layer_cost(guest, disk)
         return OVERLAY_COST
 
     def new_layer(self, guest: str, disk: Disk, path: str) -> str:
+        if self._served(guest, disk.id) is not None:
+            return super().new_layer(guest, disk, path)
         # libvirt creates the overlay itself, at the switch, atomically with the guest's switch
         if os.path.exists(path):
             raise HypervisorError(f"{path}: file exists")
         return path
 
     def switch_disk(self, guest: str, disk: Disk, layer: str, timeout: float) -> None:
+        served = self._served(guest, disk.id)
+        if served is not None:
+            control.call(served[0], {"op": "switch", "export": served[1], "layer": layer}, timeout)
+            return
         lv = _libvirt()
         dom = self._domain(guest)
         if os.path.realpath(layer) == os.path.realpath(disk.path):
@@ -192,13 +247,15 @@ class LibvirtHypervisor(Hypervisor):
         return GuestStatus(run, FreezeState.UNKNOWN, {d.id: d.path for d in self.list_disks(guest)})
 
     def rescue_options(self) -> dict[str, str] | None:
-        if (self.uri or "").startswith("test:"):
+        if any((uri or "").startswith("test:") for uri in self.conns):
             return None  # the test driver's domains exist only inside this process
         return dict(self.options)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # closing a dead connection is not worth an error
-            self.conn.close()
+        for conn in self.conns.values():
+            with contextlib.suppress(Exception):  # closing a dead connection is not worth an error
+                conn.close()
+        self.conns = {}
 
 
 def _msg(e: Any) -> str:
@@ -207,6 +264,36 @@ def _msg(e: Any) -> str:
 
 def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace("'", "&apos;").replace("<", "&lt;")
+
+
+def _nbd_socket(el: ET.Element) -> str | None:
+    source = el.find("source")
+    if source is None or source.get("protocol") != "nbd":
+        return None
+    host = source.find("host")
+    if host is None or host.get("transport") != "unix":
+        return None
+    return host.get("socket")
+
+
+def _served_source(el: ET.Element) -> tuple[str, str] | None:
+    """(control socket, export name) when the disk is an NBD unix socket a vhdtool serve owns."""
+    socket = _nbd_socket(el)
+    if socket is None:
+        return None
+    server = served.find(socket)
+    if server is None:
+        return None
+    source = el.find("source")
+    export = (source.get("name") if source is not None else None) or ""
+    return (server.control, export) if export in server.exports else None
+
+
+def _served_layers(guest: str, served_at: tuple[str, str]) -> dict[str, str]:
+    layers = control.call(served_at[0], {"op": "layers"}, 10)["layers"]
+    if served_at[1] not in layers:
+        raise HypervisorError(f"{guest}: vhdtool serve has no export {served_at[1]!r}")
+    return {k: str(v) for k, v in layers.items()}
 
 
 def _is_differencing_vhd(path: str, fmt: str) -> bool:

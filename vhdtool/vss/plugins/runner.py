@@ -13,7 +13,6 @@ connection is closed — by exit or by ``kill -9``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import threading
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from vhdtool.format.lock import held_elsewhere
 from vhdtool.vss import control
 from vhdtool.vss.plugin import (
     AgentUnavailable,
@@ -64,17 +64,7 @@ class Entry:
 def _alive(state_dir: str, name: str) -> bool:
     """Whether the runner of ``name`` lives: it holds ``NAME.lock`` with an exclusive flock for
     its whole life (see vhdtool.run.state); a lock we can take means a stale entry."""
-    try:
-        fd = os.open(os.path.join(state_dir, f"{name}.lock"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock we may have taken
-    return False
+    return held_elsewhere(os.path.join(state_dir, f"{name}.lock"))
 
 
 def _read_entry(path: str) -> Entry | None:
