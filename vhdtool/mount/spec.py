@@ -70,7 +70,7 @@ def prepare(
     undo_dir: str | None = None,
 ) -> MountSpec:
     """Check a mount request and resolve everything the server needs."""
-    import vhdtool
+    from vhdtool.format.chain import open_image
 
     if raw and (partition is not None or driver is not None):
         raise UsageError("--raw shows the whole disk and every partition; --partition and --driver do not apply")
@@ -83,7 +83,7 @@ def prepare(
     undo_file = undo_path(image, undo_dir) if mode == UNDO else None
     if undo_dir is not None and not os.path.isdir(undo_dir):
         raise UsageError(f"{undo_dir}: no such folder (--undo-dir)")
-    with vhdtool.open(image) as dev:  # validates the image and its chain; takes no lock
+    with open_image(image) as dev:  # validates the image and its chain; takes no lock
         if not raw:
             table = read_table(dev)
             part, fs = select(dev, table, partition)

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import vhdtool
 from vhdtool.disk.detect import Filesystem
 from vhdtool.disk.fs import driver_for
 from vhdtool.disk.fs.base import Entry, FsDriver, FsPathError, Volume, name_of, normalize, parent_of
 from vhdtool.disk.partitions import partition_view, read_table, select
 from vhdtool.disk.table import Partition
 from vhdtool.errors import UsageError, VhdError
+from vhdtool.format.chain import open_image
+from vhdtool.ops.create import create
 from vhdtool.ops.extract import extract, write_back
 
 
@@ -78,12 +79,12 @@ def open_volume(image: str, *, write: bool, partition: int | None = None, undo: 
         target = undo_path(image)
         if not os.path.exists(target):
             if write:
-                vhdtool.create(target, parent=image)
+                create(target, parent=image)
                 made_undo = True
             else:
                 target = image
     try:
-        with vhdtool.open(target, writable=write) as img:
+        with open_image(target, writable=write) as img:
             part, fs = select(img, read_table(img), partition)
             driver = driver_for(fs.type)
             ex = extract(partition_view(img, part), track=write)
