@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from vhdtool.errors import UsageError
 
 SECTOR = 512
+"""The sector of a VHD and of the virtual disk it holds: the unit of BAT entries, bitmaps and partition tables."""
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
 MAX_CHS_SECTORS = 65535 * 16 * 255
