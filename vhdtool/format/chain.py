@@ -63,7 +63,9 @@ def _open(
         if meta.disk_type == DISK_TYPE_DIFFERENCING:
             parent = _open_parent(meta, (*seen, os.path.realpath(path)))
         try:
-            return SparseImage(meta, fd, writable, parent, sync_growth=durable)
+            image = SparseImage(meta, fd, writable, parent, sync_growth=durable)
+            image.owns_parent = parent is not None
+            return image
         except BaseException:
             if parent is not None:
                 parent.close_chain()
