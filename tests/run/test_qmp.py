@@ -1,0 +1,58 @@
+"""The runner's QMP client against a real QEMU (an empty machine: no guest needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import need
+from vhdtool.run.qmp import QmpClient, QmpError
+
+
+@pytest.fixture
+def monitor(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    sock = str(tmp_path / "qmp.sock")
+    qemu = subprocess.Popen(
+        [need("qemu-system-x86_64"), "-machine", "none", "-nodefaults", "-display", "none", "-S",
+         "-qmp", f"unix:{sock},server=on,wait=off"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(sock).exists():
+            assert qemu.poll() is None and time.monotonic() < deadline, "QEMU did not open its monitor"
+            time.sleep(0.02)
+        yield sock, qemu
+    finally:
+        qemu.kill()
+        qemu.wait()
+
+
+def test_commands_errors_events_and_the_end_of_the_monitor(monitor: tuple[str, subprocess.Popen[bytes]]) -> None:
+    sock, qemu = monitor
+
+    async def session() -> None:
+        client = await QmpClient.connect(sock)
+        try:
+            assert (await client.execute("query-status"))["status"] == "prelaunch"
+            with pytest.raises(QmpError, match="no-such-command"):
+                await client.execute("no-such-command")
+            await client.execute("cont")
+            await client.execute("quit")
+            await client.wait_closed(10)
+            assert client.shutdown.is_set() and client.shutdown_reason == "host-qmp-quit"
+            assert [e["event"] for e in client.events] == ["RESUME", "SHUTDOWN"]
+            with pytest.raises(QmpError, match="monitor closed"):
+                await client.execute("query-status")
+        finally:
+            await client.close()
+        with pytest.raises(OSError):  # no monitor any more: as a plain connect reports it
+            await QmpClient.connect(sock)
+
+    asyncio.run(session())
+    assert qemu.wait(10) == 0
