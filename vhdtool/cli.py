@@ -899,8 +899,9 @@ def mount_command(
 ) -> None:
     """Mount the filesystem inside IMAGE at MOUNTPOINT (an empty folder), read-write.
 
-    Writes go to an undo disk (IMAGE.mount-undo.vhd) until 'vhdtool umount --commit' merges it
-    into IMAGE or '--discard' drops it. Returns once the mount is usable; the server runs on.
+    Writes go to an undo disk (IMAGE.undo.vhd, the one the file commands' --undo use; one left
+    by them is carried on) until 'vhdtool umount --commit' merges it into IMAGE or '--discard'
+    drops it. Returns once the mount is usable; the server runs on.
     """
     from vhdtool.mount import control, registry
     from vhdtool.mount.spec import prepare

@@ -43,6 +43,6 @@ def test_commit_into_a_parent_of_other_disks_is_refused(image_of, mnt: Path, tmp
     assert_clean_error(refused, 64)
     assert "is kept" in refused.stderr and "sibling.vhd" in refused.stderr
     assert digest(base) == before
-    assert Path(f"{base}.mount-undo.vhd").exists()
+    assert Path(f"{base}.undo.vhd").exists()
     ok("umount", "--discard", mnt)
-    assert digest(base) == before and not Path(f"{base}.mount-undo.vhd").exists()
+    assert digest(base) == before and not Path(f"{base}.undo.vhd").exists()

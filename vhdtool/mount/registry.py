@@ -144,6 +144,13 @@ def find_by_undo(undo: str) -> MountRecord | None:
     return next((r for r in records() if r.undo and os.path.realpath(r.undo) == real), None)
 
 
+def find_pending_over(image: str) -> MountRecord | None:
+    """A mount whose undo disk over ``image`` is not committed or discarded yet, whatever that
+    disk is named (a mount started by an earlier vhdtool named it otherwise, and ends with it)."""
+    real = os.path.realpath(image)
+    return next((r for r in records() if r.mode == "undo" and os.path.realpath(r.image) == real), None)
+
+
 # -- processes ------------------------------------------------------------------------------------
 
 

@@ -21,8 +21,9 @@ from vhdtool.ops.datapath import ProgressCallback
 
 
 class Target:
-    """The device a mount serves: the undo disk (made here), the image itself, or the image
-    read-only under a shared lock (so that no vhdtool writer changes what is mounted)."""
+    """The device a mount serves: the undo disk (made here unless one is pending), the image
+    itself, or the image read-only under a shared lock (so that no vhdtool writer changes what
+    is mounted)."""
 
     def __init__(self, spec: MountSpec) -> None:
         from vhdtool.format.chain import open_image
@@ -33,12 +34,14 @@ class Target:
         self._lock_fd: int | None = None
         if spec.mode == UNDO:
             assert spec.undo is not None
-            create(spec.undo, parent=spec.image)  # refuses a file already there
-            self.made_undo = True
+            if not os.path.exists(spec.undo):  # one there already holds the file commands' --undo writes
+                create(spec.undo, parent=spec.image)  # refuses a file made in between
+                self.made_undo = True
             try:
                 self.image: ImageBase = open_image(spec.undo, writable=True)
             except BaseException:
-                os.unlink(spec.undo)
+                if self.made_undo:
+                    os.unlink(spec.undo)
                 raise
         elif spec.mode == DIRECT:
             self.image = open_image(spec.image, writable=True)

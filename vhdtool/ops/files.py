@@ -4,8 +4,8 @@ Route (measured in bench/bench_build.py): the chosen partition is extracted to a
 raw file (only allocated, non-zero pieces are copied), the filesystem's own tool works on it,
 and for writes a read-only fsck must pass before only the changed 64 KiB grains are written back
 into the top of the image's chain. Bad paths and failing tools therefore never touch the image.
-With ``undo=True`` writes go instead into an undo disk, a differencing child beside the image
-(``IMAGE.undo.vhd``), created on first use and read through by later commands that pass it too.
+With ``undo=True`` writes go instead into the image's undo disk (``ops.undo``: the one ``vhdtool
+mount`` uses), created on first use and read through by later commands that pass it too.
 
 ext and FAT need neither root nor FUSE. NTFS reads (and copying a single file in) use ntfs-3g's
 tools; making folders, removing and copying trees in go through an ntfs-3g FUSE mount of the
@@ -31,6 +31,7 @@ from vhdtool.errors import UsageError, VhdError
 from vhdtool.format.chain import open_image
 from vhdtool.ops.create import create
 from vhdtool.ops.extract import extract, write_back
+from vhdtool.ops.undo import undo_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,6 @@ def parse_image_path(text: str, require: bool = True) -> ImagePath | None:
             return ImagePath(text, "/")
         raise UsageError(f"{text}: no such image (write IMAGE:PATH)")
     return None
-
-
-def undo_path(image: str) -> str:
-    return f"{image}.undo.vhd"
 
 
 @dataclass(slots=True)
