@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,12 @@ from typing import Any
 from vhdtool.format.structs import FOOTER_CHECKSUM_AT, HEADER_CHECKSUM_AT, vhd_checksum
 
 VHDTOOL = [sys.executable, "-m", "vhdtool"]
+
+
+def digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a whole file: to show that a command changed no byte of it."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def need(tool: str) -> str:

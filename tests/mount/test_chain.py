@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import assert_clean_error, vhdtool
+from tests.helpers import assert_clean_error, digest, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 
 
 def test_child_commit_and_no_undo_leave_the_parent_untouched(image_of, mnt: Path, tmp_path: Path) -> None:

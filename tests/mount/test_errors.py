@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_clean_error, need, run, vhdtool
+from tests.helpers import assert_clean_error, digest, need, run, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 from vhdtool.mount import drivers, registry, system
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import VHDTOOL, assert_clean_error, need, run
+from tests.helpers import VHDTOOL, assert_clean_error, digest, need, run
 from tests.helpers import vhdtool as cli
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 from vhdtool.mount import registry, system
 
 

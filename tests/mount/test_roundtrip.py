@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import vhdtool
+from tests.helpers import digest, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 
 FILESYSTEMS = ["ext4", "fat32", "ntfs"]
 

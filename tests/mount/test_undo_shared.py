@@ -6,9 +6,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from tests.helpers import assert_clean_error, vhdtool
+from tests.helpers import assert_clean_error, digest, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 from vhdtool.mount import registry
 
 
