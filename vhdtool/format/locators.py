@@ -1,7 +1,7 @@
 """Parent locators of differencing disks: decoding the eight entries, encoding new ones, and
 turning them into candidate paths on this host.
 
-Codes (VHD-NOTES.md): W2ru relative UTF-16LE, W2ku absolute UTF-16LE, MacX UTF-8 file:// URL,
+Codes (docs/VHD-FORMAT.md): W2ru relative UTF-16LE, W2ku absolute UTF-16LE, MacX UTF-8 file:// URL,
 Wi2r/Wi2k deprecated ASCII. Windows paths: backslashes become slashes, drive letters are dropped.
 """
 
