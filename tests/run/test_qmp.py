@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import need
+from tests.helpers import qemu_monitor
 from vhdtool.run.qmp import QmpClient, QmpError
 
 
 @pytest.fixture
 def monitor(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    sock = str(tmp_path / "qmp.sock")
-    qemu = subprocess.Popen(
-        [need("qemu-system-x86_64"), "-machine", "none", "-nodefaults", "-display", "none", "-S",
-         "-qmp", f"unix:{sock},server=on,wait=off"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not Path(sock).exists():
-            assert qemu.poll() is None and time.monotonic() < deadline, "QEMU did not open its monitor"
-            time.sleep(0.02)
-        yield sock, qemu
-    finally:
-        qemu.kill()
-        qemu.wait()
+    with qemu_monitor(tmp_path, paused=True) as running:
+        yield running
 
 
 def test_commands_errors_events_and_the_end_of_the_monitor(monitor: tuple[str, subprocess.Popen[bytes]]) -> None:
