@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from vhdtool.format.structs import FOOTER_CHECKSUM_AT, HEADER_CHECKSUM_AT, vhd_checksum
 
 VHDTOOL = [sys.executable, "-m", "vhdtool"]
+
+
+def digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a whole file: to show that a command changed no byte of it."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def need(tool: str) -> str:
@@ -140,3 +150,23 @@ def make_qemu_image(path: str | os.PathLike[str]) -> None:
     """A 64M dynamic VHD by qemu-img (size rounded up to 67125248) with 5 MiB at 1M and a sector at 40M."""
     run(need("qemu-img"), "create", "-q", "-f", "vpc", path, "64M")
     run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x5a 1M 5M", "-c", "write -P 0xa5 40M 512", path)
+
+
+@contextmanager
+def qemu_monitor(folder: Path, *, paused: bool = False) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real QEMU with an empty machine (no guest) and its QMP socket; killed on the way out."""
+    sock = str(folder / "qmp.sock")
+    qemu = subprocess.Popen(
+        [need("qemu-system-x86_64"), "-machine", "none", "-nodefaults", "-display", "none",
+         *(["-S"] if paused else []), "-qmp", f"unix:{sock},server=on,wait=off"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(sock).exists():
+            assert qemu.poll() is None and time.monotonic() < deadline, "QEMU did not open its monitor"
+            time.sleep(0.02)
+        yield sock, qemu
+    finally:
+        qemu.kill()
+        qemu.wait()

@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vhdtool import __version__, render
 from vhdtool.errors import VhdError
 from vhdtool.format import rules
+
+if TYPE_CHECKING:
+    from vhdtool.vss.report import Report
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -338,18 +341,16 @@ def snapshot_create(
     as_json: bool,
 ) -> None:
     """Snapshot one consistency group. Exits 1 (every guest thawed, nothing snapshotted) if it cannot."""
-    from vhdtool.vss import api
-
-    api.cli_create(hypervisor, list(guests), all_guests, quiesce, freeze_timeout, hold_timeout, list(hv_opts), as_json)
+    _snapshot_create(
+        hypervisor, list(guests), all_guests, quiesce, freeze_timeout, hold_timeout, list(hv_opts), as_json
+    )
 
 
 @snapshot.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def snapshot_list(as_json: bool) -> None:
     """The snapshot groups on record and whether their images still exist."""
-    from vhdtool.vss import api
-
-    api.cli_list(as_json)
+    _snapshot_list(as_json)
 
 
 @snapshot.command(name="merge")
@@ -361,9 +362,7 @@ def snapshot_merge(snapshot_id: str, as_json: bool) -> None:
     The disk keeps its current content at its original path; the point in time is gone. Guests
     must be stopped.
     """
-    from vhdtool.vss import api
-
-    api.cli_apply(snapshot_id, "merge", as_json)
+    _snapshot_apply(snapshot_id, "merge", as_json)
 
 
 @snapshot.command(name="discard")
@@ -371,18 +370,151 @@ def snapshot_merge(snapshot_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def snapshot_discard(snapshot_id: str, as_json: bool) -> None:
     """Drop the layer made by SNAPSHOT: the disk returns to the point in time. Guests must be stopped."""
-    from vhdtool.vss import api
-
-    api.cli_apply(snapshot_id, "discard", as_json)
+    _snapshot_apply(snapshot_id, "discard", as_json)
 
 
 @snapshot.command(name="hypervisors")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def snapshot_hypervisors(as_json: bool) -> None:
     """The installed hypervisor plugins, whether each works here, and their options."""
-    from vhdtool.vss import api
+    _snapshot_hypervisors(as_json)
 
-    api.cli_hypervisors(as_json)
+
+def _snapshot_create(
+    hypervisor: str,
+    guests: list[str],
+    all_guests: bool,
+    quiesce: str,
+    freeze_timeout: float,
+    hold_timeout: float,
+    hv_opts: list[str],
+    as_json: bool,
+) -> None:
+    from vhdtool.errors import UsageError
+    from vhdtool.vss import mixed
+    from vhdtool.vss.coordinator import Quiesce, SnapshotError, SnapshotOptions, create_snapshot
+
+    if guests and all_guests:
+        raise UsageError("give either --guest NAME… or --all, not both")
+    if not guests and not all_guests:
+        raise UsageError("name the guests of the group with --guest NAME (repeatable) or use --all")
+    plugin, options, names = mixed.plan_group(hypervisor, guests, hv_opts)
+    opts = SnapshotOptions(
+        guests=None if all_guests else names,
+        quiesce=Quiesce(quiesce),
+        freeze_timeout=freeze_timeout,
+        hold_timeout=hold_timeout,
+    )
+    with mixed.load_group(plugin, options) as hv:
+        try:
+            report = create_snapshot(hv, opts)
+        except SnapshotError as e:
+            if as_json:
+                render.print_json(e.report.to_json())
+            else:
+                _print_snapshot_report(e.report)
+            raise
+    if as_json:
+        render.print_json(report.to_json())
+    else:
+        _print_snapshot_report(report)
+
+
+def _print_snapshot_report(report: Report) -> None:
+    from vhdtool.vss import mixed
+
+    rows = []
+    for g in report.guests:
+        state = "quiesced" if g.quiesced else ("paused" if g.mode == "pause" else "—")
+        shown = f"{g.hypervisor}{mixed.SEP}{g.name}" if report.hypervisor == mixed.NAME else g.name
+        if not g.disks:
+            rows.append([shown, state, "", "", "", g.error or g.note or ""])
+        for d in g.disks:
+            rows.append([shown, state, d.id, d.snapshot, d.active, g.error or g.note or ""])
+    if report.ok:
+        label = "consistent" if report.consistent else "crash-consistent (not every guest quiesced)"
+        title = f"snapshot {report.group}: {label}, freeze window {report.freeze_window_ms} ms"
+    else:
+        title = f"snapshot {report.group}: NOT taken, every guest thawed ({report.freeze_window_ms} ms)"
+    render.table(["guest", "state", "disk", "point-in-time image", "now writes to", "note"], rows, title=title)
+    if report.watchdog:
+        render.warning(f"watchdog {report.watchdog}")
+
+
+def _snapshot_list(as_json: bool) -> None:
+    import datetime
+    import os
+
+    from vhdtool.vss import catalogue
+
+    records = catalogue.records()
+    if as_json:
+        render.print_json([r.to_json() for r in records])
+        return
+    rows = []
+    for r in records:
+        when = datetime.datetime.fromtimestamp(r.report.created).isoformat(timespec="seconds")
+        for g in r.report.guests:
+            for d in g.disks:
+                missing = [p for p in (d.snapshot, d.active) if not os.path.exists(p)]
+                rows.append(
+                    [
+                        r.report.group,
+                        when,
+                        r.state + (" (files missing)" if missing else ""),
+                        "yes" if g.quiesced else "no",
+                        g.name,
+                        d.snapshot,
+                        d.active,
+                    ]
+                )
+    if not rows:
+        print(f"no snapshots on record in {catalogue.folder()}", file=sys.stderr)
+        return
+    render.table(["group", "created", "state", "quiesced", "guest", "point-in-time image", "layer"], rows)
+
+
+def _snapshot_apply(snapshot: str, action: str, as_json: bool) -> None:
+    from vhdtool.vss import manage
+
+    done = manage.apply(snapshot, action)
+    if as_json:
+        render.print_json([{"snapshot": d.snapshot, "layer": d.active, "action": d.action} for d in done])
+        return
+    for d in done:
+        what = "merged into" if d.action == "merged" else "discarded; disk is back at"
+        print(f"{d.active}: {what} {d.snapshot}")
+
+
+def _snapshot_hypervisors(as_json: bool) -> None:
+    from vhdtool.vss import registry
+
+    found = []
+    for name in registry.names():
+        try:
+            cls = registry.plugin_class(name)
+            reason = cls.supports()
+            options = dict(cls.option_help)
+            for_tests = bool(cls.for_tests)
+        except Exception as e:  # a broken third-party plugin is listed, not fatal
+            reason, options, for_tests = str(e), {}, False
+        found.append(
+            {"name": name, "usable": reason is None, "reason": reason, "options": options, "test-plugin": for_tests}
+        )
+    if as_json:
+        render.print_json(found)
+        return
+    render.table(
+        ["hypervisor", "usable", "options"],
+        [
+            [
+                f["name"] + (" (test plugin: no real guests)" if f["test-plugin"] else ""),
+                "yes" if f["usable"] else f"no: {f['reason']}",
+                ", ".join(f["options"]),
+            ]
+            for f in found
+        ],
+    )
 
 
 # -- build and the file commands (ls, cat, cp, rm, mkdir) -----------------------------------------
@@ -850,8 +982,9 @@ def mount_command(
 ) -> None:
     """Mount the filesystem inside IMAGE at MOUNTPOINT (an empty folder), read-write.
 
-    Writes go to an undo disk (IMAGE.mount-undo.vhd) until 'vhdtool umount --commit' merges it
-    into IMAGE or '--discard' drops it. Returns once the mount is usable; the server runs on.
+    Writes go to an undo disk (IMAGE.undo.vhd, the one the file commands' --undo use; one left
+    by them is carried on) until 'vhdtool umount --commit' merges it into IMAGE or '--discard'
+    drops it. Returns once the mount is usable; the server runs on.
     """
     from vhdtool.mount import control, registry
     from vhdtool.mount.spec import prepare

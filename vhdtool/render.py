@@ -38,9 +38,9 @@ def print_json(document: Any) -> None:
 def key_value_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
     """Aligned 'key  value' lines, keys in bold on a terminal.
 
-    Written by hand rather than as a rich table: rich's import costs ~20 ms of a ~70 ms
-    `vhdtool info`, pads every line with trailing spaces, and reads brackets in values (a file
-    named 'disk[1].vhd') as markup.
+    Written by hand rather than as a rich table: rich's import is a large share of a `vhdtool
+    info`'s start-up, and rich pads every line with trailing spaces and reads brackets in values
+    (a file named 'disk[1].vhd') as markup.
     """
     bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
     width = max((len(key) for key, _ in rows), default=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
@@ -15,6 +14,7 @@ import vhdtool
 from tests.helpers import (
     assert_clean_error,
     bat_entry_offset,
+    digest,
     need,
     patch_footer,
     patch_header,
@@ -25,10 +25,6 @@ from tests.helpers import (
 )
 from vhdtool.errors import CorruptImageError, LockedError, NotVhdError, ParentError, ReadOnlyError, VhdError
 from vhdtool.format.rules import MiB
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _truncate(img: Path) -> None:
@@ -93,7 +89,7 @@ warning (as vhdiinfo does), since its metadata is readable."""
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
 def test_damaged_images_are_refused_cleanly(qemu_image: Path, damage: str) -> None:
     DAMAGE[damage](qemu_image)
-    before = _digest(qemu_image)
+    before = digest(qemu_image)
     with pytest.raises(VhdError):
         vhdtool.open(qemu_image, writable=True).close_chain()
     for command in (["info"], ["info", "--json"], ["check"]):
@@ -107,7 +103,7 @@ def test_damaged_images_are_refused_cleanly(qemu_image: Path, damage: str) -> No
         else:
             assert_clean_error(result)
             assert result.returncode == 1, (damage, result)
-    assert _digest(qemu_image) == before
+    assert digest(qemu_image) == before
 
 
 @pytest.mark.parametrize(
@@ -146,7 +142,7 @@ def test_damaged_trailing_footer_falls_back_to_copy_read_only(qemu_image: Path, 
     with open(qemu_image, "r+b") as f:
         f.seek(size - 512 + 100)
         f.write(b"garbage")  # checksum no longer matches
-    before = _digest(qemu_image)
+    before = digest(qemu_image)
     with vhdtool.open(qemu_image) as img:
         assert img.pread(0, img.size) == expected
         assert any("copy at offset 0" in w for w in img.warnings)
@@ -155,7 +151,7 @@ def test_damaged_trailing_footer_falls_back_to_copy_read_only(qemu_image: Path, 
     result = cli("info", qemu_image)
     assert result.returncode == 0 and "copy at offset 0" in result.stderr
     assert cli("check", qemu_image).returncode == 2
-    assert _digest(qemu_image) == before
+    assert digest(qemu_image) == before
 
 
 def test_511_byte_footer(qemu_image: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -12,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vhdtool
-from tests.helpers import need, qemu_raw, run
+from tests.helpers import digest, need, qemu_raw, run
 from vhdtool.format.rules import MiB
 
 SIZE = 9 * MiB + 512  # not a multiple of the block size: the last block is partial
@@ -24,10 +23,6 @@ op = st.tuples(
     st.sampled_from([1, 7, 511, 512, 513, 4096, 65537, BLOCK, BLOCK + 1000, 3 * BLOCK]),
     st.integers(0, 255),
 )
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -42,7 +37,7 @@ def test_three_deep_chain_matches_model(layers: list[list[tuple[str, int, int, i
         for depth, ops in enumerate(layers):
             if depth:
                 vhdtool.create(paths[depth], parent=paths[depth - 1])
-                sums[paths[depth - 1]] = _sha(paths[depth - 1])
+                sums[paths[depth - 1]] = digest(paths[depth - 1])
             with vhdtool.open(paths[depth], writable=True) as img:
                 for kind, offset, length, value in ops:
                     length = min(length, SIZE - offset)
@@ -54,8 +49,8 @@ def test_three_deep_chain_matches_model(layers: list[list[tuple[str, int, int, i
                     model[offset : offset + length] = data
                 img.flush()
                 assert img.pread(0, SIZE) == model
-        for path, digest in sums.items():
-            assert _sha(path) == digest, f"{path.name} changed while its child was written"
+        for path, before in sums.items():
+            assert digest(path) == before, f"{path.name} changed while its child was written"
         with vhdtool.open(paths[2]) as img:
             assert img.pread(0, SIZE) == model
             # extents account for every byte, and zero runs really read as zeros

@@ -8,7 +8,6 @@ Everything mounts for real (root, /dev/fuse); the filesystems are read back by t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,10 +20,6 @@ from tests.helpers import need, run, vhdtool
 from vhdtool.mount import registry, system
 
 MiB = 1 << 20
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ok(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:

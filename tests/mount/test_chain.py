@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import assert_clean_error, vhdtool
+from tests.helpers import assert_clean_error, digest, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 
 
 def test_child_commit_and_no_undo_leave_the_parent_untouched(image_of, mnt: Path, tmp_path: Path) -> None:
@@ -43,6 +43,6 @@ def test_commit_into_a_parent_of_other_disks_is_refused(image_of, mnt: Path, tmp
     assert_clean_error(refused, 1)  # refused for safety, not a usage error
     assert "is kept" in refused.stderr and "sibling.vhd" in refused.stderr
     assert digest(base) == before
-    assert Path(f"{base}.mount-undo.vhd").exists()
+    assert Path(f"{base}.undo.vhd").exists()
     ok("umount", "--discard", mnt)
-    assert digest(base) == before and not Path(f"{base}.mount-undo.vhd").exists()
+    assert digest(base) == before and not Path(f"{base}.undo.vhd").exists()

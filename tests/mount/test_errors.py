@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_clean_error, need, run, vhdtool
+from tests.helpers import assert_clean_error, digest, need, run, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 from vhdtool.mount import drivers, registry, system
 
 
@@ -22,7 +22,7 @@ def refused(*args: str | os.PathLike[str], code: int, says: str) -> None:
 
 def assert_untouched(image: Path, before: str, mnt: Path) -> None:
     assert digest(image) == before
-    assert not Path(f"{image}.mount-undo.vhd").exists()
+    assert not Path(f"{image}.undo.vhd").exists()
     assert registry.records() == []
     assert os.listdir(mnt) == [] and system.mounted_at(str(mnt)) is None
 

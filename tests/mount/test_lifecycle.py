@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import VHDTOOL, assert_clean_error, need, run
+from tests.helpers import VHDTOOL, assert_clean_error, digest, need, run
 from tests.helpers import vhdtool as cli
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 from vhdtool.mount import registry, system
 
 
@@ -72,7 +72,7 @@ def test_signal_flushes_and_keeps_the_undo_disk(driver: str, signum: int, image_
     assert leftovers(mnt, runtime_dir) == []
     record = registry.load(str(mnt))
     assert record is not None and registry.status(record) == registry.STOPPED
-    undo = Path(f"{image}.mount-undo.vhd")
+    undo = Path(f"{image}.undo.vhd")
     assert undo.exists()
     assert cli("check", undo).returncode == 0
     listed = json.loads(ok("mount", "--list", "--json").stdout)
@@ -183,7 +183,7 @@ def test_an_image_held_for_writing_is_refused(mode: list[str], image_of, mnt: Pa
         refused = cli("mount", *mode, image, mnt)
     assert_clean_error(refused, 1)
     assert "locked" in refused.stderr
-    assert not Path(f"{image}.mount-undo.vhd").exists()
+    assert not Path(f"{image}.undo.vhd").exists()
     assert os.listdir(mnt) == [] and system.mounted_at(str(mnt)) is None
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import need, run
-from tests.mount.conftest import digest, ok
+from tests.helpers import digest, need, run
+from tests.mount.conftest import ok
 
 MiB = 1 << 20
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import vhdtool
+from tests.helpers import digest, vhdtool
 from tests.mount import peers
-from tests.mount.conftest import digest, ok
+from tests.mount.conftest import ok
 
 FILESYSTEMS = ["ext4", "fat32", "ntfs"]
 
@@ -24,7 +24,7 @@ def test_commit_adds_removes_and_makes_folders(fs: str, image_of, mnt: Path, tmp
     (mnt / "old.txt").write_text("to be deleted\n")
     (mnt / "kept.txt").write_text("kept\n")
     ok("umount", "--commit", mnt)
-    assert not Path(f"{image}.mount-undo.vhd").exists()
+    assert not Path(f"{image}.undo.vhd").exists()
 
     ok("mount", image, mnt)
     assert (mnt / "old.txt").read_text() == "to be deleted\n"  # the first commit is what the image reads
@@ -55,10 +55,10 @@ def test_discard_leaves_the_image_byte_identical(fs: str, image_of, mnt: Path) -
     ok("mount", image, mnt)
     (mnt / "junk").write_bytes(os.urandom(500_000))
     (mnt / "folder").mkdir()
-    assert Path(f"{image}.mount-undo.vhd").stat().st_size > 0  # the writes went somewhere else
+    assert Path(f"{image}.undo.vhd").stat().st_size > 0  # the writes went somewhere else
     ok("umount", "--discard", mnt)
     assert digest(image) == before
-    assert not Path(f"{image}.mount-undo.vhd").exists()
+    assert not Path(f"{image}.undo.vhd").exists()
     assert os.listdir(mnt) == []
 
 
@@ -68,8 +68,8 @@ def test_undo_dir_holds_the_undo_disk(image_of, mnt: Path, tmp_path: Path) -> No
     undo_dir.mkdir()
     ok("mount", "--undo-dir", undo_dir, image, mnt)
     (mnt / "x").write_text("x\n")
-    assert (undo_dir / "ext4.vhd.mount-undo.vhd").exists()
-    assert not Path(f"{image}.mount-undo.vhd").exists()
+    assert (undo_dir / "ext4.vhd.undo.vhd").exists()
+    assert not Path(f"{image}.undo.vhd").exists()
     ok("umount", "--commit", mnt)
     assert list(undo_dir.iterdir()) == []
     assert peers.cat("ext4", peers.to_raw(image, tmp_path / "r.raw"), "/x") == b"x\n"
@@ -79,7 +79,7 @@ def test_no_undo_writes_into_the_image(image_of, mnt: Path, tmp_path: Path) -> N
     image = image_of("fat32")
     ok("mount", "--no-undo", image, mnt)
     (mnt / "direct.txt").write_text("direct\n")
-    assert not Path(f"{image}.mount-undo.vhd").exists()
+    assert not Path(f"{image}.undo.vhd").exists()
     refused = vhdtool("umount", "--discard", mnt)
     assert refused.returncode == 64 and "cannot be discarded" in refused.stderr
     ok("umount", mnt)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import vhdtool
-from tests.helpers import VHDTOOL, assert_clean_error, need, run
+from tests.helpers import VHDTOOL, assert_clean_error, digest, need, run
 from tests.helpers import vhdtool as vhdtool_cli
 from tests.nbd.conftest import Chain, socket_of
 
@@ -45,10 +44,6 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     return err
-
-
-def digest(path: Path) -> bytes:
-    return hashlib.sha256(path.read_bytes()).digest()
 
 
 def test_serve_a_chain_on_a_unix_socket(chain: Chain, tmp_path: Path) -> None:

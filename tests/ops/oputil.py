@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 import vhdtool
-from tests.helpers import need
+from tests.helpers import digest, need
 from vhdtool.format.rules import MiB
 from vhdtool.ops.convert import convert
 
@@ -42,10 +41,6 @@ def qemu_compare(a: Path, fmt_a: str, b: Path, fmt_b: str) -> int:
     return subprocess.run(
         [need("qemu-img"), "compare", "-q", "-f", fmt_a, "-F", fmt_b, a, b], capture_output=True
     ).returncode
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_all(path: Path) -> bytes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_clean_error, need, run, vhdtool
+from tests.helpers import assert_clean_error, digest, need, run, vhdtool
 from tests.ops.buildtree import extract_partition, first_partition, to_raw
 
 MiB = 1 << 20
@@ -26,10 +25,6 @@ def fsck_clean(image: Path, fs: str) -> None:
     else:
         r = run(need("fsck.fat"), "-n", extract_partition(raw), check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(params=["ext4", "vfat", "ntfs"])

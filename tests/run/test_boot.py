@@ -8,7 +8,6 @@ nothing is left behind: no QEMU, no state entry, socket or scratch file.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import pty
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
+from tests.helpers import digest
 from tests.run.conftest import Env, Guest, build_root_image
 
 pytestmark = pytest.mark.boot
@@ -37,10 +37,6 @@ CONSOLE_READER = (
     "mount -t sysfs sys /sys; for p in /sys/class/virtio-ports/*; do echo PORT-$(cat $p/name); done; "
     'echo READY; read line; echo "$line" > /data; sync; echo "GOT-$line"; while true; do sleep 1; done'
 )
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def file_in(env: Env, image: Path, path: str) -> str | None:
@@ -72,14 +68,14 @@ def test_a_differencing_child_boots_with_its_own_content_and_keeps_the_writes(
     env: Env, guest: Guest, chain: tuple[Path, Path]
 ) -> None:
     parent, child = chain
-    before = sha(parent)
+    before = digest(parent)
     done = env.vhdtool("run", child, *env.boot_args(guest), "--timeout", "120")
     assert done.returncode == 0, done.stderr
     assert "MARKER-fromchild" in done.stdout.splitlines() and "accelerator: " in done.stderr
     assert "guest powered off after" in done.stderr.splitlines()[-1]
     assert "PORT-" not in done.stdout  # no agent channel without --agent
     assert "DISKS-vda " in done.stdout and "NETS-lo " in done.stdout  # --net none by default
-    assert sha(parent) == before, "booting the child wrote to its parent"
+    assert digest(parent) == before, "booting the child wrote to its parent"
     assert file_in(env, child, "/written") == "written-by-guest\n"
     assert file_in(env, parent, "/written") is None
     assert env.vhdtool("check", child).returncode == 0
@@ -90,7 +86,7 @@ def test_snapshot_leaves_the_image_byte_identical_and_a_guest_stopping_first_fai
     env: Env, guest: Guest, chain: tuple[Path, Path]
 ) -> None:
     parent, child = chain
-    before = sha(child), sha(parent)
+    before = digest(child), digest(parent)
     done = env.vhdtool(
         "run", child, parent, "--snapshot", "--agent", "--net", "user", *env.boot_args(guest),
         "--expect", "NEVER-PRINTED", "--timeout", "120",
@@ -102,7 +98,7 @@ def test_snapshot_leaves_the_image_byte_identical_and_a_guest_stopping_first_fai
     lines = done.stderr.splitlines()
     assert "last console lines:" in done.stderr and "Traceback" not in done.stderr
     assert "powered off" in lines[-1] and "without printing 'NEVER-PRINTED'" in lines[-1]
-    assert (sha(child), sha(parent)) == before, "--snapshot changed an image"
+    assert (digest(child), digest(parent)) == before, "--snapshot changed an image"
     env.assert_nothing_left()
 
 

@@ -77,13 +77,6 @@ def build_image(folder: Path) -> Path:
     return vhd
 
 
-def runner_available() -> bool:
-    """Whether this checkout has `vhdtool run` and its test guest (issue 7)."""
-    if not (ROOT / "fixtures" / "guest.py").exists():
-        return False
-    return subprocess.run([*VHDTOOL, "run", "--help"], capture_output=True).returncode == 0
-
-
 @dataclass
 class RunningGuest:
     name: str

@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import VHDTOOL, assert_clean_error
 from tests.helpers import vhdtool as run_vhdtool
 from vhdtool.errors import UsageError
-from vhdtool.vss.api import _group_plugins
+from vhdtool.vss.mixed import plan_group
 from vhdtool.vss.plugin import FreezeState, RunState
 from vhdtool.vss.plugins.simulated import SimulatedHypervisor
 
@@ -55,18 +55,18 @@ def wait_for(check: Callable[[], bool], seconds: float = 60) -> bool:
 
 
 def test_plugin_prefixes_pick_guests_and_options() -> None:
-    plugin, options, names = _group_plugins("runner", ["runner:web", "libvirt:db"], ["libvirt:uri=qemu:///system",
+    plugin, options, names = plan_group("runner", ["runner:web", "libvirt:db"], ["libvirt:uri=qemu:///system",
                                                                                       "state=/s"])  # fmt: skip
     assert (plugin, names) == ("mixed", ["runner:web", "libvirt:db"])
     assert {p: json.loads(o) for p, o in options.items()} == {"runner": {"state": "/s"},
                                                              "libvirt": {"uri": "qemu:///system"}}  # fmt: skip
     # one plugin, named on every guest: that plugin itself, bare names
-    assert _group_plugins("runner", ["simulated:sim-0"], ["simulated:guests=2"]) == ("simulated", {"guests": "2"},
+    assert plan_group("runner", ["simulated:sim-0"], ["simulated:guests=2"]) == ("simulated", {"guests": "2"},
                                                                                      ["sim-0"])  # fmt: skip
     # a colon that names no plugin is part of the guest's name
-    assert _group_plugins("libvirt", ["db@qemu:///system"], []) == ("libvirt", {}, ["db@qemu:///system"])
+    assert plan_group("libvirt", ["db@qemu:///system"], []) == ("libvirt", {}, ["db@qemu:///system"])
     with pytest.raises(UsageError, match="no guest of the group runs on libvirt"):
-        _group_plugins("runner", ["web"], ["libvirt:uri=x"])
+        plan_group("runner", ["web"], ["libvirt:uri=x"])
 
 
 def test_a_failure_in_one_plugin_rolls_back_the_other(env: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
-SECTOR = 512
+from vhdtool.format.rules import SECTOR as SECTOR  # re-exported for the partition-table modules
 
 # --- MBR -----------------------------------------------------------------------------------------
 

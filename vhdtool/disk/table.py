@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-SECTOR = 512
 MiB = 1 << 20
 
 GPT_TYPES: dict[str, str] = {

@@ -76,7 +76,9 @@ def _open(
                     raise
                 meta.warnings.append(f"{e}; only this image's own metadata is shown")
         try:
-            return SparseImage(meta, fd, writable, parent, sync_growth=durable, tolerate_cut_blocks=inspect)
+            image = SparseImage(meta, fd, writable, parent, sync_growth=durable, tolerate_cut_blocks=inspect)
+            image.owns_parent = parent is not None
+            return image
         except BaseException:
             if parent is not None:
                 parent.close_chain()

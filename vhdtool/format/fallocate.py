@@ -18,7 +18,7 @@ HOLE_ALIGN = 4096
 
 @cache
 def _fallocate() -> Callable[[int, int, int, int], int] | None:
-    # ctypes is loaded on first use: importing ctypes.util costs ~10 ms of every command's start
+    # ctypes is loaded on first use: importing ctypes.util is a noticeable part of a command's start
     import ctypes
     import ctypes.util
 

@@ -59,11 +59,20 @@ class ImageBase:
         except OSError as e:
             raise io_error(self.path, "trim", e) from None
 
+    owns_parent = False
+    """True when this image opened its parent itself (``open_image`` resolving a chain): closing
+    it closes that parent too. A layer opened over a device its caller holds (``open_over``)
+    leaves the device open for its owner."""
+
     def close(self) -> None:
+        """Release what this image owns: its file and lock, and the parents it opened."""
         try:
             self._close()
         except OSError as e:
             raise io_error(self.path, "close", e) from None
+        finally:
+            if self.owns_parent and self.parent is not None:
+                self.parent.close()
 
     def _pread(self, offset: int, length: int) -> bytes:  # pragma: no cover - overridden
         raise NotImplementedError

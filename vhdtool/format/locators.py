@@ -1,7 +1,7 @@
 """Parent locators of differencing disks: decoding the eight entries, encoding new ones, and
 turning them into candidate paths on this host.
 
-Codes (VHD-NOTES.md): W2ru relative UTF-16LE, W2ku absolute UTF-16LE, MacX UTF-8 file:// URL,
+Codes (docs/VHD-FORMAT.md): W2ru relative UTF-16LE, W2ku absolute UTF-16LE, MacX UTF-8 file:// URL,
 Wi2r/Wi2k deprecated ASCII. Windows paths: backslashes become slashes, drive letters are dropped.
 """
 
@@ -46,7 +46,7 @@ def decode_locator_data(code: bytes, data: bytes) -> str | None:
             return data.decode("utf-16-le").rstrip("\0")
         if code == b"MacX":
             text = data.decode("utf-8").rstrip("\0")
-            from urllib.parse import unquote, urlparse  # only Mac locators need it: 2 ms of start-up
+            from urllib.parse import unquote, urlparse  # only Mac locators need it: spared at start-up
 
             parsed = urlparse(text)
             return unquote(parsed.path) if parsed.scheme == "file" else text

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from vhdtool.errors import UsageError
 
 SECTOR = 512
+"""The sector of a VHD and of the virtual disk it holds: the unit of BAT entries, bitmaps and partition tables."""
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
 MAX_CHS_SECTORS = 65535 * 16 * 255
@@ -112,7 +113,7 @@ def geometry_for_creator(size: int, creator: Creator) -> Geometry:
 def geometry_for_new_image(size: int) -> Geometry:
     """The geometry vhdtool writes: the spec's CHS when it describes ``size`` exactly, else the maximum.
 
-    Readers disagree about which size to believe (see VHD-NOTES.md): Hyper-V, VirtualBox, blktap
+    Readers disagree about which size to believe (docs/VHD-FORMAT.md): Hyper-V, VirtualBox, blktap
     and libvhdi read the size fields, Debian's qemu 7.2 reads CHS for unknown creators unless the
     geometry is the maximum 65535/16/255. Writing the maximum whenever CHS would round the size
     down makes every one of them agree on Current Size (qemu's own force_size does the same).

@@ -12,11 +12,12 @@ from typing import Any
 
 from construct import Bytes, Container, Int8ub, Int16ub, Int32ub, Int64ub, Padding, Struct
 
+from vhdtool.format.rules import SECTOR as SECTOR  # re-exported: many layout modules import it from here
+
 FOOTER_COOKIE = b"conectix"
 HEADER_COOKIE = b"cxsparse"
 FOOTER_SIZE = 512
 HEADER_SIZE = 1024
-SECTOR = 512
 UNALLOCATED = 0xFFFFFFFF
 """A BAT entry with this value has no block in the file."""
 NO_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF

@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import vhdtool
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.mount import registry, system, undo
 from vhdtool.mount.registry import MountRecord
@@ -37,8 +36,9 @@ def spawn(spec: MountSpec) -> tuple[MountRecord, subprocess.Popen[bytes]]:
     log = registry.log_path(spec.mountpoint)
     status_r, status_w = os.pipe()
     env = dict(os.environ)
-    # the daemon imports this very vhdtool, wherever it was imported from
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(vhdtool.__file__)))
+    # the daemon imports this very vhdtool, wherever it was imported from (this file is
+    # vhdtool/mount/control.py: the folder holding the package is three levels up)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
         with open(log, "wb") as out:

@@ -10,9 +10,8 @@ file's cached pages into a pipe and the pipe into /dev/fuse: one copy (into the 
 instead of pread into a fresh buffer and a write from it. libfuse only splices a reply that
 fits its per-thread pipe with room to spare (``SPLICE_SPARE``), and a pipe grows past
 /proc/sys/fs/pipe-max-size (1 MiB by default) only with CAP_SYS_RESOURCE, which a container's
-root may lack; ``read_request`` then asks the kernel for reads small enough to fit. Measured on
-the --raw view, 1 GiB in page-aligned 1 MiB reads: copied 1.5-1.6 GB/s; spliced 3.4-3.5 GB/s
-with 1 MiB requests, 2.9-3.1 GB/s with 1004 KiB ones (a 1 MiB read is then two requests).
+root may lack; ``read_request`` then asks the kernel for reads small enough to fit (a 1 MiB read
+is then two requests, slower than one but still well ahead of copying; bench/bench_mount.py).
 """
 
 from __future__ import annotations

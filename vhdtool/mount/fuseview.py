@@ -5,11 +5,11 @@ Each callback is a few lines; domain errors become errno values. Requests are la
 
 - ``direct`` (the --raw view users see, and the view under a kernel loop device): every file is
   ``direct_io``, so reads and writes reach the image at the size the caller asked for, with no
-  second copy in the page cache. Measured: 1 GiB with dd bs=1M reads at 1.6 GB/s and writes at
-  830 MB/s this way, against 600-840 MB/s and 400-465 MB/s through the page cache.
+  second copy in the page cache; large sequential reads and writes are faster this way than
+  through the page cache (bench/bench_mount.py).
 - cached, with the kernel's writeback cache (the view under fuse2fs, fusefat, ntfs-3g): those
   programs do tiny I/O (fusefat reads and writes FAT entries 4 bytes at a time); the page cache
-  turns writing a 3 MB file through fusefat from 15 s (60,000 round trips) into 0.35 s.
+  turns those tens of thousands of tiny round trips per megabyte into a few large ones.
 
 The files behave like block devices: their size is fixed, O_TRUNC is ignored, truncate() to
 another size fails with EINVAL. Callbacks run on several threads; the images are safe for
@@ -197,8 +197,7 @@ def serve(view: RawView, mountpoint: str) -> None:
     its own (it only takes over signals left at their default, and the server handles them).
     """
     # Two workers a core: the copies (splice) run outside the GIL, one per core at a time; more
-    # only switch. On 2 cores, ext4 over the loop device read 1 GiB at 3.3-3.5 GB/s with 16
-    # workers, 3.7-3.8 with 4 (2: 3.8-4.1, but then one slow fsync leaves a single worker).
+    # only switch. Fewer than two a core, one slow fsync leaves a single worker for everything.
     workers = min(16, 2 * len(os.sched_getaffinity(0)))
     options: dict[str, Any] = {
         "foreground": True,

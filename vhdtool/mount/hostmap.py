@@ -2,8 +2,8 @@
 
 A read is cut into the runs ``extents()`` reports (a block, a run of present sectors, a run the
 parent holds, a zero run), each placed in its file as ``vhdtool map`` places it; libfuse then
-reads those file ranges itself and the bytes never pass through Python (measured: 20% less
-server CPU per GiB on the --raw view, 1.55-1.67 GB/s instead of 1.07-1.4 GB/s). A read that
+reads those file ranges itself and the bytes never pass through Python (less server CPU per
+byte and faster --raw reads: bench/bench_mount.py). A read that
 would need more than ``MAX_PIECES`` pieces (a bitmap of scattered sectors) is read through the
 BlockDevice instead.
 """

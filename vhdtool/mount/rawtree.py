@@ -14,8 +14,8 @@ import threading
 from vhdtool.disk.partitions import partition_view, read_table
 from vhdtool.errors import VhdError
 from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.rules import SECTOR
 
-SECTOR = 512
 TABLE_HEAD = 34 * SECTOR
 """MBR, GPT header and a standard 128-entry GPT array."""
 TABLE_TAIL = 33 * SECTOR

@@ -14,12 +14,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
+from vhdtool.folders import runtime_dir as runtime_base
 
 STARTING = "starting"
 MOUNTED = "mounted"
@@ -59,17 +59,8 @@ class MountRecord:
 
 
 def runtime_dir() -> Path:
-    """$VHDTOOL_RUNTIME_DIR, else /run/vhdtool for root, else $XDG_RUNTIME_DIR/vhdtool or /tmp."""
-    env = os.environ.get("VHDTOOL_RUNTIME_DIR")
-    if env:
-        base = Path(env)
-    elif os.geteuid() == 0:
-        base = Path("/run/vhdtool")
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "vhdtool"
-    else:
-        base = Path(tempfile.gettempdir()) / f"vhdtool-{os.getuid()}"
-    folder = base / "mounts"
+    """The registry's folder, ``mounts`` in the runtime folder (vhdtool.folders), made if need be."""
+    folder = Path(runtime_base()) / "mounts"
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
@@ -142,6 +133,13 @@ def _read(path: Path) -> MountRecord | None:
 def find_by_undo(undo: str) -> MountRecord | None:
     real = os.path.realpath(undo)
     return next((r for r in records() if r.undo and os.path.realpath(r.undo) == real), None)
+
+
+def find_pending_over(image: str) -> MountRecord | None:
+    """A mount whose undo disk over ``image`` is not committed or discarded yet, whatever that
+    disk is named (a mount started by an earlier vhdtool named it otherwise, and ends with it)."""
+    real = os.path.realpath(image)
+    return next((r for r in records() if r.mode == "undo" and os.path.realpath(r.image) == real), None)
 
 
 # -- processes ------------------------------------------------------------------------------------

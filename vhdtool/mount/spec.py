@@ -16,11 +16,11 @@ from vhdtool.disk.partitions import read_table, select
 from vhdtool.errors import UsageError
 from vhdtool.mount import drivers, fusebind, registry
 from vhdtool.mount.rawtree import DISK
+from vhdtool.ops.undo import undo_path
 
 UNDO = "undo"
 DIRECT = "direct"
 READ_ONLY = "read-only"
-UNDO_SUFFIX = ".mount-undo.vhd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +52,6 @@ class MountSpec:
         return drivers.Route(self.route_kind, self.fstype, self.program)
 
 
-def undo_path(image: str, undo_dir: str | None = None) -> str:
-    """The undo disk of ``image``: beside it, or in ``undo_dir``."""
-    folder = os.path.dirname(os.path.abspath(image)) if undo_dir is None else os.path.abspath(undo_dir)
-    return os.path.join(folder, os.path.basename(image) + UNDO_SUFFIX)
-
-
 def prepare(
     image: str,
     mountpoint: str,
@@ -70,7 +64,7 @@ def prepare(
     undo_dir: str | None = None,
 ) -> MountSpec:
     """Check a mount request and resolve everything the server needs."""
-    import vhdtool
+    from vhdtool.format.chain import open_image
 
     if raw and (partition is not None or driver is not None):
         raise UsageError("--raw shows the whole disk and every partition; --partition and --driver do not apply")
@@ -83,13 +77,19 @@ def prepare(
     undo_file = undo_path(image, undo_dir) if mode == UNDO else None
     if undo_dir is not None and not os.path.isdir(undo_dir):
         raise UsageError(f"{undo_dir}: no such folder (--undo-dir)")
-    with vhdtool.open(image) as dev:  # validates the image and its chain; takes no lock
+    with open_image(image) as dev:  # validates the image and its chain; takes no lock
         if not raw:
             table = read_table(dev)
             part, fs = select(dev, table, partition)
             route = drivers.choose(fs, driver, read_only)
+    owner = (registry.find_by_undo(undo_file) if undo_file else None) or registry.find_pending_over(image)
+    if owner is not None and mode != READ_ONLY:
+        raise UsageError(
+            f"{owner.undo}: undo disk of the mount at {owner.mountpoint} is pending; end it with "
+            f"'vhdtool umount --commit|--discard {owner.mountpoint}'"
+        )
     if undo_file is not None and os.path.exists(undo_file):
-        raise UsageError(_pending(undo_file))
+        _check_undo_disk(undo_file, image)  # the file commands' --undo left it: this mount goes on with it
     if raw:
         return MountSpec(image, mountpoint, mode, undo_file, raw=True)
     return MountSpec(
@@ -123,11 +123,10 @@ def _check_mountpoint(mountpoint: str) -> None:
         raise UsageError(f"{mountpoint}: cannot read the folder (permission denied)") from None
 
 
-def _pending(undo_file: str) -> str:
-    owner = registry.find_by_undo(undo_file)
-    if owner is not None:
-        return (
-            f"{undo_file}: undo disk of the mount at {owner.mountpoint} is pending; end it with "
-            f"'vhdtool umount --commit|--discard {owner.mountpoint}'"
-        )
-    return f"{undo_file}: an undo disk is in the way (left by an earlier mount?); merge it or delete it first"
+def _check_undo_disk(undo_file: str, image: str) -> None:
+    """An undo disk already there must be a child of ``image`` (its writes are carried on)."""
+    from vhdtool.format.chain import open_image
+
+    with open_image(undo_file) as dev:
+        if dev.parent is None or os.path.realpath(dev.parent.path) != os.path.realpath(image):
+            raise UsageError(f"{undo_file}: in the way, and not a differencing child of {image}; move or delete it")

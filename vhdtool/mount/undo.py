@@ -21,28 +21,32 @@ from vhdtool.ops.datapath import ProgressCallback
 
 
 class Target:
-    """The device a mount serves: the undo disk (made here), the image itself, or the image
-    read-only under a shared lock (so that no vhdtool writer changes what is mounted)."""
+    """The device a mount serves: the undo disk (made here unless one is pending), the image
+    itself, or the image read-only under a shared lock (so that no vhdtool writer changes what
+    is mounted)."""
 
     def __init__(self, spec: MountSpec) -> None:
-        import vhdtool
+        from vhdtool.format.chain import open_image
+        from vhdtool.ops.create import create
 
         self.spec = spec
         self.made_undo = False
         self._lock_fd: int | None = None
         if spec.mode == UNDO:
             assert spec.undo is not None
-            vhdtool.create(spec.undo, parent=spec.image)  # refuses a file already there
-            self.made_undo = True
+            if not os.path.exists(spec.undo):  # one there already holds the file commands' --undo writes
+                create(spec.undo, parent=spec.image)  # refuses a file made in between
+                self.made_undo = True
             try:
-                self.image: ImageBase = vhdtool.open(spec.undo, writable=True)
+                self.image: ImageBase = open_image(spec.undo, writable=True)
             except BaseException:
-                os.unlink(spec.undo)
+                if self.made_undo:
+                    os.unlink(spec.undo)
                 raise
         elif spec.mode == DIRECT:
-            self.image = vhdtool.open(spec.image, writable=True)
+            self.image = open_image(spec.image, writable=True)
         else:
-            self.image = vhdtool.open(spec.image)
+            self.image = open_image(spec.image)
             try:
                 self._lock_fd = os.open(spec.image, os.O_RDONLY)
                 lock_image(self._lock_fd, spec.image, exclusive=False)

@@ -69,7 +69,8 @@ def _group_id(group: str) -> int:
 
 @contextlib.contextmanager
 def _open_layers(image: str, read_only: bool, snapshot: bool) -> Iterator[BlockDevice]:
-    import vhdtool
+    from vhdtool.format.chain import open_image
+    from vhdtool.ops.create import create
 
     workdir = None
     try:
@@ -77,8 +78,8 @@ def _open_layers(image: str, read_only: bool, snapshot: bool) -> Iterator[BlockD
         if snapshot:
             workdir = tempfile.mkdtemp(prefix="vhdtool-snapshot-")
             path = os.path.join(workdir, os.path.basename(image) + ".snapshot.vhd")
-            vhdtool.create(path, parent=os.path.abspath(image))
-        with vhdtool.open(path, writable=snapshot or not read_only) as device:
+            create(path, parent=os.path.abspath(image))
+        with open_image(path, writable=snapshot or not read_only) as device:
             yield device
     finally:
         if workdir is not None:

@@ -4,8 +4,8 @@ Route (measured in bench/bench_build.py): the chosen partition is extracted to a
 raw file (only allocated, non-zero pieces are copied), the filesystem's own tool works on it,
 and for writes a read-only fsck must pass before only the changed 64 KiB grains are written back
 into the top of the image's chain. Bad paths and failing tools therefore never touch the image.
-With ``undo=True`` writes go instead into an undo disk, a differencing child beside the image
-(``IMAGE.undo.vhd``), created on first use and read through by later commands that pass it too.
+With ``undo=True`` writes go instead into the image's undo disk (``ops.undo``: the one ``vhdtool
+mount`` uses), created on first use and read through by later commands that pass it too.
 
 ext and FAT need neither root nor FUSE. NTFS reads (and copying a single file in) use ntfs-3g's
 tools; making folders, removing and copying trees in go through an ntfs-3g FUSE mount of the
@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import vhdtool
 from vhdtool.disk.detect import Filesystem
 from vhdtool.disk.fs import driver_for
 from vhdtool.disk.fs.base import Entry, FsDriver, FsPathError, Volume, name_of, normalize, parent_of
 from vhdtool.disk.partitions import partition_view, read_table, select
 from vhdtool.disk.table import Partition
 from vhdtool.errors import UsageError, VhdError
+from vhdtool.format.chain import open_image
+from vhdtool.ops.create import create
 from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.extract import extract, write_back
 from vhdtool.ops.growth import allocated_bytes, watched
+from vhdtool.ops.undo import undo_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +62,6 @@ def parse_image_path(text: str, require: bool = True) -> ImagePath | None:
     return None
 
 
-def undo_path(image: str) -> str:
-    return f"{image}.undo.vhd"
-
-
 @dataclass(slots=True)
 class Session:
     """An open image partition: its filesystem driver and a raw volume the tools work on."""
@@ -83,12 +81,12 @@ def open_volume(image: str, *, write: bool, partition: int | None = None, undo: 
         target = undo_path(image)
         if not os.path.exists(target):
             if write:
-                vhdtool.create(target, parent=image)
+                create(target, parent=image)
                 made_undo = True
             else:
                 target = image
     try:
-        with vhdtool.open(target, writable=write) as img:
+        with open_image(target, writable=write) as img:
             part, fs = select(img, read_table(img), partition)
             driver = driver_for(fs.type)
             ex = extract(partition_view(img, part), track=write)

@@ -9,12 +9,11 @@ known to hold data after that one small read); only a piece that starts with zer
 twice. Any other BlockDevice (a partition view, an overlay) is read through its ``pread`` and
 written with ``os.pwrite``.
 
-The zero checks once looked into a read-only memory map of each source file, and a source cut
-short by another process during the copy killed vhdtool with SIGBUS (its temporary output left
-behind). Reads find the file short instead, and the copy stops with ``SourceChangedError``: the
-output would be neither the old disk nor the new one. Measured against the map: the same time
-for data; a source of written zeros, which must be read in full, costs about a third more CPU
-(the kernel copies what the map let us compare in place) and no more wall time.
+The zero checks read the source with pread, not through a memory map: a source cut short by
+another process during the copy would kill a reader of a map with SIGBUS (its temporary output
+left behind). Reads find the file short instead, and the copy stops with ``SourceChangedError``:
+the output would be neither the old disk nor the new one. A source of written zeros must be read
+in full either way.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ class GuestDisk:
 
 def open_disks(images: list[str], snapshot: bool) -> tuple[list[GuestDisk], str | None]:
     """Open every image; returns the disks and the scratch folder of --snapshot (None without)."""
-    import vhdtool
+    from vhdtool.format.chain import open_image
+    from vhdtool.ops.create import create
 
     scratch = tempfile.mkdtemp(prefix="vhdtool-run-") if snapshot else None
     disks: list[GuestDisk] = []
@@ -54,8 +55,8 @@ def open_disks(images: list[str], snapshot: bool) -> tuple[list[GuestDisk], str 
             target = path
             if scratch is not None:
                 target = os.path.join(scratch, f"{name}-{os.path.basename(path)}")
-                vhdtool.create(target, parent=path)
-            disks.append(GuestDisk(name, path, vhdtool.open(target, writable=True)))
+                create(target, parent=path)
+            disks.append(GuestDisk(name, path, open_image(target, writable=True)))
     except BaseException:
         close_disks(disks, {}, scratch)
         raise

@@ -1,7 +1,7 @@
 """The runner's state folder: one entry per running guest, so that ``vhdtool ps`` and the snapshot
 coordinator (the ``runner`` hypervisor plugin) can find guests started by ``vhdtool run``.
 
-Folder: ``$VHDTOOL_STATE_DIR``, else ``$XDG_RUNTIME_DIR/vhdtool``, else ``~/.cache/vhdtool/run``.
+Folder: ``vhdtool.folders.state_dir``.
 
 For a guest named NAME it holds:
 
@@ -62,21 +62,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
+from vhdtool.folders import state_dir
 
 VERSION = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SOCKET_PATH_MAX = 107
 """Longest unix socket path Linux accepts (sun_path is 108 bytes with the terminating NUL)."""
-
-
-def state_dir() -> str:
-    explicit = os.environ.get("VHDTOOL_STATE_DIR")
-    if explicit:
-        return os.path.abspath(explicit)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "vhdtool")
-    return os.path.join(os.path.expanduser("~"), ".cache", "vhdtool", "run")
 
 
 def check_name(name: str) -> str:
@@ -264,9 +255,10 @@ def _read(base: str, name: str) -> Entry | None:
     return Entry(doc)
 
 
-def entries() -> list[Entry]:
-    """Every running guest, by name; stale entries found on the way are removed."""
-    base = state_dir()
+def entries(base: str | None = None) -> list[Entry]:
+    """Every running guest, by name, in ``base`` (default: the state folder); stale entries found
+    on the way are removed."""
+    base = base or state_dir()
     try:
         files = os.listdir(base)
     except FileNotFoundError:

@@ -9,8 +9,9 @@ Modules: ``plugin`` (the Hypervisor base class), ``registry`` (entry points), ``
 (the protocol), ``parallel`` (one call per guest with a deadline), ``layers`` (naming, space,
 creating and removing layers), ``watchdog``, ``report`` and ``catalogue`` (what was done, and
 the record of groups), ``manage`` (merge/discard), ``control`` (the layer-switch endpoint a
-disk-serving process hosts), ``qga``/``qmp``/``jsonsock`` (clients), ``api`` (CLI bodies),
-``plugins/`` (runner, libvirt, simulated).
+disk-serving process hosts), ``qga``/``jsonsock`` (the guest agent's client), ``qmp`` (a blocking
+QMP client over ``run.qmp``), ``plugins/`` (runner, libvirt, simulated). The commands' bodies are
+in ``vhdtool.cli``.
 
 A third-party hypervisor is a subclass of ``vhdtool.vss.plugin.Hypervisor`` declared in its own
 package's metadata::

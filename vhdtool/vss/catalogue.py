@@ -1,9 +1,8 @@
 """The record of snapshot groups: one JSON file per group, so that ``snapshot list``, ``merge`` and
 ``discard`` know which layers a snapshot made, after the guests have stopped.
 
-Folder: ``$VHDTOOL_SNAPSHOT_DIR``, else ``$VHDTOOL_STATE_DIR/snapshots``, else
-``$XDG_DATA_HOME/vhdtool/snapshots`` (``~/.local/share/...``): a persistent place, unlike the
-runner's state folder, because snapshots outlive the guests that made them.
+Folder: ``vhdtool.folders.snapshot_dir``, a persistent place, unlike the runner's state folder,
+because snapshots outlive the guests that made them.
 
 A record is written as ``prepared`` before any guest is frozen and rewritten ``complete`` at
 the end (or removed when the group was rolled back), so a coordinator that died mid-way leaves a
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
+from vhdtool.folders import snapshot_dir
 from vhdtool.vss.report import Report
 
 PREPARED = "prepared"
@@ -26,14 +26,8 @@ COMPLETE = "complete"
 
 
 def folder() -> str:
-    explicit = os.environ.get("VHDTOOL_SNAPSHOT_DIR")
-    if explicit:
-        return explicit
-    state = os.environ.get("VHDTOOL_STATE_DIR")
-    if state:
-        return os.path.join(state, "snapshots")
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data, "vhdtool", "snapshots")
+    """The catalogue's folder (``vhdtool.folders.snapshot_dir``)."""
+    return snapshot_dir()
 
 
 @dataclass(slots=True)

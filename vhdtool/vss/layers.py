@@ -51,9 +51,9 @@ def layer_path(top: str, group: str) -> str:
 
 def layer_cost(top: str) -> int:
     """Bytes a new differencing child of ``top`` takes when created (mostly its BAT)."""
-    import vhdtool
+    from vhdtool.format.chain import open_image
 
-    with vhdtool.open(top) as image:
+    with open_image(top) as image:
         block = getattr(image, "block_size", None) or DEFAULT_BLOCK_SIZE
         entries = math.ceil(image.size / block)
     return _FIXED_COST + -(-entries * 4 // 512) * 512
@@ -83,9 +83,9 @@ def check_space(layers: Iterable[tuple[str, int]], reserve: int = RESERVE) -> No
 
 def create_layer(top: str, path: str) -> str:
     """Create a differencing child of ``top`` at ``path`` (never over an existing file)."""
-    import vhdtool
+    from vhdtool.ops.create import create
 
-    vhdtool.create(path, parent=top)
+    create(path, parent=top)
     return path
 
 

@@ -30,9 +30,9 @@ class Done:
 
 def _check_unused(active: str) -> None:
     """Refuse when a guest still writes to ``active`` or a later snapshot was layered on it."""
-    import vhdtool
+    from vhdtool.format.chain import open_image
 
-    with vhdtool.open(active, writable=True):  # the lock of a running disk server refuses this
+    with open_image(active, writable=True):  # the lock of a running disk server refuses this
         pass
     children = _children(active)
     if children:
@@ -41,8 +41,7 @@ def _check_unused(active: str) -> None:
 
 def _children(image: str) -> list[str]:
     """Images in the same folder whose parent is ``image`` (the snapshot layers made over it)."""
-    import vhdtool
-    from vhdtool.format.chain import find_parent
+    from vhdtool.format.chain import find_parent, open_image
     from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 
     folder = os.path.dirname(os.path.abspath(image))
@@ -52,7 +51,7 @@ def _children(image: str) -> list[str]:
         if not name.endswith(".vhd") or not os.path.isfile(path) or os.path.samefile(path, image):
             continue
         try:
-            with vhdtool.open(path) as candidate:
+            with open_image(path) as candidate:
                 meta = candidate.meta
                 if meta.disk_type == DISK_TYPE_DIFFERENCING and os.path.samefile(find_parent(meta), image):
                     found.append(path)

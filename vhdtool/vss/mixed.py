@@ -32,6 +32,35 @@ def split_guest(guest: str, plugins: list[str], default: str) -> tuple[str, str]
     return default, guest
 
 
+def plan_group(default: str, guests: list[str], hv_opts: list[str]) -> tuple[str, dict[str, str], list[str]]:
+    """Which plugin runs the group, its options and the guest names it knows them by.
+
+    ``--guest PLUGIN:NAME`` names a guest of another plugin than ``--hypervisor`` and
+    ``--hypervisor-opt PLUGIN:KEY=VALUE`` an option of that plugin; guests of several plugins make
+    a mixed group, whose guests keep the ``PLUGIN:NAME`` form.
+    """
+    plugins = registry.names()
+    split = [split_guest(g, plugins, default) for g in guests]
+    pairs: dict[str, list[str]] = {}
+    for pair in hv_opts:
+        key, sep, value = pair.partition("=")
+        owner, name = split_guest(key, plugins, default) if sep else (default, pair)
+        pairs.setdefault(owner, []).append(f"{name}={value}" if sep else pair)
+    used = list(dict.fromkeys(p for p, _ in split)) or [default]
+    for owner in pairs:
+        if owner not in used:
+            raise UsageError(f"--hypervisor-opt for {owner}, but no guest of the group runs on {owner}")
+    if len(used) == 1:
+        return used[0], registry.parse_options(pairs.get(used[0], [])), [n for _, n in split]
+    options = {p: json.dumps(registry.parse_options(pairs.get(p, []))) for p in used}
+    return NAME, options, [f"{p}{SEP}{n}" for p, n in split]
+
+
+def load_group(plugin: str, options: Mapping[str, str]) -> Hypervisor:
+    """The hypervisor object ``plan_group``'s answer names: a mixed group or one plugin."""
+    return MixedHypervisor(options) if plugin == NAME else registry.load(plugin, options)
+
+
 class MixedHypervisor(Hypervisor):
     """The plugins of one group, each with its options: ``{PLUGIN: JSON of its options}``."""
 

@@ -1,33 +1,46 @@
-"""A small blocking QMP client: greeting, capabilities negotiation, commands with deadlines.
+"""A blocking QMP client with a deadline on every call: ``run.qmp.QmpClient`` (over ``qemu.qmp``)
+driven on an event loop of its own.
 
 Blocking on purpose: the coordinator calls hypervisors from one thread per guest, each with its
-own deadline, and the watchdog must work in a bare process. (QEMU's QMP socket, unlike the
-agent's, takes several clients at once.)
+own deadline, and the watchdog must work in a bare process. An answer that arrives after its
+caller gave up is dropped by the library, which matches answers to commands by id. (QEMU's QMP
+socket, unlike the agent's, takes several clients at once.)
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-from vhdtool.vss.jsonsock import JsonSocket
-from vhdtool.vss.plugin import HypervisorError
+from vhdtool.run.qmp import QmpClient, QmpError
+from vhdtool.vss.plugin import HypervisorError, OperationTimeout
+
+_T = TypeVar("_T")
 
 
 class Qmp:
     def __init__(self, path: str, timeout: float) -> None:
-        self._conn = JsonSocket(path, timeout, "QMP")
+        self.path = path
+        self._loop = asyncio.new_event_loop()
         try:
-            greeting = self._conn.read_message(time.monotonic() + timeout)
-            if "QMP" not in greeting:
-                raise HypervisorError(f"QMP {path}: no QMP greeting")
-            self._conn.call("qmp_capabilities", None, timeout)
+            self._client = self._run(QmpClient.connect(path), timeout, "connect")
         except BaseException:
-            self._conn.close()
+            self._loop.close()
             raise
 
+    def _run(self, call: Coroutine[Any, Any, _T], timeout: float, what: str) -> _T:
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(call, max(timeout, 0.001)))
+        except TimeoutError:
+            raise OperationTimeout(f"QMP {self.path}: {what}: no answer in time") from None
+        except QmpError as e:
+            raise HypervisorError(f"QMP {self.path}: {what}: {e}") from None
+        except OSError as e:
+            raise HypervisorError(f"QMP {self.path}: cannot connect: {e.strerror or e}") from None
+
     def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-        return self._conn.call(command, arguments, timeout)
+        return self._run(self._client.execute(command, arguments), timeout, command)
 
     def stop(self, timeout: float) -> None:
         self.execute("stop", None, timeout)
@@ -39,4 +52,9 @@ class Qmp:
         return bool(self.execute("query-status", None, timeout)["running"])
 
     def close(self) -> None:
-        self._conn.close()
+        if self._loop.is_closed():
+            return
+        try:
+            self._loop.run_until_complete(self._client.close())
+        finally:
+            self._loop.close()

@@ -300,9 +300,9 @@ def _is_differencing_vhd(path: str, fmt: str) -> bool:
     if fmt != "vpc":
         return False
     try:
-        import vhdtool
+        from vhdtool.format.chain import open_image
 
-        with vhdtool.open(path) as image:
+        with open_image(path) as image:
             return image.meta.type_name == "differencing"
     except Exception:  # unreadable here: let libvirt decide
         return False

@@ -13,14 +13,12 @@ connection is closed — by exit or by ``kill -9``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import ClassVar
 
-from vhdtool.format.lock import held_elsewhere
+from vhdtool.run import state
 from vhdtool.vss import control
 from vhdtool.vss.plugin import (
     AgentUnavailable,
@@ -36,55 +34,6 @@ from vhdtool.vss.qga import GuestAgent
 from vhdtool.vss.qmp import Qmp
 
 
-def default_state_dir() -> str:
-    """The runner's state folder: ``$VHDTOOL_STATE_DIR``, else ``$XDG_RUNTIME_DIR/vhdtool``,
-    else ``~/.cache/vhdtool/run`` (as ``vhdtool run`` keeps it)."""
-    explicit = os.environ.get("VHDTOOL_STATE_DIR")
-    if explicit:
-        return explicit
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "vhdtool")
-    return os.path.join(os.path.expanduser("~"), ".cache", "vhdtool", "run")
-
-
-@dataclass(slots=True)
-class Entry:
-    """What the plugin needs of one running guest."""
-
-    name: str
-    pid: int
-    qmp: str
-    agent: str | None
-    control: str
-    disks: dict[str, str] = field(default_factory=dict)
-    """Export name -> the image the runner was started with."""
-
-
-def _alive(state_dir: str, name: str) -> bool:
-    """Whether the runner of ``name`` lives: it holds ``NAME.lock`` with an exclusive flock for
-    its whole life (see vhdtool.run.state); a lock we can take means a stale entry."""
-    return held_elsewhere(os.path.join(state_dir, f"{name}.lock"))
-
-
-def _read_entry(path: str) -> Entry | None:
-    """One guest's state entry (a JSON file); None for anything that is not one."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-        disks = {str(d["export"]): str(d["image"]) for d in doc.get("disks", [])}
-        return Entry(
-            name=str(doc["name"]),
-            pid=int(doc["pid"]),
-            qmp=str(doc["qmp"]),
-            agent=str(doc["agent"]) if doc.get("agent") else None,
-            control=str(doc["control"]),
-            disks=disks,
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 class RunnerHypervisor(Hypervisor):
     name = "runner"
     option_help: ClassVar[Mapping[str, str]] = {
@@ -93,7 +42,7 @@ class RunnerHypervisor(Hypervisor):
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
         super().__init__(options)
-        self.state_dir = self.options.get("state") or default_state_dir()
+        self.state_dir = os.path.abspath(self.options.get("state") or state.state_dir())
         self._agents: dict[str, GuestAgent] = {}
         self._lock = threading.Lock()
 
@@ -101,23 +50,11 @@ class RunnerHypervisor(Hypervisor):
     def supports(cls) -> str | None:
         return None
 
-    def _entries(self) -> dict[str, Entry]:
-        """The live guests' entries (``NAME.json`` beside ``NAME.lock``, as vhdtool.run.state
-        writes them); stale ones are skipped and left to ``vhdtool ps``/``run`` to clean."""
-        try:
-            names = sorted(os.listdir(self.state_dir))
-        except FileNotFoundError:
-            return {}
-        found = {}
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            entry = _read_entry(os.path.join(self.state_dir, name))
-            if entry is not None and _alive(self.state_dir, entry.name):
-                found[entry.name] = entry
-        return found
+    def _entries(self) -> dict[str, state.Entry]:
+        """The live guests, as vhdtool.run.state keeps them (stale entries are cleaned)."""
+        return {e.name: e for e in state.entries(self.state_dir)}
 
-    def _entry(self, guest: str) -> Entry:
+    def _entry(self, guest: str) -> state.Entry:
         entry = self._entries().get(guest)
         if entry is None:
             raise HypervisorError(f"runner: no running guest {guest!r} in {self.state_dir}")
@@ -151,7 +88,8 @@ class RunnerHypervisor(Hypervisor):
     def list_disks(self, guest: str) -> list[Disk]:
         entry = self._entry(guest)
         layers = control.call(entry.control, {"op": "layers"}, 10)["layers"]
-        return [Disk(export, str(layers.get(export, image))) for export, image in entry.disks.items()]
+        images = {str(d["export"]): str(d["image"]) for d in entry.disks}
+        return [Disk(export, str(layers.get(export, image))) for export, image in images.items()]
 
     def probe_agent(self, guest: str, timeout: float) -> bool:
         try:

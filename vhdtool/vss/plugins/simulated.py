@@ -128,7 +128,7 @@ class SimulatedHypervisor(Hypervisor):
         return os.path.join(self.folder, "state", f"{name}.json")
 
     def _make_guest(self, index: int) -> _SimGuest:
-        import vhdtool
+        from vhdtool.ops.create import create
 
         disk = os.path.join(self.folder, f"sim-{index}.vhd")
         guest = _SimGuest(index, disk)
@@ -137,7 +137,7 @@ class SimulatedHypervisor(Hypervisor):
                 guest.load(json.load(f))
             return guest
         if not os.path.exists(disk):
-            vhdtool.create(disk, size=DISK_SIZE)
+            create(disk, size=DISK_SIZE)
         self._save(guest)
         return guest
 
