@@ -40,8 +40,12 @@ from vhdtool.errors import UsageError, VhdError
 from vhdtool.run import address, state
 from vhdtool.run.qmp import QmpClient, QmpError
 
-POLL = 0.02
-"""Seconds between QMP status polls: the switch-over waits on them while the guest is stopped."""
+POLL = 0.01
+"""Seconds between QMP polls of the migration: its pause before the switch-over is found by them."""
+SWITCH_POLL = 0.002
+"""Seconds between polls while the guest is stopped: each wait adds to the downtime."""
+DOWNTIME_LIMIT_MS = 100
+"""The pause QEMU aims at when it decides to stop the guest (its default: 300 ms)."""
 CONNECT_TIMEOUT = 10.0
 STEP_TIMEOUT = 60.0
 """Longest wait for one mirror job to end or the migration to settle after a cancel."""
@@ -200,7 +204,10 @@ class _Migrate:
         if status != "running":
             raise MigrationFailed(f"guest {self.entry.name} is {status}, not running: nothing was migrated")
         await self._capabilities(True, "events", "return-path", "pause-before-switchover")
-        await self._execute("migrate-set-parameters", {"max-bandwidth": self.bandwidth or UNLIMITED_BANDWIDTH})
+        await self._execute(
+            "migrate-set-parameters",
+            {"max-bandwidth": self.bandwidth or UNLIMITED_BANDWIDTH, "downtime-limit": DOWNTIME_LIMIT_MS},
+        )
         await self._mirror()
         await self._copy_ram()
         await self._switch_over()
@@ -249,7 +256,7 @@ class _Migrate:
             self.progress("disks", sum(j["current-progress"] for j in jobs), sum(j["total-progress"] for j in jobs))
             if all(j["status"] == "ready" for j in jobs):
                 return
-            await asyncio.sleep(POLL * 5)
+            await asyncio.sleep(POLL * 10)
 
     async def _node_sizes(self) -> dict[str, int]:
         nodes = await self._execute("query-named-block-nodes", {"flat": True})
@@ -326,7 +333,7 @@ class _Migrate:
                 return {"current-progress": 0}
             if found[job]["status"] == "concluded":
                 return found[job]
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(SWITCH_POLL)
         raise MigrationFailed(f"mirror {job}: did not end within {STEP_TIMEOUT:g} s")
 
     async def _settled(self) -> dict[str, Any]:
@@ -335,7 +342,7 @@ class _Migrate:
             info = await self._execute("query-migrate")
             if info.get("status") in ("completed", "failed", "cancelled", None):
                 return info
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(SWITCH_POLL)
 
     async def _stop_source(self) -> None:
         """Quit the source QEMU (stopped, its disks inactive) and wait for its runner to exit."""
@@ -348,7 +355,7 @@ class _Migrate:
                     f"the guest runs on the destination, but the source runner (pid {self.entry.pid}) did not exit "
                     f"within {SOURCE_EXIT_TIMEOUT:g} s; its QEMU is stopped"
                 )
-            await asyncio.sleep(POLL * 5)
+            await asyncio.sleep(POLL * 10)
 
     # --- the way back ------------------------------------------------------------------------
 
