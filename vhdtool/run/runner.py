@@ -143,10 +143,7 @@ def _check_inputs(o: RunOptions) -> re.Pattern[str] | None:
     if o.name is not None:
         state.check_name(o.name)
     if o.incoming is not None:
-        incoming = address.parse(o.incoming, "--incoming")
-        for path in (incoming.path, incoming.disks_path):
-            if path is not None and os.path.exists(path):
-                raise UsageError(f"--incoming {o.incoming}: {path} exists already")
+        address.parse(o.incoming, "--incoming")
     if o.expect is None:
         return None
     try:
@@ -294,8 +291,11 @@ class _Run:
         """Serve the disks to the source's mirror on the address beside the migration's: a server
         of their own, closed once the guest runs here, so nobody writes behind its back."""
         from vhdtool.nbd import NbdServer
+        from vhdtool.nbd.server import _remove_stale_socket as remove_stale_socket
 
         assert self.incoming is not None
+        if self.incoming.path is not None:
+            remove_stale_socket(self.incoming.path)  # QEMU would replace whatever is there
         server = self.incoming_server = NbdServer()
         for disk in self.disks:
             server.add_export(disk.id, disk.device, description=disk.image)
