@@ -292,7 +292,10 @@ class _Migrate:
             if status == "pre-switchover":
                 return
             if status in ("failed", "cancelled", "completed"):
-                raise MigrationFailed(f"copying RAM: migration {status}: {info.get('error-desc', 'no reason given')}")
+                raise MigrationFailed(
+                    f"copying RAM: migration {status}: {info.get('error-desc', 'no reason given')} (the destination "
+                    "runner says why; it needs the same --memory, --cpus, --agent, --net and disks)"
+                )
             await self._jobs()  # a mirror that failed (the destination gone) ends the migration too
             await asyncio.sleep(POLL)
 
@@ -319,7 +322,7 @@ class _Migrate:
         if info.get("status") != "completed":
             raise MigrationFailed(
                 f"switch-over: migration {info.get('status')}: {info.get('error-desc', 'no reason given')} "
-                f"(does the destination have the same --memory, --cpus, --agent, --net and disks?); "
+                "(the destination runner says why; it needs the same --memory, --cpus, --agent, --net and disks); "
                 f"{self.entry.name} runs here again"
             )
         self.result.downtime_ms = int(info.get("downtime", 0))
