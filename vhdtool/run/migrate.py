@@ -158,6 +158,8 @@ class _Migrate:
                 reason = self._reason(e)
                 await asyncio.shield(self._roll_back())
                 here = f"{self.entry.name} still runs here, the destination was stopped"
+                if not any(e.name == self.entry.name for e in state.entries()):
+                    here = f"the source runner of {self.entry.name} has gone, the destination was stopped"
                 if self.signum is not None:
                     raise Interrupted(f"{reason}: migration cancelled; {here}", self.signum) from None
                 raise MigrationFailed(f"{reason}; {here}") from None

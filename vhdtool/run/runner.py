@@ -10,9 +10,16 @@ Ctrl-C/SIGTERM/SIGHUP, an error): QEMU quit (killed if it does not go), sockets 
 requests answered and images flushed and closed, throw-away layers and the entry removed.
 QEMU gets ``PR_SET_PDEATHSIG`` so that even a runner killed with -9 leaves no guest behind.
 
-Exit codes: 0 the guest stopped by itself (powered off or reset), or ``--expect`` matched;
-1 ``--expect`` not matched before the guest stopped or ``--timeout`` passed, a guest still
-running at ``--timeout``, QEMU missing or failing, ``--accel kvm`` without real KVM; 64 bad
+With ``--incoming ADDRESS`` the guest does not boot: QEMU waits for a migration at ADDRESS and
+starts the guest itself once it has arrived, and a second NBD server offers the disks to the
+source's mirror beside ADDRESS (see ``address``) until then. A migration that fails before the
+guest started here ends QEMU and the run (exit 1). The source's runner, whose QEMU the migration
+left stopped and ``vhdtool migrate`` quits, exits 0 saying the guest migrated away.
+
+Exit codes: 0 the guest stopped by itself (powered off or reset), migrated away, or ``--expect``
+matched; 1 ``--expect`` not matched before the guest stopped or ``--timeout`` passed, a guest
+still running at ``--timeout``, QEMU missing or failing, an incoming migration that failed,
+``--accel kvm`` without real KVM; 64 bad
 input (missing files, an image with no bootloader and no ``--kernel``, a name in use);
 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP.
 """
