@@ -290,7 +290,8 @@ class _Migrate:
             info = await self._execute("query-migrate")
             status = info.get("status")
             ram = info.get("ram", {})
-            self.progress("RAM", int(ram.get("transferred", 0)), int(ram.get("total", 0)))
+            total = int(ram.get("total", 0))
+            self.progress("RAM", total - int(ram.get("remaining", total)), total)  # zero pages count as done
             if status == "pre-switchover":
                 return
             if status in ("failed", "cancelled", "completed"):
