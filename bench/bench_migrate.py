@@ -1,13 +1,14 @@
-"""Benchmark: `vhdtool migrate` (disks copied with the guest) against QEMU's own migration of the
-same guest on shared storage (RAM and device state only), for 256 MiB and 1 GiB guests.
+"""Benchmark: `vhdtool migrate` (disks copied with the guest) against QEMU's own migration of the same
+guest on shared storage (RAM and device state only), for 256 MiB and 1 GiB guests.
 
 Each side keeps one guest running — the test guest (fixtures/guest.py) appending a counter to its
-disk with sync every 0.2 s; the disk a 1 GiB ext4 image holding 64 MiB of random data — and moves it to a new destination each round, on this host over a
-unix socket: vhdtool from runner to runner, each new destination a new empty VHD that the mirror
-fills; the peer from one bare QEMU to the next, both on the same raw file. Rounds alternate
-between the two sides. Printed per side: total time (vhdtool: mirror + RAM + switch-over, from
-its --json; peer: from `migrate` to `completed`) and the downtime QEMU measured, best and median;
-then the ratios vhdtool/peer. Both use downtime-limit 100 ms and no bandwidth cap.
+disk with sync every 0.2 s; the disk a 1 GiB ext4 image holding 64 MiB of random data — and moves it
+to a new destination each round, on this host over a unix socket: vhdtool from runner to runner,
+each new destination a new empty VHD that the mirror fills; the peer from one bare QEMU to the next,
+both on the same raw file. Rounds alternate between the two sides. Printed per side: total time
+(vhdtool: mirror + RAM + switch-over, from its --json; peer: from `migrate` to `completed`) and the
+downtime QEMU measured, best and median; then the ratios vhdtool/peer. Both use downtime-limit 100
+ms and no bandwidth cap.
 
     .venv/bin/python bench/bench_migrate.py [--rounds 3] [--memory 256M 1G] [--disk 1G] [--data-mib 64]
 """
