@@ -40,9 +40,9 @@ TICKER = "i=0; while true; do i=$((i+1)); echo tick $i >> /data; sync; echo tick
 
 def wait_for(path: Path, text: str, seconds: float = 180) -> None:
     end = time.monotonic() + seconds
-    while text not in path.read_text(errors="replace"):
+    while text not in (seen := path.read_text(errors="replace") if path.exists() else ""):
         if time.monotonic() > end:
-            raise RuntimeError(f"no {text!r} in {path} within {seconds} s: {path.read_text()[-400:]}")
+            raise RuntimeError(f"no {text!r} in {path} within {seconds} s: {seen[-400:]}")
         time.sleep(0.1)
 
 
@@ -56,7 +56,6 @@ class Ours:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.name = "g0"
         self._start(image, self.name, [])
-        wait_for(work / "g0.out", "tick 3")
 
     def _start(self, image: Path, name: str, extra: list[str]) -> None:
         args = ["--kernel", str(self.guest.kernel), "--initrd", str(self.guest.initrd), "--append", self.guest.append]
@@ -98,13 +97,12 @@ class Peer:
                      "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", append]  # fmt: skip
         self.procs: list[subprocess.Popen[bytes]] = []
         self.qmp = self._start([])
-        wait_for(work / "p0.out", "tick 3")
 
     def _start(self, extra: list[str]) -> Path:
         n = len(self.procs)
         qmp = self.work / f"p{n}.qmp"
         argv = [*self.argv, "-serial", f"file:{self.work / f'p{n}.out'}", "-qmp", f"unix:{qmp},server=on,wait=off"]
-        self.procs.append(subprocess.Popen([*argv, *extra], stderr=subprocess.DEVNULL))
+        self.procs.append(subprocess.Popen([*argv, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         end = time.monotonic() + 30
         while not qmp.exists() and time.monotonic() < end:
             time.sleep(0.05)
@@ -171,6 +169,8 @@ def bench(guest: Guest, memory: str, rounds: int, accel: str, disk: str, data_mi
         try:
             ours = Ours(work, guest, memory, image, size)
             peer = Peer(work, guest, memory, raw, accel)
+            wait_for(work / "g0.out", "tick 3")
+            wait_for(work / "p0.out", "tick 3")
             t_ours, t_peer = [], []
             for _ in range(rounds):
                 t_peer.append(peer.move())
