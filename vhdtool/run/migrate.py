@@ -50,6 +50,9 @@ CONNECT_TIMEOUT = 10.0
 STEP_TIMEOUT = 60.0
 """Longest wait for one mirror job to end or the migration to settle after a cancel."""
 SOURCE_EXIT_TIMEOUT = 30.0
+NODE_PREFIX = "migrate-"
+"""Mirror target nodes and jobs are named migrate-vda, migrate-vdb, ..."""
+ACTIVE_STATES = ("setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug")
 UNLIMITED_BANDWIDTH = 1 << 40
 """QEMU caps migration at 128 MiB/s unless told otherwise."""
 
@@ -149,8 +152,8 @@ class _Migrate:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig, task)
         try:
-            self.qmp = await self._connect()
             try:
+                self.qmp = await self._connect()
                 await self._move()
             except BaseException as e:
                 if self.committed:
@@ -158,7 +161,7 @@ class _Migrate:
                 reason = self._reason(e)
                 await asyncio.shield(self._roll_back())
                 here = f"{self.entry.name} still runs here, the destination was stopped"
-                if not any(e.name == self.entry.name for e in state.entries()):
+                if not any(other.name == self.entry.name for other in state.entries()):
                     here = f"the source runner of {self.entry.name} has gone, the destination was stopped"
                 if self.signum is not None:
                     raise Interrupted(f"{reason}: migration cancelled; {here}", self.signum) from None
@@ -202,6 +205,7 @@ class _Migrate:
     # --- the way forward ---------------------------------------------------------------------
 
     async def _move(self) -> None:
+        await self._clear_leftovers()
         status = (await self._execute("query-status"))["status"]
         if status != "running":
             raise MigrationFailed(f"guest {self.entry.name} is {status}, not running: nothing was migrated")
@@ -214,6 +218,20 @@ class _Migrate:
         await self._copy_ram()
         await self._switch_over()
 
+    async def _clear_leftovers(self) -> None:
+        """Roll back what an earlier `migrate` killed on its way left behind: a migration waiting
+        before its switch-over (the guest stopped), mirror jobs, their nodes. Holding the guest's
+        QMP socket, which takes one client at a time, means that no other `migrate` runs."""
+        status = (await self._execute("query-migrate")).get("status")
+        found = [j["id"] for j in await self._execute("query-jobs") if str(j["id"]).startswith(NODE_PREFIX)]
+        nodes = [n for n in await self._node_sizes() if n.startswith(NODE_PREFIX)]
+        if status not in ACTIVE_STATES and not found and not nodes:
+            return
+        self.say("rolling back an earlier migration that was left unfinished")
+        self.migrating, self.jobs, self.nodes = status in ACTIVE_STATES, found, nodes
+        await self._roll_back(stop_destination=False)
+        self.migrating, self.jobs, self.nodes = False, [], []
+
     async def _capabilities(self, on: bool, *names: str) -> None:
         await self._execute(
             "migrate-set-capabilities", {"capabilities": [{"capability": c, "state": on} for c in names]}
@@ -225,7 +243,7 @@ class _Migrate:
         sizes = await self._node_sizes()
         for disk in disks:
             disk_id = str(disk["id"])
-            node = f"migrate-{disk_id}"
+            node = f"{NODE_PREFIX}{disk_id}"
             try:
                 await self._execute(
                     "blockdev-add",
@@ -273,7 +291,7 @@ class _Migrate:
             if job is None:
                 raise MigrationFailed(f"mirror {node}: the job disappeared")
             if job.get("error"):
-                raise MigrationFailed(f"copying {node.removeprefix('migrate-')} to the destination: {job['error']}")
+                raise MigrationFailed(f"copying {node.removeprefix(NODE_PREFIX)} to the destination: {job['error']}")
             if job["status"] in ("concluded", "null", "aborting"):
                 raise MigrationFailed(f"mirror {node}: the job ended early ({job['status']})")
             jobs.append(job)
@@ -311,8 +329,8 @@ class _Migrate:
         for job in list(self.jobs):
             done = await self._wait_job_ended(job)
             if done.get("error"):
-                raise MigrationFailed(f"finishing the copy of {job.removeprefix('migrate-')} failed: {done['error']}")
-            copy = next(d for d in self.result.disks if f"migrate-{d.id}" == job)
+                raise MigrationFailed(f"finishing the copy of {job.removeprefix(NODE_PREFIX)} failed: {done['error']}")
+            copy = next(d for d in self.result.disks if NODE_PREFIX + d.id == job)
             copy.bytes = int(done["current-progress"])
             await self._execute("job-dismiss", {"id": job})
             self.jobs.remove(job)
@@ -365,9 +383,10 @@ class _Migrate:
 
     # --- the way back ------------------------------------------------------------------------
 
-    async def _roll_back(self) -> None:
+    async def _roll_back(self, stop_destination: bool = True) -> None:
         """Undo what was started, guest running here first; every step is tried."""
         if self.qmp is None:
+            await asyncio.to_thread(_break_incoming, self.target)
             return
         with contextlib.suppress(VhdError, TimeoutError):
             if self.migrating:
@@ -378,15 +397,17 @@ class _Migrate:
                 await self._capabilities(False, "pause-before-switchover")
             if (await self._execute("query-status"))["status"] in ("paused", "postmigrate", "finish-migrate"):
                 await self._execute("cont")
-        for job in list(self.jobs):
-            with contextlib.suppress(VhdError, TimeoutError):
+        for job in self.jobs:  # a job that failed has ended already: cancelling it fails, dismissing it not
+            with contextlib.suppress(VhdError):
                 await self._execute("block-job-cancel", {"device": job, "force": True})
+            with contextlib.suppress(VhdError):
                 await self._wait_job_ended(job)
+            with contextlib.suppress(VhdError):
                 await self._execute("job-dismiss", {"id": job})
         for node in self.nodes:
             with contextlib.suppress(VhdError):
                 await self._execute("blockdev-del", {"node-name": node})
-        if not self.migrating:
+        if stop_destination and not self.migrating:
             await asyncio.to_thread(_break_incoming, self.target)
 
 
