@@ -83,6 +83,8 @@ class Migration:
     to: str
     total_ms: int = 0
     downtime_ms: int = 0
+    switch_over_ms: int = 0
+    """Of the downtime: from finding the guest stopped to letting QEMU go on (the mirrors ending)."""
     ram_bytes: int = 0
     disks: list[DiskCopy] = field(default_factory=list)
 
@@ -96,6 +98,7 @@ class Migration:
             "to": self.to,
             "total_ms": self.total_ms,
             "downtime_ms": self.downtime_ms,
+            "switch_over_ms": self.switch_over_ms,
             "transferred_bytes": self.transferred_bytes,
             "ram_bytes": self.ram_bytes,
             "disks": [{"id": d.id, "image": d.image, "bytes": d.bytes} for d in self.disks],
@@ -324,6 +327,7 @@ class _Migrate:
         """With the guest stopped: end the mirrors (their last writes reach the destination),
         then let QEMU send the device state. From ``migrate-continue`` on, QEMU decides."""
         self.say("switching over")
+        paused = time.monotonic()
         for job in self.jobs:
             await self._execute("block-job-cancel", {"device": job})
         for job in list(self.jobs):
@@ -339,6 +343,7 @@ class _Migrate:
             self.nodes.remove(node)
         self.committed = True
         await self._execute("migrate-continue", {"state": "pre-switchover"})
+        self.result.switch_over_ms = round((time.monotonic() - paused) * 1000)
         info = await self._settled()
         if info.get("status") != "completed":
             raise MigrationFailed(
