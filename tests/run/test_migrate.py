@@ -134,6 +134,7 @@ def test_a_ticking_guest_moves_twice_over_unix_and_tcp_and_its_last_disk_holds_e
         assert report["disks"][0]["id"] == "vda" and report["disks"][0]["bytes"] >= size
         assert report["transferred_bytes"] == report["ram_bytes"] + report["disks"][0]["bytes"]
         assert report["ram_bytes"] > 0 and 0 <= report["downtime_ms"] <= report["total_ms"]
+        assert 0 <= report["switch_over_ms"] <= report["total_ms"]
         assert source.exit_code() == 0 and "guest migrated away" in source.text()
         left_at = source.last_tick()
         first.wait_ticking_past(left_at)
