@@ -702,8 +702,9 @@ def run_command(
     do) and serves IMAGES for the copy of the source's disks at PATH.nbd (unix:PATH) or on
     PORT+1 (tcp:HOST:PORT) until the guest runs here.
 
-    Exit codes: 0 the guest stopped by itself or --expect matched; 1 no match before the guest
-    stopped or --timeout passed, or QEMU failed; 64 bad input; 130/143 stopped by SIGINT/SIGTERM.
+    Exit codes: 0 the guest stopped by itself, migrated away or --expect matched; 1 no match
+    before the guest stopped or --timeout passed, QEMU failed, or the incoming migration failed;
+    64 bad input; 130/143 stopped by SIGINT/SIGTERM.
     """
     from vhdtool.run.runner import RunOptions, run
 
