@@ -19,9 +19,8 @@ left stopped and ``vhdtool migrate`` quits, exits 0 saying the guest migrated aw
 Exit codes: 0 the guest stopped by itself (powered off or reset), migrated away, or ``--expect``
 matched; 1 ``--expect`` not matched before the guest stopped or ``--timeout`` passed, a guest
 still running at ``--timeout``, QEMU missing or failing, an incoming migration that failed,
-``--accel kvm`` without real KVM; 64 bad
-input (missing files, an image with no bootloader and no ``--kernel``, a name in use);
-130/143/129 stopped by SIGINT/SIGTERM/SIGHUP.
+``--accel kvm`` without real KVM; 64 bad input (missing files, an image with no bootloader and no
+``--kernel``, a name in use); 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -477,7 +476,7 @@ class _Run:
                 )
             raise VhdError(f"QEMU stopped with an error after {self.elapsed():.1f} s: {last}")
         if self._migrated_away():
-            _say(f"guest migrated away after {self.elapsed():.1f} s: stopped here, its images closed")
+            _say(f"guest migrated away after {self.elapsed():.1f} s: stopped here, closing its images")
             return 0
         what = STOP_REASONS.get(reason or "", f"stopped ({reason or f'QEMU exit code {code}'})")
         if self.pattern is not None:
