@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "build": ([], ["--files", "400", "--total-mib", "100", "--rounds", "2"]),
     "run": ([], ["--rounds", "2"]),
     "snapshot": ([], ["--rounds", "2"]),
+    "migrate": ([], ["--rounds", "2", "--memory", "256M"]),
 }
 
 
@@ -42,6 +43,7 @@ PEERS: dict[str, tuple[list[str], list[str]]] = {
     "build": (["qemu-img", "mke2fs", "debugfs", "truncate"], []),
     "run": (["qemu-system-x86_64", "qemu-img"], []),
     "snapshot": ([], []),
+    "migrate": (["qemu-system-x86_64", "qemu-img"], []),
 }
 SETUP = "bash fixtures/setup.sh"
 

@@ -870,6 +870,8 @@ def reset_id(path: str, children: tuple[str, ...], new_uuid: str | None, as_json
 @click.option("--qmp", type=click.Path(dir_okay=False), metavar="SOCKET", help="Put the QMP socket at this path.")
 @click.option("--agent", is_flag=True, help="Add a virtio-serial channel for the QEMU guest agent.")
 @click.option("--name", help="Guest name (default: the first image's file stem, made unique).")
+@click.option("--incoming", metavar="unix:PATH|tcp:HOST:PORT",
+              help="Wait for `vhdtool migrate` here instead of booting (disks on PATH.nbd or PORT+1).")  # fmt: skip
 def run_command(
     images: tuple[str, ...],
     kernel: str | None,
@@ -886,6 +888,7 @@ def run_command(
     qmp: str | None,
     agent: bool,
     name: str | None,
+    incoming: str | None,
 ) -> None:
     """Boot IMAGES under QEMU (q35, virtio disks served by vhdtool's NBD server), until the guest stops.
 
@@ -895,8 +898,14 @@ def run_command(
     or SIGTERM stops the guest at once, as a power cut would (what it had not synced is lost),
     and flushes everything it wrote into the images. Running guests are listed by `vhdtool ps`.
 
-    Exit codes: 0 the guest stopped by itself or --expect matched; 1 no match before the guest
-    stopped or --timeout passed, or QEMU failed; 64 bad input; 130/143 stopped by SIGINT/SIGTERM.
+    With --incoming the guest does not boot: it waits for `vhdtool migrate NAME --to ADDRESS`
+    (same boot options and devices as the source; IMAGES of the source's sizes, new ones will
+    do) and serves IMAGES for the copy of the source's disks at PATH.nbd (unix:PATH) or on
+    PORT+1 (tcp:HOST:PORT) until the guest runs here.
+
+    Exit codes: 0 the guest stopped by itself, migrated away or --expect matched; 1 no match
+    before the guest stopped or --timeout passed, QEMU failed, or the incoming migration failed;
+    64 bad input; 130/143 stopped by SIGINT/SIGTERM.
     """
     from vhdtool.run.runner import RunOptions, run
 
@@ -916,8 +925,58 @@ def run_command(
         qmp=qmp,
         agent=agent,
         name=name,
+        incoming=incoming,
     )
     sys.exit(run(options))
+
+
+@cli.command(name="migrate")
+@click.argument("name")
+@click.option("--to", "to", required=True, metavar="unix:PATH|tcp:HOST:PORT",
+              help="The destination: a `vhdtool run --incoming` waiting there.")  # fmt: skip
+@click.option("--bandwidth", metavar="RATE", help="Cap the copy at RATE bytes per second (100M, 1G; default: none).")
+@_QUIET
+@_JSON
+def migrate_command(name: str, to: str, bandwidth: str | None, quiet: bool, as_json: bool) -> None:
+    """Move the running guest NAME to a destination runner, its disks with it, while it runs.
+
+    Every disk is copied into the destination's images while the guest runs (QEMU's
+    blockdev-mirror; once in sync every write reaches both), then RAM and device state follow
+    (QEMU's migration); at the switch-over the guest stops here, the last writes reach the
+    destination, and it starts there. The source runner then exits, its images closed.
+
+    On any failure, Ctrl-C or SIGTERM before the switch-over the migration is cancelled: NAME
+    keeps running here, the destination runner is stopped (exit 1) and its images are left as the
+    copy reached them, partly filled: use them again for the next try, or delete them.
+    Exit codes: 0 moved; 1 failed, NAME still runs here; 64 bad input; 130/143 interrupted.
+    """
+    from vhdtool.run.migrate import migrate
+
+    with contextlib.ExitStack() as stack:
+        bars: dict[str, Callable[[int, int], None]] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                stack.close()
+                bars.clear()
+                bars[phase] = stack.enter_context(_progress(f"copying {phase}", not (quiet or as_json)))
+            bars[phase](done, total)
+
+        result = migrate(
+            name,
+            to,
+            bandwidth=_size_option(bandwidth),
+            progress=progress,
+            say=lambda line: print(f"vhdtool: migrate: {line}", file=sys.stderr, flush=True),
+        )
+    if as_json:
+        render.print_json(result.as_json())
+        return
+    disks = ", ".join(f"{d.id} {render.human_size(d.bytes)}" for d in result.disks)
+    print(
+        f"{result.name}: moved to {result.to} in {result.total_ms / 1000:.2f} s, downtime {result.downtime_ms} ms; "
+        f"sent {render.human_size(result.transferred_bytes)} (RAM {render.human_size(result.ram_bytes)}, {disks})"
+    )
 
 
 @cli.command(name="ps")

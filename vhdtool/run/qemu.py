@@ -6,7 +6,8 @@ driver reads a differencing VHD as if it had no parent). ``-nodefaults`` keeps t
 small; ``-no-reboot`` turns a guest reboot or a ``panic=-1`` into QEMU exiting, which is what a
 runner waiting for a guest to finish wants. The serial console is QEMU's stdio (pipes to the
 runner); the guest starts paused (``-S``) so that the runner's QMP connection is up before the
-first instruction runs.
+first instruction runs. The destination of a migration (``incoming``) runs no instruction before
+the source's state has arrived, and then starts by itself: it gets ``-incoming`` instead of ``-S``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class MachineSpec:
     append: str | None = None
     agent_socket: str | None = None
     net: str = "none"
+    incoming: str | None = None
+    """QEMU's migration URI to wait on (``unix:PATH``, ``tcp:HOST:PORT``), or None to boot."""
 
 
 def find_qemu() -> str:
@@ -85,7 +88,7 @@ def command_line(qemu: str, spec: MachineSpec) -> list[str]:
         "-nodefaults", "-no-user-config",
         "-display", "none",
         "-no-reboot",
-        "-S",
+        *(["-incoming", spec.incoming] if spec.incoming is not None else ["-S"]),
         "-chardev", "stdio,id=console0,signal=off",
         "-serial", "chardev:console0",
     ]  # fmt: skip

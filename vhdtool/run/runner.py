@@ -10,11 +10,17 @@ Ctrl-C/SIGTERM/SIGHUP, an error): QEMU quit (killed if it does not go), sockets 
 requests answered and images flushed and closed, throw-away layers and the entry removed.
 QEMU gets ``PR_SET_PDEATHSIG`` so that even a runner killed with -9 leaves no guest behind.
 
-Exit codes: 0 the guest stopped by itself (powered off or reset), or ``--expect`` matched;
-1 ``--expect`` not matched before the guest stopped or ``--timeout`` passed, a guest still
-running at ``--timeout``, QEMU missing or failing, ``--accel kvm`` without real KVM; 64 bad
-input (missing files, an image with no bootloader and no ``--kernel``, a name in use);
-130/143/129 stopped by SIGINT/SIGTERM/SIGHUP.
+With ``--incoming ADDRESS`` the guest does not boot: QEMU waits for a migration at ADDRESS and
+starts the guest itself once it has arrived, and a second NBD server offers the disks to the
+source's mirror beside ADDRESS (see ``address``) until then. A migration that fails before the
+guest started here ends QEMU and the run (exit 1). The source's runner, whose QEMU the migration
+left stopped and ``vhdtool migrate`` quits, exits 0 saying the guest migrated away.
+
+Exit codes: 0 the guest stopped by itself (powered off or reset), migrated away, or ``--expect``
+matched; 1 ``--expect`` not matched before the guest stopped or ``--timeout`` passed, a guest
+still running at ``--timeout``, QEMU missing or failing, an incoming migration that failed,
+``--accel kvm`` without real KVM; 64 bad input (missing files, an image with no bootloader and no
+``--kernel``, a name in use); 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.format.rules import parse_size
-from vhdtool.run import host, qemu, state
+from vhdtool.run import address, host, qemu, state
 from vhdtool.run.console import ConsoleLog, keys_forwarder, raw_terminal
 from vhdtool.run.disks import GuestDisk, close_disks, first_sector, open_disks
 from vhdtool.run.qmp import QmpClient, QmpError
@@ -47,6 +53,7 @@ log = logging.getLogger("vhdtool.run")
 
 QMP_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 5.0
+ARRIVAL_POLL = 0.05
 PR_SET_PDEATHSIG = 1
 
 STOP_REASONS = {
@@ -76,6 +83,8 @@ class RunOptions:
     qmp: str | None = None
     agent: bool = False
     name: str | None = None
+    incoming: str | None = None
+    """Wait for a migration at this address (``unix:PATH``, ``tcp:HOST:PORT``) instead of booting."""
 
 
 class GuestFailed(VhdError):
@@ -139,6 +148,8 @@ def _check_inputs(o: RunOptions) -> re.Pattern[str] | None:
             raise UsageError(f"--qmp {o.qmp}: exists already")
     if o.name is not None:
         state.check_name(o.name)
+    if o.incoming is not None:
+        address.parse(o.incoming, "--incoming")
     if o.expect is None:
         return None
     try:
@@ -212,6 +223,11 @@ class _Run:
         """The user pressed Ctrl-] on the interactive console."""
         self.qemu_stderr: collections.deque[str] = collections.deque(maxlen=8)
         self._stderr_task: asyncio.Task[None] | None = None
+        self.incoming = address.parse(o.incoming, "--incoming") if o.incoming is not None else None
+        self.incoming_server: NbdServer | None = None
+        """With --incoming: the disks served to the source's mirror, until the guest resumes here."""
+        self.arrived = False
+        """With --incoming: the migration has arrived and the guest runs here."""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -227,14 +243,22 @@ class _Run:
             cleanup.callback(self.claim.release)
             self.disks, self.scratch = await asyncio.to_thread(open_disks, self.o.images, self.o.snapshot)
             cleanup.push_async_callback(self._close_disks)
-            if self.o.kernel is None:
+            if self.o.kernel is None and self.incoming is None:
                 _check_bootable(self.disks[0])
             await self._start_servers(cleanup)
             await self._start_qemu(cleanup)
             self.claim.write(self._entry())
-            _say(f"guest {self.claim.name} running (state: {self.claim.entry_path}, QMP: {self.qmp_public})")
             assert self.qmp is not None
-            await self.qmp.execute("cont")
+            if self.incoming is not None:
+                _say(
+                    f"guest {self.claim.name} waiting for a migration on {self.incoming.uri}, its disks served "
+                    f"on {self.incoming.describe_disks()} (state: {self.claim.entry_path}, QMP: {self.qmp_public})"
+                )
+                arrival = asyncio.create_task(self._await_arrival())
+                cleanup.callback(arrival.cancel)
+            else:
+                _say(f"guest {self.claim.name} running (state: {self.claim.entry_path}, QMP: {self.qmp_public})")
+                await self.qmp.execute("cont")
             return await self._wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -263,9 +287,44 @@ class _Run:
             self.agent_socket = self.claim.socket("agent.sock")
         await server.listen_unix(self.nbd_socket)
         cleanup.push_async_callback(server.close)
+        if self.incoming is not None:
+            await self._serve_incoming(cleanup)
         layer_control = LayerControl(server, self.control_socket)
         await layer_control.start()
         cleanup.push_async_callback(layer_control.close)
+
+    async def _serve_incoming(self, cleanup: contextlib.AsyncExitStack) -> None:
+        """Serve the disks to the source's mirror on the address beside the migration's: a server
+        of their own, closed once the guest runs here, so nobody writes behind its back."""
+        from vhdtool.nbd import NbdServer
+        from vhdtool.nbd.server import _remove_stale_socket as remove_stale_socket
+
+        assert self.incoming is not None
+        if self.incoming.path is not None:
+            remove_stale_socket(self.incoming.path)  # QEMU would replace whatever is there
+        server = self.incoming_server = NbdServer()
+        for disk in self.disks:
+            server.add_export(disk.id, disk.device, description=disk.image)
+        if self.incoming.disks_path is not None:
+            await server.listen_unix(self.incoming.disks_path)
+        else:
+            await server.listen_tcp(self.incoming.host, self.incoming.disks_port)
+        cleanup.push_async_callback(self._stop_incoming_server)
+
+    async def _stop_incoming_server(self) -> None:
+        server, self.incoming_server = self.incoming_server, None
+        if server is not None:
+            await server.close()
+
+    async def _await_arrival(self) -> None:
+        """Once QEMU resumes the guest (the migration has arrived), stop serving the disks to the
+        source and say so."""
+        assert self.qmp is not None
+        while not any(e.get("event") == "RESUME" for e in self.qmp.events):
+            await asyncio.sleep(ARRIVAL_POLL)
+        self.arrived = True
+        await self._stop_incoming_server()
+        _say(f"migration arrived after {self.elapsed():.1f} s: the guest runs here")
 
     async def _close_disks(self) -> None:
         serving = {name: export.device for name, export in self.server.exports.items()} if self.server else {}
@@ -294,6 +353,7 @@ class _Run:
             append=self.o.append,
             agent_socket=self.agent_socket,
             net=self.o.net,
+            incoming=self.incoming.uri if self.incoming is not None else None,
         )
         argv = qemu.command_line(self.binary, spec)
         log.debug("qemu: %s", argv)
@@ -307,7 +367,8 @@ class _Run:
                 process_group=0,  # Ctrl-C reaches the runner only; the runner stops QEMU in order
                 preexec_fn=_die_with_parent,
             )
-        cleanup.push_async_callback(self._stop_qemu, [private, self.qmp_public, self.agent_socket])
+        sockets = [private, self.qmp_public, self.agent_socket, self.incoming.path if self.incoming else None]
+        cleanup.push_async_callback(self._stop_qemu, sockets)
         self._stderr_task = asyncio.create_task(self._pump_stderr())
         self.qmp = await self._connect_qmp(private)
 
@@ -409,13 +470,28 @@ class _Run:
         reason = self.qmp.shutdown_reason
         if reason is None and code != 0:
             last = self.qemu_stderr[-1] if self.qemu_stderr else f"exit code {code}"
+            if self.incoming is not None and not self.arrived:
+                raise VhdError(
+                    f"the incoming migration failed after {self.elapsed():.1f} s ({last}); the guest did not "
+                    "start here and its images keep what the mirror had copied"
+                )
             raise VhdError(f"QEMU stopped with an error after {self.elapsed():.1f} s: {last}")
+        if self._migrated_away():
+            _say(f"guest migrated away after {self.elapsed():.1f} s: stopped here, closing its images")
+            return 0
         what = STOP_REASONS.get(reason or "", f"stopped ({reason or f'QEMU exit code {code}'})")
         if self.pattern is not None:
             self._show_last_lines()
             raise GuestFailed(f"the guest {what} after {self.elapsed():.1f} s without printing {self.o.expect!r}")
         _say(f"guest {what} after {self.elapsed():.1f} s")
         return 0
+
+    def _migrated_away(self) -> bool:
+        """QEMU reported a completed outgoing migration (``vhdtool migrate`` turns on its events)."""
+        assert self.qmp is not None
+        return any(
+            e.get("event") == "MIGRATION" and e.get("data", {}).get("status") == "completed" for e in self.qmp.events
+        )
 
     def _timed_out(self) -> int:
         self._show_last_lines()
@@ -475,6 +551,7 @@ class _Run:
             "control": self.control_socket,
             "snapshot": self.o.snapshot,
             "scratch": self.scratch,
+            "incoming": self.incoming.uri if self.incoming is not None else None,
             "disks": [
                 {"id": d.id, "export": d.id, "image": d.image, "nbd": {"socket": self.nbd_socket, "export": d.id}}
                 for d in self.disks

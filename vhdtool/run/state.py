@@ -24,6 +24,7 @@ For a guest named NAME it holds:
         "control": "/run/user/0/vhdtool/web1/control.sock",
         "snapshot": false,                    # --snapshot: writes go to a throw-away layer
         "scratch": null,                      # folder of those throw-away layers, removed at exit
+        "incoming": null,                     # --incoming: the migration address it waits (waited) on
         "disks": [
           {"id": "vda",                       # the guest's /dev/vda
            "export": "vda",                   # its NBD export (and its name on the control socket)
