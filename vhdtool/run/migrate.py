@@ -54,7 +54,7 @@ NODE_PREFIX = "migrate-"
 """Mirror target nodes and jobs are named migrate-vda, migrate-vdb, ..."""
 ACTIVE_STATES = ("setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug")
 UNLIMITED_BANDWIDTH = 1 << 40
-"""QEMU caps migration at 128 MiB/s unless told otherwise."""
+"""A bandwidth QEMU never reaches: without it, QEMU applies its own default cap to the migration."""
 
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total): phase is "disks" or "RAM"."""
