@@ -179,21 +179,57 @@ def test_framing_errors_close_only_that_connection(raw: Path, serve: Serve, tmp_
     assert raw.read_bytes() == before
 
 
-def test_idle_and_excess_connections(raw: Path, serve: Serve, tmp_path: Path) -> None:
-    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=0.5, max_connections=8)
+def test_idle_handshakes_time_out(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=0.5)
     idle = []
     for _ in range(8):
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(30)
         s.connect(socket_of(uri))
-        assert s.recv(8) == b"NBDMAGIC"  # greeted: the server counts this connection
+        assert s.recv(8) == b"NBDMAGIC"
         idle.append(s)
-    with RawClient(socket_of(uri)) as excess:  # over max_connections: closed without a greeting
-        assert excess.sock.recv(18) == b""
     for s in idle:  # each is dropped for not finishing its handshake in time
         while s.recv(4096):
             pass
         s.close()
+    still_serves(uri, raw.read_bytes(), tmp_path)
+
+
+def test_idle_handshakes_make_way_for_a_real_client(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    """More idle sockets than the handshake budget: each newcomer replaces the oldest unfinished
+    handshake, so a real client that arrives last is served (the deadline is long here: the
+    budget, not the deadline, lets it in)."""
+    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=60, max_handshakes=4)
+    idle = []
+    for _ in range(10):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(30)
+        s.connect(socket_of(uri))
+        assert s.recv(8) == b"NBDMAGIC"
+        idle.append(s)
+    with RawClient(socket_of(uri)) as c:
+        c.go()
+        c.request(p.Cmd.READ, 0, 4096)
+        assert c.chunks()
+    for s in idle[:6]:  # the oldest were dropped to make room
+        while s.recv(4096):
+            pass
+    for s in idle:
+        s.close()
+    still_serves(uri, raw.read_bytes(), tmp_path)
+
+
+def test_excess_serving_connections_are_refused(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    _, uri = serve(RawFile(raw), read_only=True, max_connections=2)
+    clients = [RawClient(socket_of(uri)) for _ in range(2)]
+    try:
+        for c in clients:
+            c.go()
+        with RawClient(socket_of(uri)) as excess:  # over max_connections: closed without a greeting
+            assert excess.sock.recv(18) == b""
+    finally:
+        for c in clients:
+            c.close()
     still_serves(uri, raw.read_bytes(), tmp_path)
 
 

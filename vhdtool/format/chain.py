@@ -54,9 +54,7 @@ def _open(
         meta = read_metadata(path, fd)
         if writable:
             _refuse_damaged_for_writing(meta)
-            lock_image(fd, path, exclusive=True)
-        elif as_parent:
-            lock_image(fd, path, exclusive=False)
+        lock_image(fd, path, exclusive=writable)
         if meta.disk_type == DISK_TYPE_FIXED:
             return FixedImage(meta, fd, writable)
         parent = None

@@ -13,9 +13,10 @@ import os
 import uuid as uuid_module
 from dataclasses import dataclass
 
-from vhdtool.errors import UsageError, VhdError
+from vhdtool.errors import LockedError, UsageError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.locators import encode_locator_data, encode_parent_name, relative_windows_path
+from vhdtool.format.lock import lock_image
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -31,6 +32,7 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
+from vhdtool.leftovers import sweep_beside, tag
 
 HEADER_OFFSET = FOOTER_SIZE
 BAT_OFFSET = HEADER_OFFSET + HEADER_SIZE
@@ -165,24 +167,57 @@ def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory")
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.vhdtool-{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError as e:
-        raise VhdError(f"{path}: cannot create: {e.strerror}") from None
+    sweep_beside(path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{tag()}.tmp")
+    held = _hold_for_replacing(path)
     try:
         try:
-            writer(fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        _unlink_quietly(tmp)
-        raise VhdError(f"{path}: cannot write: {e.strerror}") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise VhdError(f"{path}: cannot create {tmp}: {e.strerror}") from None
+        try:
+            try:
+                writer(fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            sync_folder(folder)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise VhdError(f"{path}: cannot write {tmp}: {e.strerror}") from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _hold_for_replacing(path: str) -> int | None:
+    """An fd holding the exclusive lock of the file about to be replaced (None: nothing there),
+    so that an image a server, a mount or another command holds open is never replaced under it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # unreadable or a dangling link: nobody can hold a lock on it through us
+    try:
+        lock_image(fd, path, exclusive=True)
+    except LockedError:
+        os.close(fd)
+        raise LockedError(f"{path}: image is in use by another process (locked); not replaced") from None
+    return fd
+
+
+def sync_folder(folder: str) -> None:
+    """fsync a folder, so that a rename into it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -34,6 +34,7 @@ from vhdtool.disk.view import BytesDevice, Composite
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import RawFile
+from vhdtool.leftovers import sweep_beside, tag
 from vhdtool.ops.convert import convert
 
 MiB = 1 << 20
@@ -154,7 +155,8 @@ def build(
         raise UsageError(f"{src} holds {needed} bytes of files, more than the {fs_size}-byte filesystem of --size")
     rules.validate_virtual_size(disk_size, disk_type)
 
-    work = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.", dir=os.path.dirname(os.path.abspath(out))))
+    sweep_beside(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.{tag()}.", dir=os.path.dirname(os.path.abspath(out))))
     try:
         part_path = work / "partition.raw"
         with open(part_path, "wb") as f:

@@ -18,11 +18,14 @@ import tempfile
 from dataclasses import dataclass, field
 
 from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
+from vhdtool.leftovers import sweep
 from vhdtool.ops.datapath import data_runs, is_zero, pieces
 
 GRAIN = 64 << 10
 """Granularity of change tracking: small enough that a changed inode writes little back."""
 CHUNK = 4 << 20
+VOLUME_LEFTOVER = r"vhdtool-volume-(?P<pid>\d+)-\w+\.raw"
+"""Names of extracts: the owner's pid first, so that a later run removes those of a killed one."""
 
 
 def _digest(data: bytes | memoryview) -> bytes:
@@ -46,7 +49,9 @@ class Extract:
 
 def extract(source: BlockDevice, track: bool, directory: str | None = None) -> Extract:
     """Copy ``source`` into a new sparse temporary file; ``track`` records grain digests for write_back."""
-    fd, path = tempfile.mkstemp(prefix="vhdtool-volume-", suffix=".raw", dir=directory)
+    folder = directory or tempfile.gettempdir()
+    sweep(folder, VOLUME_LEFTOVER)
+    fd, path = tempfile.mkstemp(prefix=f"vhdtool-volume-{os.getpid()}-", suffix=".raw", dir=folder)
     digests: dict[int, bytes] | None = {} if track else None
     try:
         os.ftruncate(fd, source.size)
