@@ -151,14 +151,10 @@ class ExtDriver(FsDriver):
         self, vol: Volume, requests: list[str], writable: bool = False, env: dict[str, str] | None = None
     ) -> bytes:
         """Run requests in one debugfs; any complaint on stderr (beyond its banner) is an error."""
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".debugfs", delete=False) as f:
-            f.write("\n".join(requests) + "\n")
-            script = f.name
-        try:
-            args = ["debugfs", *(["-w"] if writable else []), "-f", script, self._spec(vol)]
-            proc = run_tool(args, what="debugfs", env=env)
-        finally:
-            os.unlink(script)
+        # the script on stdin, not in a temporary file that a killed command would leave behind
+        script = ("\n".join(requests) + "\n").encode()
+        args = ["debugfs", *(["-w"] if writable else []), "-f", "-", self._spec(vol)]
+        proc = run_tool(args, what="debugfs", env=env, input=script)
         complaints = [
             ln
             for ln in proc.stderr.decode("utf-8", errors="replace").splitlines()
