@@ -213,9 +213,8 @@ def _is_differencing_vhd(path: str, fmt: str) -> bool:
     if fmt != "vpc":
         return False
     try:
-        import vhdtool
+        from vhdtool.format.metadata import read_metadata
 
-        with vhdtool.open(path) as image:
-            return image.meta.type_name == "differencing"
+        return read_metadata(path).type_name == "differencing"  # no lock: the guest's disk is in use
     except Exception:  # unreadable here: let libvirt decide
         return False
