@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import struct
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -231,6 +232,32 @@ def test_excess_serving_connections_are_refused(raw: Path, serve: Serve, tmp_pat
         for c in clients:
             c.close()
     still_serves(uri, raw.read_bytes(), tmp_path)
+
+
+def test_unread_replies_of_many_clients_are_capped(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    """Clients that send reads and never read the replies: the server stops admitting requests at
+    its server-wide budget (back pressure), and every reply arrives, right, once they read."""
+    limit = 8 * MiB
+    thread, uri = serve(RawFile(raw), read_only=True, reply_memory=limit)
+    want = raw.read_bytes()
+    clients = []
+    for _ in range(6):
+        c = RawClient(socket_of(uri))
+        c.go(structured=False)
+        c.send(b"".join(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.Cmd.READ, h, h * MiB, MiB) for h in range(24)))
+        clients.append(c)
+    peak = 0
+    for _ in range(50):  # the server works through what it admitted, then waits on the budget
+        peak = max(peak, thread.server.reply_memory_used)
+        time.sleep(0.02)
+    assert 0 < peak <= limit + 6 * MiB  # the budget, and at most one request per connection beyond it
+    for c in clients:
+        for _ in range(24):
+            r = c.reply(read_length=MiB)
+            assert not r.error
+            assert r.payload == want[r.handle * MiB : (r.handle + 1) * MiB]
+        c.close()
+    still_serves(uri, want, tmp_path)
 
 
 def read_back(c: RawClient, offset: int, length: int, handle: int) -> bytes:

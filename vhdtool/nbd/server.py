@@ -33,7 +33,7 @@ from vhdtool.nbd.channel import Channel
 from vhdtool.nbd.export import Export
 from vhdtool.nbd.negotiation import Negotiation, ProtocolError
 from vhdtool.nbd.splice import PipePool
-from vhdtool.nbd.transmission import Transmission
+from vhdtool.nbd.transmission import ReplyMemory, Transmission
 
 log = logging.getLogger("vhdtool.nbd")
 
@@ -42,6 +42,8 @@ T = TypeVar("T")
 DEFAULT_PORT = 10809
 BACKLOG = 128
 SEND_BUFFER = 4 << 20
+REPLY_MEMORY = 256 << 20
+"""Request bytes in flight over all connections (each also has its own, smaller budget)."""
 
 
 class NbdServer:
@@ -59,7 +61,9 @@ class NbdServer:
     The first export added is the default one: a client asking for the empty name gets it. The
     server never closes devices; whoever opened them does, after ``close()``.
 
-    Tuning (the defaults suit every use in vhdtool): ``workers`` threads carry out writes and
+    Tuning (the defaults suit every use in vhdtool): ``reply_memory`` caps the bytes of requests in
+    flight over all connections (clients that do not read their replies then hold the others
+    back instead of growing the server); ``workers`` threads carry out writes and
     reads that wait for the disk; ``pipes`` caps the pipes for zero-copy reads (0 copies with
     pread instead); ``inline_reads`` lets reads the page cache answers run on the event loop.
     """
@@ -71,6 +75,7 @@ class NbdServer:
         handshake_timeout: float = 5.0,
         max_handshakes: int = 16,
         max_connections: int = 128,
+        reply_memory: int = REPLY_MEMORY,
         pipes: int = 256,
         inline_reads: bool = True,
     ) -> None:
@@ -78,6 +83,7 @@ class NbdServer:
         self.handshake_timeout = handshake_timeout
         self.max_handshakes = max_handshakes
         self.max_connections = max_connections
+        self._memory = ReplyMemory(reply_memory)
         self.inline_reads = inline_reads
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhdtool-nbd")
         self._pipes = PipePool(pipes) if splice.AVAILABLE and pipes > 0 else None
@@ -89,6 +95,11 @@ class NbdServer:
         self._connections: set[asyncio.Task[Any]] = set()
         self._handshaking: dict[asyncio.Task[Any], None] = {}
         """Connections still negotiating, oldest first."""
+
+    @property
+    def reply_memory_used(self) -> int:
+        """Request bytes in flight over all connections now (at most ``reply_memory``, or one request)."""
+        return self._memory.used
 
     @property
     def exports(self) -> Mapping[str, Export]:
@@ -234,7 +245,9 @@ class NbdServer:
                 self._handshaking.pop(task, None)
             if session is not None:
                 log.info("%s: serving export %r", peer, session.export.name)
-                await Transmission(session, channel, self._executor, self.workers, peer, self.inline_reads).run()
+                await Transmission(
+                    session, channel, self._executor, self.workers, peer, self.inline_reads, self._memory
+                ).run()
         except TimeoutError:
             log.info("%s: handshake not finished in %g s", peer, self.handshake_timeout)
         except ProtocolError as e:
