@@ -131,7 +131,13 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
                 result.actions.append(f"cut {meta.file_size - at - FOOTER_SIZE} unreferenced bytes after it")
     if "fixed-truncated" in codes:
         _move_fixed_footer(editor, footer, result, dry_run)
-    copy_codes = {"footer-copy-missing", "footer-copy-checksum", "footer-copy-differs", "footer-features"}
+    copy_codes = {
+        "footer-copy-missing",
+        "footer-copy-checksum",
+        "footer-copy-differs",
+        "footer-copy-stale",
+        "footer-features",
+    }
     if meta.is_sparse and (codes & copy_codes or (meta.footer_source != "copy" and rewrite_trailing)):
         result.actions.append("rewrote the footer copy at offset 0 from the footer")
         if not dry_run:
