@@ -23,6 +23,7 @@ writes in the order above, each leaving a readable image; Ctrl-C is held back un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from typing import Any
 
 from construct import Container
 
+from vhdtool.errors import IoError
 from vhdtool.format import rules
+from vhdtool.format.layout import sync_folder
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
 from vhdtool.format.structs import (
@@ -43,6 +46,7 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
+from vhdtool.leftovers import sweep_beside, tag
 from vhdtool.ops.check import CORRUPTION, LEAK, CheckReport, check_image
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts
@@ -262,14 +266,25 @@ def write_backup(path: str, editor: MetadataEditor) -> str:
     if meta.is_sparse:
         ranges += [(start, end - start) for start, end in metadata_ranges(meta)]
     ranges = sorted({(o, min(n, size - o)) for o, n in ranges if 0 <= o < size})
-    backup = _free_name(path + ".repair-backup")
+    base = path + ".repair-backup"
+    sweep_beside(base)
     doc = {"path": os.path.abspath(path), "file-size": size, "ranges": [[o, n] for o, n in ranges]}
-    with open(backup, "xb") as f:
-        f.write(BACKUP_MAGIC + json.dumps(doc).encode() + b"\n")
-        for offset, length in ranges:
-            f.write(os.pread(fd, length, offset))
-        f.flush()
-        os.fsync(f.fileno())
+    # written whole under a temporary name first: a full disk or a kill leaves no partial backup
+    tmp = os.path.join(os.path.dirname(os.path.abspath(base)), f".{os.path.basename(base)}.{tag()}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(BACKUP_MAGIC + json.dumps(doc).encode() + b"\n")
+            for offset, length in ranges:
+                f.write(os.pread(fd, length, offset))
+            f.flush()
+            os.fsync(f.fileno())
+        backup = _free_name(base)
+        os.rename(tmp, backup)
+        sync_folder(os.path.dirname(os.path.abspath(backup)))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise IoError(f"{base}: cannot write the repair backup: {e.strerror or e}; nothing repaired") from None
     return backup
 
 

@@ -25,11 +25,12 @@ Crash safety (in-place, ordered writes; Ctrl-C is held back until a step complet
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vhdtool.errors import UsageError
+from vhdtool.errors import IoError, UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, pwrite_all
 from vhdtool.format.chain import open_image
@@ -102,12 +103,19 @@ def resize(path: str | os.PathLike[str], size: int | str, *, force: bool = False
             "sectors_per_track": geometry.sectors_per_track,
         }
         with deferred_interrupts():
-            if isinstance(image, FixedImage):
-                _resize_fixed(editor, old, new, fields)
-                moved = 0
-            else:
-                assert isinstance(image, SparseImage)
-                moved = _resize_dynamic(editor, image, new, fields)
+            try:
+                if isinstance(image, FixedImage):
+                    _resize_fixed(editor, old, new, fields)
+                    moved = 0
+                else:
+                    assert isinstance(image, SparseImage)
+                    moved = _resize_dynamic(editor, image, new, fields)
+            except OSError as e:
+                now = editor.meta.virtual_size
+                raise IoError(
+                    f"{path}: resize stopped: write failed: {e.strerror or e}; the disk is {now} bytes "
+                    f"({'unchanged' if now == old else 'the new size'})"
+                ) from None
     finally:
         image.close_chain()
     return Resized(path, meta.type_name, old, new, moved, [SHRINK_WARNING] if new < old else [])
@@ -198,9 +206,16 @@ def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
     in_way = sorted(
         (entry * SECTOR, i) for i, entry in enumerate(image.bat) if entry != UNALLOCATED and entry * SECTOR < new_end
     )
-    if editor.end < new_end:
-        editor.reserve(new_end - editor.end)  # nothing new may land where the table will grow
-    moves = {index: editor.append(os.pread(editor.fd, span, start)) // SECTOR for start, index in in_way}
+    old_end = editor.end
+    try:
+        if editor.end < new_end:
+            editor.reserve(new_end - editor.end)  # nothing new may land where the table will grow
+        moves = {index: editor.append(os.pread(editor.fd, span, start)) // SECTOR for start, index in in_way}
+    except OSError:
+        # nothing points past the old end yet: give the room back rather than leave it leaked
+        with contextlib.suppress(OSError):
+            editor.truncate(old_end)
+        raise
     if moves:
         editor.sync()  # the copies first, then the entries pointing at them
         editor.set_bat(moves)

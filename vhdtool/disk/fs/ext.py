@@ -24,12 +24,14 @@ from vhdtool.disk.fs.base import (
     ToolError,
     UsageError,
     Volume,
+    host_full,
     is_no_space,
     name_of,
     parent_of,
     run_tool,
 )
 from vhdtool.disk.fs.tree import Tree, scan
+from vhdtool.errors import VhdError
 
 MiB = 1 << 20
 BLOCK = 4096
@@ -117,6 +119,11 @@ class ExtDriver(FsDriver):
         proc = run_tool(args, env=env, check=False)
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace")
+            if host_full(vol.path):
+                raise VhdError(
+                    f"{os.path.dirname(os.path.abspath(vol.path))}: no space left on device (the host filesystem "
+                    f"is full) while mke2fs wrote {vol.path}"
+                )
             if any(s in err for s in _NO_SPACE):
                 raise UsageError(f"{source} does not fit in a {vol.size}-byte {variant} filesystem")
             raise ToolError(f"mke2fs failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
