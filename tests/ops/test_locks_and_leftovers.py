@@ -176,3 +176,15 @@ def test_stale_volume_extracts_are_removed(tmp_path: Path, monkeypatch: pytest.M
     assert cli("ls", f"{image}:/").returncode == 0
     assert not stale.exists()
     assert os.listdir(tmp_path / "t") == []
+
+
+def test_build_force_refuses_an_image_in_use(image: Path, tmp_path: Path, held: list) -> None:
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a").write_text("a")
+    held.append(_holder(image, writable=False))
+    before = _digest(image)
+    done = cli("build", "--force", image, "--from-dir", tmp_path / "tree", "--fs", "ext4", "--table", "none")
+    assert_clean_error(done, 1)
+    assert "locked" in done.stderr
+    assert _digest(image) == before
+    assert sorted(os.listdir(tmp_path)) == ["disk.vhd", "tree"]

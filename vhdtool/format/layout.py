@@ -169,7 +169,7 @@ def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     sweep_beside(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{tag()}.tmp")
-    held = _hold_for_replacing(path)
+    held = hold_for_replacing(path)
     try:
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -194,7 +194,7 @@ def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
             os.close(held)
 
 
-def _hold_for_replacing(path: str) -> int | None:
+def hold_for_replacing(path: str) -> int | None:
     """An fd holding the exclusive lock of the file about to be replaced (None: nothing there),
     so that an image a server, a mount or another command holds open is never replaced under it."""
     try:
