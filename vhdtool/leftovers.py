@@ -63,3 +63,11 @@ def sweep_beside(path: str) -> list[str]:
     """Remove the dead owners' temporary files and folders made for ``path`` (``.NAME.vhdtool-PID...``)."""
     folder = os.path.dirname(os.path.abspath(path))
     return sweep(folder, re.escape(f".{os.path.basename(path)}.") + r"vhdtool-(?P<pid>\d+)(\..*)?")
+
+
+def temp_beside(path: str) -> str:
+    """A temporary name beside ``path`` for this process (``.NAME.vhdtool-PID.tmp``), after removing
+    the dead owners' leftovers made for ``path``."""
+    sweep_beside(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, f".{os.path.basename(path)}.{tag()}.tmp")

@@ -32,7 +32,7 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
-from vhdtool.leftovers import sweep_beside, tag
+from vhdtool.leftovers import temp_beside
 
 HEADER_OFFSET = FOOTER_SIZE
 BAT_OFFSET = HEADER_OFFSET + HEADER_SIZE
@@ -166,9 +166,7 @@ def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
         raise UsageError(f"{path}: file exists (use --force to overwrite)")
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory")
-    folder = os.path.dirname(os.path.abspath(path))
-    sweep_beside(path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{tag()}.tmp")
+    tmp = temp_beside(path)
     held = hold_for_replacing(path)
     try:
         try:
@@ -181,8 +179,7 @@ def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
-            sync_folder(folder)
+            rename_into_place(tmp, path)
         except OSError as e:
             _unlink_quietly(tmp)
             raise VhdError(f"{path}: cannot write {tmp}: {e.strerror}") from None
@@ -209,6 +206,13 @@ def hold_for_replacing(path: str) -> int | None:
         os.close(fd)
         raise LockedError(f"{path}: image is in use by another process (locked); not replaced") from None
     return fd
+
+
+def rename_into_place(tmp: str, path: str) -> None:
+    """Rename a finished (fsynced) ``tmp`` over ``path`` and fsync the folder: the rename then
+    survives a power cut too."""
+    os.replace(tmp, path)
+    sync_folder(os.path.dirname(os.path.abspath(path)))
 
 
 def sync_folder(folder: str) -> None:

@@ -34,7 +34,7 @@ from vhdtool.disk.view import BytesDevice, Composite
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import RawFile
-from vhdtool.format.layout import hold_for_replacing, sync_folder
+from vhdtool.format.layout import hold_for_replacing, rename_into_place
 from vhdtool.leftovers import sweep_beside, tag
 from vhdtool.ops.convert import convert
 
@@ -203,8 +203,7 @@ def build(
                 unique_id=ids.uuid("vhd").bytes,
                 timestamp=epoch,
             ).data_bytes
-        os.replace(tmp_out, out)
-        sync_folder(os.path.dirname(os.path.abspath(out)))
+        rename_into_place(tmp_out, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if held is not None:

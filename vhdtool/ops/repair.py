@@ -46,7 +46,7 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
-from vhdtool.leftovers import sweep_beside, tag
+from vhdtool.leftovers import temp_beside
 from vhdtool.ops.check import CORRUPTION, LEAK, CheckReport, check_image
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts
@@ -267,10 +267,8 @@ def write_backup(path: str, editor: MetadataEditor) -> str:
         ranges += [(start, end - start) for start, end in metadata_ranges(meta)]
     ranges = sorted({(o, min(n, size - o)) for o, n in ranges if 0 <= o < size})
     base = path + ".repair-backup"
-    sweep_beside(base)
     doc = {"path": os.path.abspath(path), "file-size": size, "ranges": [[o, n] for o, n in ranges]}
-    # written whole under a temporary name first: a full disk or a kill leaves no partial backup
-    tmp = os.path.join(os.path.dirname(os.path.abspath(base)), f".{os.path.basename(base)}.{tag()}.tmp")
+    tmp = temp_beside(base)  # written whole under a temporary name: a full disk or a kill leaves no partial backup
     try:
         with open(tmp, "xb") as f:
             f.write(BACKUP_MAGIC + json.dumps(doc).encode() + b"\n")

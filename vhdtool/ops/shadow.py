@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 from vhdtool.errors import VhdError
 from vhdtool.format.blockdev import file_extents, pwrite_all
-from vhdtool.format.layout import sync_folder
-from vhdtool.leftovers import sweep_beside, tag
+from vhdtool.format.layout import rename_into_place
+from vhdtool.leftovers import temp_beside
 
 CHUNK = 8 << 20
 
@@ -29,9 +29,7 @@ CHUNK = 8 << 20
 def shadow_copy(path: str) -> Iterator[str]:
     """Yield the path of a copy of ``path``; on a clean exit it replaces ``path`` (durably), on
     an exception it is removed and ``path`` is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    sweep_beside(path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{tag()}.tmp")
+    tmp = temp_beside(path)
     try:
         _copy_sparse(path, tmp)
         yield tmp
@@ -40,8 +38,7 @@ def shadow_copy(path: str) -> Iterator[str]:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        sync_folder(folder)
+        rename_into_place(tmp, path)
     except OSError as e:
         _remove(tmp)
         raise VhdError(f"{path}: cannot write its copy {tmp}: {e.strerror or e}") from None
