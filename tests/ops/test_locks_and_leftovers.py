@@ -188,3 +188,13 @@ def test_build_force_refuses_an_image_in_use(image: Path, tmp_path: Path, held: 
     assert "locked" in done.stderr
     assert _digest(image) == before
     assert sorted(os.listdir(tmp_path)) == ["disk.vhd", "tree"]
+
+
+def test_a_child_may_be_made_over_a_disk_in_use(image: Path, tmp_path: Path, held: list) -> None:
+    """A snapshot layer is made over a running guest's disk; reading through it waits for the writer."""
+    held.append(_holder(image, writable=True))
+    child = tmp_path / "child.vhd"
+    assert cli("create", "--parent", image, child).returncode == 0
+    done = cli("info", child)
+    assert_clean_error(done, 1)
+    assert "open for writing by another process" in done.stderr

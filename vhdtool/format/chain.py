@@ -35,17 +35,21 @@ def _open_fd(path: str, writable: bool) -> int:
         raise VhdError(f"{path}: cannot open: {e.strerror}") from None
 
 
-def open_image(path: str | os.PathLike[str], writable: bool = False, durable: bool = True) -> FixedImage | SparseImage:
+def open_image(
+    path: str | os.PathLike[str], writable: bool = False, durable: bool = True, share: bool = False
+) -> FixedImage | SparseImage:
     """Open a VHD (any type) and resolve its chain. Raises VhdError subclasses on bad input.
 
     ``durable=False`` skips the fsync that makes each growth of the file crash-safe: for writers
     that fill a new temporary file and rename it into place only once it is complete.
+    ``share=True`` (read-only opens only, like qemu's force-share) takes no lock on the chain: for
+    a glance at metadata that a writer elsewhere cannot change under it (a new child's parent).
     """
-    return _open(os.fspath(path), writable, as_parent=False, seen=(), durable=durable)
+    return _open(os.fspath(path), writable, as_parent=False, seen=(), durable=durable, lock=writable or not share)
 
 
 def _open(
-    path: str, writable: bool, as_parent: bool, seen: tuple[str, ...], durable: bool = True
+    path: str, writable: bool, as_parent: bool, seen: tuple[str, ...], durable: bool = True, lock: bool = True
 ) -> FixedImage | SparseImage:
     if len(seen) > MAX_CHAIN_DEPTH:
         raise ParentError(f"{path}: differencing chain deeper than {MAX_CHAIN_DEPTH} images")
@@ -54,12 +58,13 @@ def _open(
         meta = read_metadata(path, fd)
         if writable:
             _refuse_damaged_for_writing(meta)
-        lock_image(fd, path, exclusive=writable)
+        if lock:
+            lock_image(fd, path, exclusive=writable)
         if meta.disk_type == DISK_TYPE_FIXED:
             return FixedImage(meta, fd, writable)
         parent = None
         if meta.disk_type == DISK_TYPE_DIFFERENCING:
-            parent = _open_parent(meta, (*seen, os.path.realpath(path)))
+            parent = _open_parent(meta, (*seen, os.path.realpath(path)), lock)
         try:
             return SparseImage(meta, fd, writable, parent, sync_growth=durable)
         except BaseException:
@@ -118,11 +123,11 @@ def find_parent(meta: ImageMetadata) -> str:
     raise ParentError(f"{meta.path}: parent disk not found (tried {tried})")
 
 
-def _open_parent(meta: ImageMetadata, seen: tuple[str, ...]) -> FixedImage | SparseImage:
+def _open_parent(meta: ImageMetadata, seen: tuple[str, ...], lock: bool = True) -> FixedImage | SparseImage:
     parent_path = find_parent(meta)
     if os.path.realpath(parent_path) in seen:
         raise ParentError(f"{meta.path}: differencing chain loops back to {parent_path}")
-    parent = _open(parent_path, False, as_parent=True, seen=seen)
+    parent = _open(parent_path, False, as_parent=True, seen=seen, lock=lock)
     # a parent smaller than the child is legal (the child grew): SparseImage reads zeros past it
     _check_timestamp(meta, parent)
     return parent
