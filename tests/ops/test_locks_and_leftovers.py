@@ -96,6 +96,8 @@ def test_a_writer_keeps_readers_out(image: Path, tmp_path: Path, held: list) -> 
         assert_clean_error(done, 1)
         assert "open for writing by another process" in done.stderr
     assert not (tmp_path / "out.raw").exists()
+    shared = cli("info", "-U", "--json", image)  # qemu-img info -U: read it anyway
+    assert shared.returncode == 0 and '"virtual-size": 67108864' in shared.stdout, shared
 
 
 def test_a_read_only_server_keeps_compact_out(image: Path, tmp_path: Path) -> None:

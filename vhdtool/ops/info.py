@@ -106,8 +106,11 @@ def describe(image: ImageBase) -> dict[str, Any]:
     return doc
 
 
-def image_info(path: str | os.PathLike[str], chain: bool = False) -> list[dict[str, Any]]:
-    """Describe the image, or with ``chain`` every image from the top down to the base."""
-    with open_image(path) as image:
+def image_info(path: str | os.PathLike[str], chain: bool = False, share: bool = False) -> list[dict[str, Any]]:
+    """Describe the image, or with ``chain`` every image from the top down to the base.
+
+    Takes the shared lock, as ``qemu-img info`` does, unless ``share`` (its ``-U``): then an image
+    a writer holds is read too."""
+    with open_image(path, share=share) as image:
         images = list(image.chain()) if chain else [image]
         return [describe(i) for i in images]
