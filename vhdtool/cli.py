@@ -79,11 +79,12 @@ def create(
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with qemu-img's key names.")
 @click.option("--chain", is_flag=True, help="Describe every image of the differencing chain.")
-def info(path: str, as_json: bool, chain: bool) -> None:
+@click.option("-U", "--force-share", is_flag=True, help="Read an image a writer holds (its figures may be changing).")
+def info(path: str, as_json: bool, chain: bool, force_share: bool) -> None:
     """Show what an image is: type, sizes, creator, geometry, blocks, checksums, parent."""
     from vhdtool.ops.info import image_info
 
-    render.image_info(image_info(path, chain=chain), as_json, chain)
+    render.image_info(image_info(path, chain=chain, share=force_share), as_json, chain)
 
 
 @cli.command()

@@ -3,6 +3,7 @@ child, two writers racing. Each ends with a clear error and an image that is not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import vhdtool
 from tests.helpers import assert_clean_error, get_bat
 from tests.helpers import vhdtool as cli
 from vhdtool.errors import IoError, LockedError, ParentError
+from vhdtool.format.metadata import read_metadata
 
 MiB = 1 << 20
 
@@ -237,3 +239,50 @@ def test_eio_from_the_source_during_convert_names_the_source(faulty: tuple[Path,
             (backing / ".fail").write_text("")
     assert "out.raw" not in str(caught.value)
     assert sorted(p.name for p in backing.iterdir()) == [".fail", "d.vhd"]  # no output, no temporary file
+
+
+def _fill(folder: Path) -> None:
+    """Take the rest of the filesystem's room (the file stays, so the room stays taken)."""
+    with open(folder / "fill", "wb", buffering=0) as f:
+        for piece in (MiB, 4096, 512):
+            with contextlib.suppress(OSError):
+                while f.write(bytes(piece)):
+                    pass
+
+
+def test_full_disk_resize_and_repair_name_the_file_and_leave_nothing(small_fs: Path) -> None:
+    img = small_fs / "d.vhd"
+    vhdtool.create(img, size=4 * MiB, block_size=512 * 1024)
+    with vhdtool.open(img, writable=True) as image:
+        for i in range(8):
+            image.pwrite(i * 512 * 1024, bytes([i + 1]) * 4096)
+    meta = read_metadata(img)
+    assert meta.header is not None
+    with open(img, "r+b") as f:  # block 5 forgotten by the BAT: a leak for repair to reclaim
+        f.seek(int(meta.header.table_offset) + 4 * 5)
+        f.write(b"\xff" * 4)
+    _fill(small_fs)
+    size_before = img.stat().st_size
+    grown = cli("resize", img, "8G")  # the BAT must grow: blocks move to the end, which is full
+    assert_clean_error(grown, 1)
+    assert f"{img}: resize stopped" in grown.stderr and "No space left on device" in grown.stderr
+    assert img.stat().st_size == size_before  # the room taken for the moved blocks was given back
+    assert cli("check", img).returncode == 3  # only the leak made above
+    repaired = cli("repair", img)
+    assert_clean_error(repaired, 1)
+    assert f"{img}.repair-backup" in repaired.stderr and "No space left on device" in repaired.stderr
+    assert sorted(p.name for p in small_fs.iterdir()) == ["d.vhd", "fill"]  # no empty backup
+    (small_fs / "fill").unlink()
+    assert cli("repair", img).returncode == 0
+    assert sorted(p.name for p in small_fs.iterdir()) == ["d.vhd", "d.vhd.repair-backup"]
+
+
+def test_full_host_disk_in_build_is_not_blamed_on_the_filesystem_size(small_fs: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_bytes(os.urandom(2 * MiB))
+    _fill(small_fs)
+    done = cli("build", small_fs / "o.vhd", "--from-dir", tree, "--fs", "ext4", "--table", "none", "--size", "32M")
+    assert_clean_error(done, 1)
+    assert "host filesystem is full" in done.stderr
+    assert sorted(p.name for p in small_fs.iterdir()) == ["fill"]

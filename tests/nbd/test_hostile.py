@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import struct
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -179,22 +180,84 @@ def test_framing_errors_close_only_that_connection(raw: Path, serve: Serve, tmp_
     assert raw.read_bytes() == before
 
 
-def test_idle_and_excess_connections(raw: Path, serve: Serve, tmp_path: Path) -> None:
-    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=0.5, max_connections=8)
+def test_idle_handshakes_time_out(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=0.5)
     idle = []
     for _ in range(8):
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(30)
         s.connect(socket_of(uri))
-        assert s.recv(8) == b"NBDMAGIC"  # greeted: the server counts this connection
+        assert s.recv(8) == b"NBDMAGIC"
         idle.append(s)
-    with RawClient(socket_of(uri)) as excess:  # over max_connections: closed without a greeting
-        assert excess.sock.recv(18) == b""
     for s in idle:  # each is dropped for not finishing its handshake in time
         while s.recv(4096):
             pass
         s.close()
     still_serves(uri, raw.read_bytes(), tmp_path)
+
+
+def test_idle_handshakes_make_way_for_a_real_client(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    """More idle sockets than the handshake budget: each newcomer replaces the oldest unfinished
+    handshake, so a real client that arrives last is served (the deadline is long here: the
+    budget, not the deadline, lets it in)."""
+    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=60, max_handshakes=4)
+    idle = []
+    for _ in range(10):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(30)
+        s.connect(socket_of(uri))
+        assert s.recv(8) == b"NBDMAGIC"
+        idle.append(s)
+    with RawClient(socket_of(uri)) as c:
+        c.go()
+        c.request(p.Cmd.READ, 0, 4096)
+        assert c.chunks()
+    for s in idle[:6]:  # the oldest were dropped to make room
+        while s.recv(4096):
+            pass
+    for s in idle:
+        s.close()
+    still_serves(uri, raw.read_bytes(), tmp_path)
+
+
+def test_excess_serving_connections_are_refused(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    _, uri = serve(RawFile(raw), read_only=True, max_connections=2)
+    clients = [RawClient(socket_of(uri)) for _ in range(2)]
+    try:
+        for c in clients:
+            c.go()
+        with RawClient(socket_of(uri)) as excess:  # over max_connections: closed without a greeting
+            assert excess.sock.recv(18) == b""
+    finally:
+        for c in clients:
+            c.close()
+    still_serves(uri, raw.read_bytes(), tmp_path)
+
+
+def test_unread_replies_of_many_clients_are_capped(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    """Clients that send reads and never read the replies: the server stops admitting requests at
+    its server-wide budget (back pressure), and every reply arrives, right, once they read."""
+    limit = 8 * MiB
+    thread, uri = serve(RawFile(raw), read_only=True, reply_memory=limit)
+    want = raw.read_bytes()
+    clients = []
+    for _ in range(6):
+        c = RawClient(socket_of(uri))
+        c.go(structured=False)
+        c.send(b"".join(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.Cmd.READ, h, h * MiB, MiB) for h in range(24)))
+        clients.append(c)
+    peak = 0
+    for _ in range(50):  # the server works through what it admitted, then waits on the budget
+        peak = max(peak, thread.server.reply_memory_used)
+        time.sleep(0.02)
+    assert 0 < peak <= limit + 6 * MiB  # the budget, and at most one request per connection beyond it
+    for c in clients:
+        for _ in range(24):
+            r = c.reply(read_length=MiB)
+            assert not r.error
+            assert r.payload == want[r.handle * MiB : (r.handle + 1) * MiB]
+        c.close()
+    still_serves(uri, want, tmp_path)
 
 
 def read_back(c: RawClient, offset: int, length: int, handle: int) -> bytes:

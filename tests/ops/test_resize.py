@@ -13,6 +13,8 @@ from tests.helpers import assert_clean_error, need, patch_footer, qemu_img_size,
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import digest, folder_digests, qemu_compare, read_all
 from vhdtool.format.rules import MiB
+from vhdtool.ops.check import check_image
+from vhdtool.ops.resize import resize
 
 
 def _qemu_image(path: Path, size: str, *options: str) -> Path:
@@ -121,3 +123,22 @@ def test_grow_fixed_not_4k_aligned(tmp_path: Path) -> None:
     before = read_all(img)
     assert cli("resize", img, "+1M").returncode == 0
     _grown_ok(img, before, 6 * MiB + 512)
+
+
+def test_a_resize_stopped_between_its_footers_is_repairable(tmp_path: Path) -> None:
+    """The trailing footer has the new size, the copy at offset 0 the old one (a resize killed
+    between the two writes): check says so without calling it corruption, repair aligns the copy,
+    and qemu-img then reads the new size too."""
+    path = tmp_path / "d.vhd"
+    vhdtool.create(path, size=20 << 20)
+    old_copy = path.read_bytes()[:512]
+    resize(path, 64 << 20)
+    with open(path, "r+b") as f:
+        f.write(old_copy)
+    report = check_image(path)
+    assert report.exit_code == 3, [f.message for f in report.findings]
+    assert [f.code for f in report.findings] == ["footer-copy-stale"]
+    assert qemu_img_size(path) == 20 << 20  # qemu reads the copy
+    assert cli("repair", path).returncode == 0
+    assert check_image(path).exit_code == 0
+    assert qemu_img_size(path) == 64 << 20 == vhdiinfo_size(path)

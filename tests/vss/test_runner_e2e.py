@@ -108,7 +108,10 @@ def test_quiesced_snapshot_is_a_clean_point_in_time(guest: RunningGuest, tmp_pat
     run, freeze, active = guest_state(guest)
     assert (run, freeze) == (RunState.RUNNING, FreezeState.THAWED)
     assert active == {d["id"]: d["active"]}  # the guest writes into the new layer
-    with vhdtool.open(d["active"]) as chain:  # readable while in use, and no stale-parent warning
+    # in use by the guest's writer: a plain read is refused (the shared lock), a forced share reads
+    with pytest.raises(vhdtool.VhdError, match="open for writing by another process"):
+        vhdtool.open(d["active"])
+    with vhdtool.open(d["active"], share=True) as chain:  # and no stale-parent warning
         assert chain.all_warnings() == []
         assert os.path.samefile(chain.parent.path, d["snapshot"])
 

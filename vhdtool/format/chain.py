@@ -35,25 +35,35 @@ def _open_fd(path: str, writable: bool) -> int:
         raise VhdError(f"{path}: cannot open: {e.strerror}") from None
 
 
-def open_image(path: str | os.PathLike[str], writable: bool = False, durable: bool = True) -> FixedImage | SparseImage:
+def open_image(
+    path: str | os.PathLike[str], writable: bool = False, durable: bool = True, share: bool = False
+) -> FixedImage | SparseImage:
     """Open a VHD (any type) and resolve its chain. Raises VhdError subclasses on bad input.
 
     ``durable=False`` skips the fsync that makes each growth of the file crash-safe: for writers
     that fill a new temporary file and rename it into place only once it is complete.
+    ``share=True`` (read-only opens only, like qemu's force-share) takes no lock on the chain: for
+    a glance at metadata that a writer elsewhere cannot change under it (a new child's parent).
     """
-    return _open(os.fspath(path), writable, as_parent=False, seen=(), durable=durable)
+    return _open(os.fspath(path), writable, as_parent=False, seen=(), durable=durable, lock=writable or not share)
 
 
-def open_for_inspection(path: str | os.PathLike[str]) -> FixedImage | SparseImage:
+def open_for_inspection(path: str | os.PathLike[str], share: bool = False) -> FixedImage | SparseImage:
     """Open read-only to describe an image, not to read its data: a parent that cannot be found or
     does not match, and blocks cut off by a truncated file, become warnings (as qemu-img info and
     vhdiinfo still show such images). The chain stops where it breaks; reads of what lies below
-    the break are zeros, so this is not for copying data."""
-    return _open(os.fspath(path), False, as_parent=False, seen=(), inspect=True)
+    the break are zeros, so this is not for copying data. ``share`` as for ``open_image``."""
+    return _open(os.fspath(path), False, as_parent=False, seen=(), inspect=True, lock=not share)
 
 
 def _open(
-    path: str, writable: bool, as_parent: bool, seen: tuple[str, ...], durable: bool = True, inspect: bool = False
+    path: str,
+    writable: bool,
+    as_parent: bool,
+    seen: tuple[str, ...],
+    durable: bool = True,
+    inspect: bool = False,
+    lock: bool = True,
 ) -> FixedImage | SparseImage:
     if len(seen) > MAX_CHAIN_DEPTH:
         raise ParentError(f"{path}: differencing chain deeper than {MAX_CHAIN_DEPTH} images")
@@ -62,15 +72,14 @@ def _open(
         meta = read_metadata(path, fd)
         if writable:
             _refuse_damaged_for_writing(meta)
-            lock_image(fd, path, exclusive=True)
-        elif as_parent:
-            lock_image(fd, path, exclusive=False)
+        if lock:
+            lock_image(fd, path, exclusive=writable)
         if meta.disk_type == DISK_TYPE_FIXED:
             return FixedImage(meta, fd, writable)
         parent = None
         if meta.disk_type == DISK_TYPE_DIFFERENCING:
             try:
-                parent = _open_parent(meta, (*seen, os.path.realpath(path)), inspect)
+                parent = _open_parent(meta, (*seen, os.path.realpath(path)), inspect, lock)
             except ParentError as e:
                 if not inspect:
                     raise
@@ -135,11 +144,13 @@ def find_parent(meta: ImageMetadata) -> str:
     raise ParentMissingError(f"{meta.path}: parent disk not found (tried {tried})")
 
 
-def _open_parent(meta: ImageMetadata, seen: tuple[str, ...], inspect: bool) -> FixedImage | SparseImage:
+def _open_parent(
+    meta: ImageMetadata, seen: tuple[str, ...], inspect: bool, lock: bool = True
+) -> FixedImage | SparseImage:
     parent_path = find_parent(meta)
     if os.path.realpath(parent_path) in seen:
         raise ParentError(f"{meta.path}: differencing chain loops back to {parent_path}")
-    parent = _open(parent_path, False, as_parent=True, seen=seen, inspect=inspect)
+    parent = _open(parent_path, False, as_parent=True, seen=seen, inspect=inspect, lock=lock)
     # a parent smaller than the child is legal (the child grew): SparseImage reads zeros past it
     _check_timestamp(meta, parent)
     return parent

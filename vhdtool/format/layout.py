@@ -14,9 +14,10 @@ import uuid as uuid_module
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vhdtool.errors import UsageError, VhdError
+from vhdtool.errors import LockedError, UsageError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.locators import encode_locator_data, header_parent_name, relative_windows_path
+from vhdtool.format.lock import lock_image
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -32,6 +33,7 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
+from vhdtool.leftovers import temp_beside
 
 HEADER_OFFSET = FOOTER_SIZE
 BAT_OFFSET = HEADER_OFFSET + HEADER_SIZE
@@ -163,13 +165,6 @@ def sparse_image_bytes(
     return footer + header + bat + locator_area, footer
 
 
-def temp_path_for(path: str) -> str:
-    """Where a new file for ``path`` is written before it is renamed into place: beside it (the
-    same file system, so the rename is atomic), hidden, and named after this process."""
-    folder = os.path.dirname(os.path.abspath(path))
-    return os.path.join(folder, f".{os.path.basename(path)}.vhdtool-{os.getpid()}.tmp")
-
-
 def _refuse_existing(path: str, overwrite: bool) -> None:
     if os.path.lexists(path) and not overwrite:
         raise UsageError(f"{path}: file exists (use --force to overwrite)")
@@ -183,7 +178,8 @@ def new_file_by_name(path: str, overwrite: bool) -> Iterator[str]:
     the temporary path; when the block succeeds the file is fsynced and renamed onto ``path``,
     otherwise removed."""
     _refuse_existing(path, overwrite)
-    tmp = temp_path_for(path)
+    tmp = temp_beside(path)
+    held = hold_for_replacing(path)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -191,34 +187,74 @@ def new_file_by_name(path: str, overwrite: bool) -> Iterator[str]:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        rename_into_place(tmp, path)
     except OSError as e:
-        raise VhdError(f"{path}: cannot write: {e.strerror}") from None
+        raise VhdError(f"{path}: cannot write {tmp}: {e.strerror}") from None
     finally:
         _unlink_quietly(tmp)
+        if held is not None:
+            os.close(held)
 
 
 def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
     """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place."""
     _refuse_existing(path, overwrite)
-    tmp = temp_path_for(path)
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError as e:
-        raise VhdError(f"{path}: cannot create: {e.strerror}") from None
+    tmp = temp_beside(path)
+    held = hold_for_replacing(path)
     try:
         try:
-            writer(fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        _unlink_quietly(tmp)
-        raise VhdError(f"{path}: cannot write: {e.strerror}") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise VhdError(f"{path}: cannot create {tmp}: {e.strerror}") from None
+        try:
+            try:
+                writer(fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            rename_into_place(tmp, path)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise VhdError(f"{path}: cannot write {tmp}: {e.strerror}") from None
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def hold_for_replacing(path: str) -> int | None:
+    """An fd holding the exclusive lock of the file about to be replaced (None: nothing there),
+    so that an image a server, a mount or another command holds open is never replaced under it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # unreadable or a dangling link: nobody can hold a lock on it through us
+    try:
+        lock_image(fd, path, exclusive=True)
+    except LockedError:
+        os.close(fd)
+        raise LockedError(f"{path}: image is in use by another process (locked); not replaced") from None
+    return fd
+
+
+def rename_into_place(tmp: str, path: str) -> None:
+    """Rename a finished (fsynced) ``tmp`` over ``path`` and fsync the folder: the rename then
+    survives a power cut too."""
+    os.replace(tmp, path)
+    sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def sync_folder(folder: str) -> None:
+    """fsync a folder, so that a rename into it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -114,14 +114,38 @@ def unmount(
         clean_stale(record)
     committed = 0
     if record.mode == UNDO and record.undo is not None:
+        record = registry.load(mountpoint) or record  # the stopped server's last word: failed writes
         if action == COMMIT:
+            _refuse_torn(record)
             committed = undo.commit(record.undo, record.image, progress)
         else:
+            _refuse_discard_after_commit(record)
             undo.discard(record.undo)
     registry.remove(mountpoint)
     with contextlib.suppress(OSError):
         os.unlink(record.log)
     return Unmounted(record, action if record.mode == UNDO else None, committed, was_stale)
+
+
+def _refuse_torn(record: MountRecord) -> None:
+    """Never commit, as if clean, a filesystem whose writes failed during the mount."""
+    if record.failed_writes:
+        raise VhdError(
+            f"{record.mountpoint}: {record.failed_writes} write(s) into the undo disk {record.undo} failed during "
+            f"the mount (first: {record.write_error}); the filesystem in it may be torn, so nothing was committed "
+            f"and {record.image} is unchanged; the undo disk is kept: discard it with --discard, or merge it "
+            f"anyway with 'vhdtool merge {record.undo} --into {record.image}'"
+        )
+
+
+def _refuse_discard_after_commit(record: MountRecord) -> None:
+    assert record.undo is not None
+    if undo.commit_started(record.undo):
+        raise VhdError(
+            f"{record.mountpoint}: a commit of the undo disk {record.undo} into {record.image} started and was "
+            f"interrupted, so {record.image} holds part of it; discarding now would leave it torn. Run "
+            f"'vhdtool umount {record.mountpoint} --commit' to finish the commit (the undo disk is kept)"
+        )
 
 
 def _decide(record: MountRecord, action: str | None, ask: Callable[[MountRecord], str | None] | None) -> str | None:

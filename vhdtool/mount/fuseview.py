@@ -55,9 +55,17 @@ class RawView(fuse.Operations):  # type: ignore[misc]
     use_ns = True
 
     def __init__(
-        self, tree: RawTree, read_only: bool, direct: bool, like: os.stat_result, on_init: Callable[[], None]
+        self,
+        tree: RawTree,
+        read_only: bool,
+        direct: bool,
+        like: os.stat_result,
+        on_init: Callable[[], None],
+        on_write_error: Callable[[str], None] | None = None,
     ) -> None:
         self.tree = tree
+        # a write the kernel was told failed may leave its filesystem torn: the owner counts them
+        self._on_write_error = on_write_error or (lambda message: None)
         self.read_only = read_only
         self.direct = direct
         self._on_init = on_init
@@ -147,6 +155,7 @@ class RawView(fuse.Operations):  # type: ignore[misc]
             raise FuseOSError(errno.EROFS) from None
         except VhdError as e:
             log.error("write of %s at %d: %s", path, offset, e)
+            self._on_write_error(str(e))
             raise FuseOSError(errno.EIO) from None
         if dev is self.tree.dev:
             self.tree.disk_written(offset, length)
@@ -169,6 +178,7 @@ class RawView(fuse.Operations):  # type: ignore[misc]
             self._handles[fh].flush()
         except (VhdError, OSError) as e:
             log.error("fsync of %s: %s", path, e)
+            self._on_write_error(str(e))
             raise FuseOSError(errno.EIO) from None
         return 0
 

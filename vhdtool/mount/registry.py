@@ -51,6 +51,10 @@ class MountRecord:
     helper_pid: int | None = None
     helper_start: int | None = None
     state: str = STARTING
+    failed_writes: int = 0
+    """Writes (and flushes) the server answered with an error: the filesystem may be torn."""
+    write_error: str | None = None
+    """The first of them, naming the file and the cause."""
 
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)

@@ -63,6 +63,7 @@ class Server:
         self._signal: int | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._done_r, self._done_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._record_lock = threading.Lock()
 
     def run(self, on_ready: Callable[[MountRecord], None]) -> str:
         """Mount, call ``on_ready``, serve; returns why it stopped. Raises VhdError when the
@@ -134,7 +135,7 @@ class Server:
         # the page cache where a FUSE program makes tiny ones
         direct = self.spec.raw or self.spec.route_kind == "kernel"
         view = RawView(RawTree(self.target.device), self.spec.read_only, direct, os.stat(self.spec.image),
-                       self._inited.set)
+                       self._inited.set, self._write_failed)
         self._fuse_thread = threading.Thread(target=self._fuse_main, args=(view,), name="fuse", daemon=True)
         self._fuse_thread.start()
         if not system.wait_until(lambda: self._inited.is_set() or not self._fuse_alive(), FUSE_START_TIMEOUT):
@@ -152,6 +153,18 @@ class Server:
         knob = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
         with contextlib.suppress(OSError):  # only root may; it is only a speed-up
             knob.write_text("1024")
+
+    def _write_failed(self, message: str) -> None:
+        """FUSE thread: count a failed write in the record, which ``umount --commit`` reads; the
+        first failure is saved at once (a server killed later still leaves it on record), the
+        count when the server stops."""
+        record = self.record
+        assert record is not None
+        with self._record_lock:
+            record.failed_writes += 1
+            if record.failed_writes == 1:
+                record.write_error = message
+                registry.save(record)
 
     def _fuse_main(self, view: RawView) -> None:
         from vhdtool.mount.fuseview import serve
@@ -220,7 +233,10 @@ class Server:
         if self._fuse_thread is not None:
             self._step(errors, self._stop_fuse)
         if self.target is not None:
+            before = len(errors)
             self._step(errors, lambda: self.target.close(drop_undo=failed))  # type: ignore[union-attr]
+            if len(errors) > before and self.record is not None:  # the last flush of the writes failed
+                self._write_failed(errors[-1])
         if not self.spec.raw:
             with contextlib.suppress(OSError):
                 os.rmdir(self.raw_dir)

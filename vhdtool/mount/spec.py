@@ -77,7 +77,7 @@ def prepare(
     undo_file = undo_path(image, undo_dir) if mode == UNDO else None
     if undo_dir is not None and not os.path.isdir(undo_dir):
         raise UsageError(f"{undo_dir}: no such folder (--undo-dir)")
-    with open_image(image) as dev:  # validates the image and its chain; takes no lock
+    with open_image(image) as dev:  # validates the image and its chain (a shared lock, for this moment)
         if not raw:
             table = read_table(dev)
             part, fs = select(dev, table, partition)

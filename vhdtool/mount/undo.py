@@ -15,6 +15,7 @@ import os
 from vhdtool.errors import RefusedError, VhdError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.image import ImageBase
+from vhdtool.format.layout import sync_folder
 from vhdtool.format.lock import lock_image
 from vhdtool.mount.spec import DIRECT, UNDO, MountSpec
 from vhdtool.ops.datapath import ProgressCallback
@@ -72,18 +73,61 @@ class Target:
                     os.unlink(self.spec.undo)
 
 
+def committing_path(undo: str) -> str:
+    """The mark, beside the undo disk, that a commit into the image has started."""
+    return f"{undo}.committing"
+
+
+def commit_started(undo: str) -> bool:
+    """Whether a commit of ``undo`` began and did not finish: the image then holds part of it,
+    and only finishing the commit (the undo disk still holds every write) gives a whole filesystem."""
+    mark = committing_path(undo)
+    if not os.path.exists(mark):
+        return False
+    if not os.path.exists(undo):  # the commit finished and was killed before removing its mark
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mark)
+        return False
+    return True
+
+
 def commit(undo: str, image: str, progress: ProgressCallback | None = None) -> int:
-    """Merge ``undo`` into ``image`` and delete it; the bytes written into the image."""
+    """Merge ``undo`` into ``image`` and delete it; the bytes written into the image.
+
+    Before the first write into the image, a mark beside the undo disk records (synced) that the
+    commit started, so that an interrupted commit is never discarded as if the image were unchanged.
+    """
     if not os.path.exists(undo):
         raise VhdError(f"{undo}: the undo disk is missing; nothing to commit")
     from vhdtool.ops.merge import merge
 
+    mark = committing_path(undo)
+    _write_mark(mark, image)
     try:
-        return merge(undo, into=image, delete_child=True, progress=progress).data_bytes
+        written = merge(undo, into=image, delete_child=True, progress=progress).data_bytes
     except RefusedError as e:  # other children of the image in sight: merging would change them
+        os.unlink(mark)  # refused before writing anything
         raise RefusedError(f"{e}; the undo disk {undo} is kept and {image} is unchanged") from None
+    os.unlink(mark)
+    sync_folder(os.path.dirname(os.path.abspath(mark)))
+    return written
+
+
+def _write_mark(mark: str, image: str) -> None:
+    try:
+        with open(mark, "w") as f:
+            f.write(f"{image}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        sync_folder(os.path.dirname(os.path.abspath(mark)))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(mark)
+        raise VhdError(f"{mark}: cannot record that a commit starts: {e.strerror}; nothing committed") from None
 
 
 def discard(undo: str) -> None:
+    if commit_started(undo):
+        raise VhdError(f"{undo}: a commit of this undo disk started and did not finish; refusing to discard")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(undo)

@@ -2,8 +2,11 @@
 
 One asyncio event loop accepts connections, negotiates and reads requests; each request is
 carried out and answered by a worker thread (see ``transmission`` and ``channel``). Each
-connection is one task: negotiation under a deadline (a client that never finishes its
-handshake is dropped, as qemu-nbd's --handshake-limit does), then the transmission phase. A
+connection is one task: negotiation under a short deadline (a client that never finishes its
+handshake is dropped, as qemu-nbd's --handshake-limit does), then the transmission phase.
+Handshakes have a budget of their own, apart from the serving connections: when it is full, a
+new connection replaces the oldest unfinished handshake, so idle sockets cannot turn a real
+client away. A
 client's misbehaviour ends its own connection only; nothing a client sends reaches the loop's
 exception handler.
 """
@@ -30,7 +33,7 @@ from vhdtool.nbd.channel import Channel
 from vhdtool.nbd.export import Export
 from vhdtool.nbd.negotiation import Negotiation, ProtocolError
 from vhdtool.nbd.splice import PipePool
-from vhdtool.nbd.transmission import Transmission
+from vhdtool.nbd.transmission import ReplyMemory, Transmission
 
 log = logging.getLogger("vhdtool.nbd")
 
@@ -39,6 +42,8 @@ T = TypeVar("T")
 DEFAULT_PORT = 10809
 BACKLOG = 128
 SEND_BUFFER = 4 << 20
+REPLY_MEMORY = 256 << 20
+"""Request bytes in flight over all connections (each also has its own, smaller budget)."""
 
 
 class NbdServer:
@@ -56,7 +61,9 @@ class NbdServer:
     The first export added is the default one: a client asking for the empty name gets it. The
     server never closes devices; whoever opened them does, after ``close()``.
 
-    Tuning (the defaults suit every use in vhdtool): ``workers`` threads carry out writes and
+    Tuning (the defaults suit every use in vhdtool): ``reply_memory`` caps the bytes of requests in
+    flight over all connections (clients that do not read their replies then hold the others
+    back instead of growing the server); ``workers`` threads carry out writes and
     reads that wait for the disk; ``pipes`` caps the pipes for zero-copy reads (0 copies with
     pread instead); ``inline_reads`` lets reads the page cache answers run on the event loop.
     """
@@ -65,14 +72,18 @@ class NbdServer:
         self,
         *,
         workers: int = 8,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 5.0,
+        max_handshakes: int = 16,
         max_connections: int = 128,
+        reply_memory: int = REPLY_MEMORY,
         pipes: int = 256,
         inline_reads: bool = True,
     ) -> None:
         self.workers = workers
         self.handshake_timeout = handshake_timeout
+        self.max_handshakes = max_handshakes
         self.max_connections = max_connections
+        self._memory = ReplyMemory(reply_memory)
         self.inline_reads = inline_reads
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vhdtool-nbd")
         self._pipes = PipePool(pipes) if splice.AVAILABLE and pipes > 0 else None
@@ -82,6 +93,13 @@ class NbdServer:
         self._unix_paths: list[str] = []
         self._uris: list[str] = []
         self._connections: set[asyncio.Task[Any]] = set()
+        self._handshaking: dict[asyncio.Task[Any], None] = {}
+        """Connections still negotiating, oldest first."""
+
+    @property
+    def reply_memory_used(self) -> int:
+        """Request bytes in flight over all connections now (at most ``reply_memory``, or one request)."""
+        return self._memory.used
 
     @property
     def exports(self) -> Mapping[str, Export]:
@@ -192,17 +210,29 @@ class NbdServer:
                 log.warning("cannot accept a connection: %s", e.strerror or e)
                 await asyncio.sleep(0.5)
                 continue
-            if len(self._connections) >= self.max_connections:
-                log.warning("refused a connection: %d open", len(self._connections))
+            if len(self._connections) - len(self._handshaking) >= self.max_connections:
+                log.warning("refused a connection: %d serving", len(self._connections) - len(self._handshaking))
                 sock.close()
                 continue
+            if len(self._handshaking) >= self.max_handshakes:
+                # Idle sockets must not keep real clients out: the newcomer takes the place of the
+                # oldest unfinished handshake (a real client finishes its own in milliseconds).
+                oldest = next(iter(self._handshaking))
+                del self._handshaking[oldest]
+                oldest.cancel()
+                log.info("dropped the oldest of %d unfinished handshakes", self.max_handshakes)
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # room for a few whole replies: fewer partial sends and wake-ups (the kernel caps it)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             task = asyncio.create_task(self._connection(sock))
             self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            self._handshaking[task] = None
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._connections.discard(task)
+        self._handshaking.pop(task, None)
 
     async def _connection(self, sock: socket.socket) -> None:
         channel = Channel(sock)
@@ -210,9 +240,14 @@ class NbdServer:
         try:
             async with asyncio.timeout(self.handshake_timeout):
                 session = await Negotiation(channel, self._exports).run()
+            task = asyncio.current_task()
+            if task is not None:
+                self._handshaking.pop(task, None)
             if session is not None:
                 log.info("%s: serving export %r", peer, session.export.name)
-                await Transmission(session, channel, self._executor, self.workers, peer, self.inline_reads).run()
+                await Transmission(
+                    session, channel, self._executor, self.workers, peer, self.inline_reads, self._memory
+                ).run()
         except TimeoutError:
             log.info("%s: handshake not finished in %g s", peer, self.handshake_timeout)
         except ProtocolError as e:

@@ -10,7 +10,9 @@ serialises writes.
 
 Memory stays bounded: the bytes of all requests in flight on a connection (read lengths, write
 payloads) are capped by a budget released when a reply has been taken by the kernel, so a
-client that sends without reading stalls itself, not the server.
+client that sends without reading stalls itself, not the server; and all connections together
+draw on one server-wide budget (``ReplyMemory``), so many such clients make the server stop
+reading requests (back pressure) instead of growing.
 
 A request the protocol lets us refuse (out of range, too large, unknown command, write to a
 read-only export) gets an error reply; a client that breaks the framing (bad magic, an oversized
@@ -51,15 +53,59 @@ _WRITING = (p.Cmd.WRITE, p.Cmd.WRITE_ZEROES, p.Cmd.TRIM)
 _RANGED = (p.Cmd.READ, p.Cmd.WRITE, p.Cmd.WRITE_ZEROES, p.Cmd.TRIM, p.Cmd.BLOCK_STATUS)
 
 
-class _Inflight:
-    """Requests between receipt and reply: counted from any thread, waited for on the loop.
+class ReplyMemory:
+    """The server-wide budget of request bytes in flight, shared by every connection.
 
-    ``requests`` counts those whose device work is not finished; ``bytes`` the budget held
-    until their replies are sent.
+    A request that does not fit waits until replies of any connection have been sent. A
+    connection with nothing in flight may always start one request, whatever the budget: so
+    clients that do not read their replies slow the others down but cannot stop them, and the
+    memory held is at most the budget plus one request per connection.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+        self._waiting: set[_Inflight] = set()
+
+    def take(self, cost: int, always: bool = False) -> bool:
+        with self._lock:
+            if not always and self.used and self.used + cost > self.limit:
+                return False
+            self.used += cost
+            return True
+
+    def fits(self, cost: int) -> bool:
+        with self._lock:
+            return not self.used or self.used + cost <= self.limit
+
+    def give(self, cost: int) -> None:
+        if not cost:
+            return
+        with self._lock:
+            self.used -= cost
+            waiting = list(self._waiting)
+        for inflight in waiting:
+            inflight.poke()
+
+    def wait_for(self, inflight: _Inflight, waiting: bool) -> None:
+        with self._lock:
+            if waiting:
+                self._waiting.add(inflight)
+            else:
+                self._waiting.discard(inflight)
+
+
+class _Inflight:
+    """Requests between receipt and reply: counted from any thread, waited for on the loop.
+
+    ``requests`` counts those whose device work is not finished; ``bytes`` the budget held
+    until their replies are sent (in this connection's budget and in the server's).
+    """
+
+    def __init__(self, limit: int, shared: ReplyMemory | None = None) -> None:
+        self.limit = limit
+        self.shared = shared
         self.loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self.requests = 0
@@ -82,17 +128,34 @@ class _Inflight:
             self.loop.call_soon_threadsafe(_resolve, wake)
 
     def try_admit(self, cost: int) -> bool:
-        """Count a request in if its bytes fit the budget (the fast path: no coroutine)."""
+        """Count a request in if its bytes fit the budgets (the fast path: no coroutine)."""
         with self._lock:
             if self.bytes + cost > self.limit:
+                return False
+            if cost and self.shared is not None and not self.shared.take(cost, always=not self.bytes):
                 return False
             self.requests += 1
             self.bytes += cost
             return True
 
     async def admit(self, cost: int) -> None:
-        while not self.try_admit(cost):
-            await self._until(lambda: self.bytes + cost <= self.limit)
+        shared = self.shared
+        if shared is not None:
+            shared.wait_for(self, True)
+        try:
+            while not self.try_admit(cost):
+                await self._until(
+                    lambda: self.bytes + cost <= self.limit
+                    and (shared is None or not cost or not self.bytes or shared.fits(cost))
+                )
+        finally:
+            if shared is not None:
+                shared.wait_for(self, False)
+
+    def poke(self) -> None:
+        """The server-wide budget has room again: look once more."""
+        with self._lock:
+            self._changed()
 
     def worked(self) -> None:
         with self._lock:
@@ -103,6 +166,8 @@ class _Inflight:
         with self._lock:
             self.bytes -= cost
             self._changed()
+        if self.shared is not None:
+            self.shared.give(cost)
 
     async def idle(self) -> None:
         await self._until(lambda: not self.requests)
@@ -134,7 +199,14 @@ class Transmission:
     """Serves requests on one negotiated connection until the client disconnects."""
 
     def __init__(
-        self, session: Session, channel: Channel, workers: Executor, slices: int, peer: str, inline_reads: bool = True
+        self,
+        session: Session,
+        channel: Channel,
+        workers: Executor,
+        slices: int,
+        peer: str,
+        inline_reads: bool = True,
+        memory: ReplyMemory | None = None,
     ) -> None:
         self.session = session
         self.export = session.export
@@ -143,7 +215,7 @@ class Transmission:
         self.slices = slices
         self.inline_reads = inline_reads
         self.peer = peer
-        self._inflight = _Inflight(INFLIGHT_BYTES)
+        self._inflight = _Inflight(INFLIGHT_BYTES, memory)
         self._dirty = False
 
     async def run(self) -> None:

@@ -34,6 +34,8 @@ from vhdtool.disk.view import BytesDevice, Composite
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import RawFile
+from vhdtool.format.layout import hold_for_replacing, rename_into_place
+from vhdtool.leftovers import sweep_beside, tag
 from vhdtool.ops.convert import convert
 from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.growth import allocated_bytes, watched
@@ -160,7 +162,14 @@ def build(
         raise UsageError(f"{src} holds {needed} bytes of files, more than the {fs_size}-byte filesystem of --size")
     rules.validate_virtual_size(disk_size, disk_type)
 
-    work = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.", dir=os.path.dirname(os.path.abspath(out))))
+    held = hold_for_replacing(out)  # never replace an image something holds open
+    try:
+        sweep_beside(out)
+        work = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.{tag()}.", dir=os.path.dirname(os.path.abspath(out))))
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
     try:
         part_path = work / "partition.raw"
         with open(part_path, "wb") as f:
@@ -203,9 +212,11 @@ def build(
                 timestamp=epoch,
                 progress=None if progress is None else _second_half(needed, progress),
             ).data_bytes
-        os.replace(tmp_out, out)
+        rename_into_place(tmp_out, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if held is not None:
+            os.close(held)
     return Built(
         path=out,
         size=disk_size,

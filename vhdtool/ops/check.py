@@ -173,9 +173,19 @@ def _check_footers(meta: ImageMetadata, report: CheckReport) -> None:
         elif not c.checksum_ok:
             report.add(CORRUPTION, "footer-copy-checksum", f"{meta.path}: footer copy at offset 0 has a bad checksum")
         elif t is not None and t.checksum_ok and build_footer(c.fields) != build_footer(t.fields):
-            report.add(
-                CORRUPTION, "footer-copy-differs", f"{meta.path}: footer copy at offset 0 differs from the footer"
-            )
+            if _differ_only_in_size(c.fields, t.fields):
+                # a resize stopped between its two footer writes: each reader sees a whole disk (vhdtool
+                # and libvhdi the footer's, qemu the copy's), nothing is lost; repair aligns the copy
+                report.add(
+                    LEAK,
+                    "footer-copy-stale",
+                    f"{meta.path}: footer copy at offset 0 says {c.fields.current_size} bytes, the footer "
+                    f"{t.fields.current_size} (an interrupted resize; qemu reads the copy): run 'vhdtool repair'",
+                )
+            else:
+                report.add(
+                    CORRUPTION, "footer-copy-differs", f"{meta.path}: footer copy at offset 0 differs from the footer"
+                )
     f = meta.footer
     if not f.features & FEATURE_RESERVED:
         report.add(
@@ -201,6 +211,14 @@ def _check_footers(meta: ImageMetadata, report: CheckReport) -> None:
         )
     if f.saved_state:
         report.add(WARNING, "saved-state", f"{meta.path}: the saved-state flag is set")
+
+
+_SIZE_FIELDS = ("current_size", "original_size", "cylinders", "heads", "sectors_per_track", "checksum")
+
+
+def _differ_only_in_size(copy: Any, footer: Any) -> bool:
+    """Whether two footers differ only in what a resize writes (sizes, geometry, checksum)."""
+    return all(copy[k] == footer[k] for k in footer if k not in _SIZE_FIELDS and not k.startswith("_"))
 
 
 def _check_fixed(meta: ImageMetadata, report: CheckReport) -> None:

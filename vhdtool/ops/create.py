@@ -85,7 +85,9 @@ def _create_child(
     parent = os.fspath(parent)
     if os.path.abspath(parent) == os.path.abspath(path):
         raise UsageError(f"{path}: a disk cannot be its own parent")
-    with open_image(parent) as image:  # opening validates the parent's whole chain
+    # opening validates the parent's whole chain; no lock: a child may be made over a disk in use
+    # (a snapshot layer over a running guest's disk), and opening the child later takes the lock
+    with open_image(parent, share=True) as image:
         if size is not None and int(size) != image.size:
             raise UsageError(f"a differencing disk has its parent's size ({image.size}); --size {size} differs")
         meta = image.meta

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vhdtool.errors import CorruptImageError, VhdError
+from vhdtool.errors import CorruptImageError, VhdError, io_error
 from vhdtool.format import rules
 from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import ImageMetadata, read_metadata
@@ -31,7 +31,10 @@ def edit_image(path: str, damaged_ok: bool = False) -> Iterator[MetadataEditor]:
         meta = read_metadata(path, fd)
         if not damaged_ok:
             refuse_damaged(meta)
-        yield MetadataEditor(fd, meta)
+        try:
+            yield MetadataEditor(fd, meta)
+        except OSError as e:  # a full disk, EIO: the message names the image, as every error does
+            raise io_error(path, "write", e) from None
     finally:
         os.close(fd)
 

@@ -18,11 +18,14 @@ import tempfile
 from dataclasses import dataclass, field
 
 from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
+from vhdtool.leftovers import sweep
 from vhdtool.ops.datapath import data_runs, is_zero, pieces
 
 GRAIN = 64 << 10
 """Granularity of change tracking: small enough that a changed inode writes little back."""
 CHUNK = 4 << 20
+VOLUME_LEFTOVER = r"vhdtool-volume-(?P<pid>\d+)-\w+\.raw"
+"""Names of extracts: the owner's pid first, so that a later run removes those of a killed one."""
 
 
 def _digest(data: bytes | memoryview) -> bytes:
@@ -46,7 +49,9 @@ class Extract:
 
 def extract(source: BlockDevice, track: bool, directory: str | None = None) -> Extract:
     """Copy ``source`` into a new sparse temporary file; ``track`` records grain digests for write_back."""
-    fd, path = tempfile.mkstemp(prefix="vhdtool-volume-", suffix=".raw", dir=directory)
+    folder = directory or tempfile.gettempdir()
+    sweep(folder, VOLUME_LEFTOVER)
+    fd, path = tempfile.mkstemp(prefix=f"vhdtool-volume-{os.getpid()}-", suffix=".raw", dir=folder)
     digests: dict[int, bytes] | None = {} if track else None
     try:
         os.ftruncate(fd, source.size)
@@ -74,9 +79,11 @@ def extract(source: BlockDevice, track: bool, directory: str | None = None) -> E
     return Extract(source, path, source.size, digests)
 
 
-def write_back(ex: Extract) -> int:
-    """Write the grains of ``ex.path`` that differ from what was extracted into ``ex.source``; returns bytes written."""
+def write_back(ex: Extract, into: BlockDevice | None = None) -> int:
+    """Write the grains of ``ex.path`` that differ from what was extracted into ``into`` (a device
+    reading what ``ex.source`` reads; default ``ex.source`` itself); returns bytes written."""
     assert ex.digests is not None, "write_back needs an extract made with track=True"
+    target = ex.source if into is None else into
     written = 0
     seen: set[int] = set()
     with RawFile(ex.path) as tmp:
@@ -92,15 +99,15 @@ def write_back(ex: Extract) -> int:
                 continue
             if old is not None and old and _digest(new) == old:
                 continue
-            if old == b"" and ex.source.pread(start, end - start) == new:
+            if old == b"" and target.pread(start, end - start) == new:
                 continue
-            ex.source.pwrite(start, new)
+            target.pwrite(start, new)
             written += end - start
         for grain in ex.digests.keys() - seen:  # held data before, a hole now: reads zeros
             n = min(GRAIN, ex.size - grain)
-            ex.source.pwrite(grain, bytes(n))
+            target.pwrite(grain, bytes(n))
             written += n
-    ex.source.flush()
+    target.flush()
     return written
 
 

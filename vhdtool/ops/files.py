@@ -4,6 +4,8 @@ Route (measured in bench/bench_build.py): the chosen partition is extracted to a
 raw file (only allocated, non-zero pieces are copied), the filesystem's own tool works on it,
 and for writes a read-only fsck must pass before only the changed 64 KiB grains are written back
 into the top of the image's chain. Bad paths and failing tools therefore never touch the image.
+The write-back goes into a copy of the image that replaces it in one rename (``shadow``), so an
+interrupted command (Ctrl-C, kill -9, a power cut) leaves the old filesystem or the new one.
 With ``undo=True`` writes go instead into the image's undo disk (``ops.undo``: the one ``vhdtool
 mount`` uses), created on first use and read through by later commands that pass it too.
 
@@ -33,6 +35,7 @@ from vhdtool.ops.create import create
 from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.extract import extract, write_back
 from vhdtool.ops.growth import allocated_bytes, watched
+from vhdtool.ops.shadow import shadow_copy
 from vhdtool.ops.undo import undo_path
 
 
@@ -99,7 +102,8 @@ def open_volume(image: str, *, write: bool, partition: int | None = None, undo: 
                         raise VhdError(
                             f"{image}: the change left the filesystem inconsistent, not written: {complaint}"
                         )
-                    session.written = write_back(ex)
+                    with shadow_copy(target) as copy_path, open_image(copy_path, writable=True, durable=False) as copy:
+                        session.written = write_back(ex, into=partition_view(copy, part))
             finally:
                 ex.close()
     except BaseException:

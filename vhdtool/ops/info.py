@@ -111,11 +111,14 @@ def describe(image: ImageBase) -> dict[str, Any]:
     return doc
 
 
-def image_info(path: str | os.PathLike[str], chain: bool = False) -> list[dict[str, Any]]:
+def image_info(path: str | os.PathLike[str], chain: bool = False, share: bool = False) -> list[dict[str, Any]]:
     """Describe the image, or with ``chain`` every image from the top down to the base (as far as
-    it can be followed: a missing parent or a truncated file is a warning, not an error)."""
+    it can be followed: a missing parent or a truncated file is a warning, not an error).
+
+    Takes the shared lock, as ``qemu-img info`` does, unless ``share`` (its ``-U``): then an image
+    a writer holds is read too."""
     try:
-        image = open_for_inspection(path)
+        image = open_for_inspection(path, share=share)
     except NotVhdError as e:
         raise explain_not_vhd(os.fspath(path), e) from None
     with image:

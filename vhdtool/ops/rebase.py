@@ -6,11 +6,13 @@ the child's header is pointed at the new parent. The child reads the same before
 ``unsafe`` only rewrites the parent UUID, time stamp, name and locators (the parent was moved,
 renamed or replaced by an identical copy).
 
-Crash safety: in-place, ordered. The copied data only fills in what the old parent showed, so
-the child reads the same at every step while it still points at the old parent; the switch is
-one header write after the new locator data is in place (``format.parentlink``). An interrupted
-rebase (Ctrl-C stops after the current piece) leaves the child on its old parent, unchanged in
-content.
+Crash safety: a safe rebase works on a sparse copy of the child (``shadow``) that replaces it in
+one rename once the data is copied and the header points at the new parent: in place, a power cut
+could keep a bitmap bit whose data the page cache had not yet written (both unsynced), and the
+child would read neither what it read nor what it should. Until the rename every reader sees the
+old child on its old parent; after it, the new one. An interrupted rebase (Ctrl-C stops after the
+current piece) leaves the child as it was. ``unsafe`` is one header write in place, after the new
+locator data (``format.parentlink``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from vhdtool.errors import ParentError, UsageError
 from vhdtool.format.blockdev import BlockDevice, Extent
 from vhdtool.format.chain import open_image
 from vhdtool.format.image import ImageBase
+from vhdtool.format.layout import hold_for_replacing
 from vhdtool.format.metadata import read_metadata
 from vhdtool.format.parentlink import point_at_parent
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 from vhdtool.ops.datapath import Meter, ProgressCallback, data_runs, pieces, read_grid, union_runs
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts, graceful_stop
+from vhdtool.ops.shadow import shadow_copy
 
 GRAIN = 64 * 1024
 """Granularity of the copy: a piece that differs is copied in 64 KiB grains that differ."""
@@ -63,9 +67,20 @@ def rebase(
             if os.path.samefile(image.path, child) or image.meta.uuid == meta.uuid:
                 raise ParentError(f"{parent}: its chain contains {child}; a disk cannot be its own ancestor")
         parent_uuid = bytes(new_parent.meta.footer.unique_id)
-        copied = 0 if unsafe else _copy_differences(child, new_parent, progress)
-    with edit_image(child) as editor, deferred_interrupts():
-        point_at_parent(editor, child, parent, parent_uuid, file_stamp(parent))
+        if unsafe:
+            copied = 0
+            with edit_image(child) as editor, deferred_interrupts():
+                point_at_parent(editor, child, parent, parent_uuid, file_stamp(parent))
+        else:
+            held = hold_for_replacing(child)  # nobody writes the child between the copy and the rename
+            try:
+                with shadow_copy(child) as copy:
+                    copied = _copy_differences(copy, new_parent, progress)
+                    with edit_image(copy) as editor, deferred_interrupts():
+                        point_at_parent(editor, copy, parent, parent_uuid, file_stamp(parent))
+            finally:
+                if held is not None:
+                    os.close(held)
     restamp_children(child, [os.path.dirname(os.path.abspath(child))], before)
     return Rebased(child, parent, unsafe, copied)
 

@@ -23,6 +23,7 @@ writes in the order above, each leaving a readable image; Ctrl-C is held back un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from typing import Any
 
 from construct import Container
 
+from vhdtool.errors import IoError
 from vhdtool.format import rules
+from vhdtool.format.layout import sync_folder
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
 from vhdtool.format.structs import (
@@ -43,6 +46,7 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
+from vhdtool.leftovers import temp_beside
 from vhdtool.ops.check import CHECK_ERROR, CORRUPTION, LEAK, CheckReport, check_image
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts
@@ -131,7 +135,13 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
                 result.actions.append(f"cut {meta.file_size - at - FOOTER_SIZE} unreferenced bytes after it")
     if "fixed-truncated" in codes:
         _move_fixed_footer(editor, footer, result, dry_run)
-    copy_codes = {"footer-copy-missing", "footer-copy-checksum", "footer-copy-differs", "footer-features"}
+    copy_codes = {
+        "footer-copy-missing",
+        "footer-copy-checksum",
+        "footer-copy-differs",
+        "footer-copy-stale",
+        "footer-features",
+    }
     if meta.is_sparse and (codes & copy_codes or (meta.footer_source != "copy" and rewrite_trailing)):
         result.actions.append("rewrote the footer copy at offset 0 from the footer")
         if not dry_run:
@@ -256,14 +266,23 @@ def write_backup(path: str, editor: MetadataEditor) -> str:
     if meta.is_sparse:
         ranges += [(start, end - start) for start, end in metadata_ranges(meta)]
     ranges = sorted({(o, min(n, size - o)) for o, n in ranges if 0 <= o < size})
-    backup = _free_name(path + ".repair-backup")
+    base = path + ".repair-backup"
     doc = {"path": os.path.abspath(path), "file-size": size, "ranges": [[o, n] for o, n in ranges]}
-    with open(backup, "xb") as f:
-        f.write(BACKUP_MAGIC + json.dumps(doc).encode() + b"\n")
-        for offset, length in ranges:
-            f.write(os.pread(fd, length, offset))
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = temp_beside(base)  # written whole under a temporary name: a full disk or a kill leaves no partial backup
+    try:
+        with open(tmp, "xb") as f:
+            f.write(BACKUP_MAGIC + json.dumps(doc).encode() + b"\n")
+            for offset, length in ranges:
+                f.write(os.pread(fd, length, offset))
+            f.flush()
+            os.fsync(f.fileno())
+        backup = _free_name(base)
+        os.rename(tmp, backup)
+        sync_folder(os.path.dirname(os.path.abspath(backup)))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise IoError(f"{base}: cannot write the repair backup: {e.strerror or e}; nothing repaired") from None
     return backup
 
 

@@ -10,8 +10,10 @@ Crash safety (in-place, ordered writes; Ctrl-C is held back until a step complet
 - dynamic grow: moved blocks are copied and synced before the BAT points at them, the new BAT
   entries are written before the header counts them, the footer (the new size) comes last, so
   an interruption leaves the old size with the same content;
-- dynamic shrink: the footer with the new size goes first, then the dropped BAT entries and the
-  packing, so an interruption leaves the old or the new size (plus reclaimable space);
+- dynamic shrink: the footer with the new size goes first, then the tail of a block the new end
+  cuts in two is zeroed (outside the disk by then), then the dropped BAT entries and the packing,
+  so an interruption leaves the old or the new size (plus reclaimable space); growing zeroes that
+  tail before anything else, while it is still outside the disk;
 - fixed grow: the footer is moved to the new end in one step over a hole (fallocate
   INSERT_RANGE, on ext4 and XFS when the sizes are multiples of 4 KiB), then it gets the new size:
   the old disk or the new one at every step. Elsewhere the footer is written at the new end, then
@@ -23,11 +25,12 @@ Crash safety (in-place, ordered writes; Ctrl-C is held back until a step complet
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vhdtool.errors import RefusedError, UsageError
+from vhdtool.errors import IoError, RefusedError, UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, pwrite_all
 from vhdtool.format.chain import open_image
@@ -100,12 +103,19 @@ def resize(path: str | os.PathLike[str], size: int | str, *, force: bool = False
             "sectors_per_track": geometry.sectors_per_track,
         }
         with deferred_interrupts():
-            if isinstance(image, FixedImage):
-                _resize_fixed(editor, old, new, fields)
-                moved = 0
-            else:
-                assert isinstance(image, SparseImage)
-                moved = _resize_dynamic(editor, image, new, fields)
+            try:
+                if isinstance(image, FixedImage):
+                    _resize_fixed(editor, old, new, fields)
+                    moved = 0
+                else:
+                    assert isinstance(image, SparseImage)
+                    moved = _resize_dynamic(editor, image, new, fields)
+            except OSError as e:
+                now = editor.meta.virtual_size
+                raise IoError(
+                    f"{path}: resize stopped: write failed: {e.strerror or e}; the disk is {now} bytes "
+                    f"({'unchanged' if now == old else 'the new size'})"
+                ) from None
     finally:
         image.close_chain()
     return Resized(path, meta.type_name, old, new, moved, [SHRINK_WARNING] if new < old else [])
@@ -148,26 +158,38 @@ def _resize_dynamic(editor: MetadataEditor, image: SparseImage, new: int, fields
     bs = image.block_size
     needed = -(-new // bs)
     if new > image.size:
+        # the part of the last block past the old end joins the disk: it must read zeros. It lies
+        # outside the old disk, so zeroing it first changes nothing any reader sees.
+        _zero_block_tail(editor, image, image.size)
         moved = _grow_bat(editor, image, needed) if needed > len(image.bat) else 0
         editor.set_footer(**fields)
         editor.sync()
         return moved
-    # shrink: the tail of a block cut in two must read zeros if the disk grows again
-    last = new // bs
-    if new % bs and last < len(image.bat) and image.bat[last] != UNALLOCATED:
-        tail = (last + 1) * bs - new
-        offset = image.bat[last] * SECTOR + rules.bitmap_bytes(bs) + new % bs
-        for start in range(0, tail, CHUNK):
-            pwrite_all(editor.fd, offset + start, bytes(min(CHUNK, tail - start)))
-        editor.sync()
     editor.set_footer(**fields)
     editor.sync()
+    # the tail of a block cut in two must read zeros if the disk grows again; zeroed only now that
+    # it lies outside the disk, so an interruption never leaves the old size with zeros in it
+    _zero_block_tail(editor, image, new)
     beyond = {i: UNALLOCATED for i in range(needed, len(image.bat)) if image.bat[i] != UNALLOCATED}
     if beyond:
         editor.set_bat(beyond)
         editor.sync()
         pack(editor, bs)
     return 0
+
+
+def _zero_block_tail(editor: MetadataEditor, image: SparseImage, end: int) -> None:
+    """Zero what the block holding offset ``end`` stores from ``end`` on (nothing if allocated
+    blocks end there), and sync."""
+    bs = image.block_size
+    last = end // bs
+    if not end % bs or last >= len(image.bat) or image.bat[last] == UNALLOCATED:
+        return
+    tail = (last + 1) * bs - end
+    offset = image.bat[last] * SECTOR + rules.bitmap_bytes(bs) + end % bs
+    for start in range(0, tail, CHUNK):
+        pwrite_all(editor.fd, offset + start, bytes(min(CHUNK, tail - start)))
+    editor.sync()
 
 
 def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
@@ -184,9 +206,16 @@ def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
     in_way = sorted(
         (entry * SECTOR, i) for i, entry in enumerate(image.bat) if entry != UNALLOCATED and entry * SECTOR < new_end
     )
-    if editor.end < new_end:
-        editor.reserve(new_end - editor.end)  # nothing new may land where the table will grow
-    moves = {index: editor.append(os.pread(editor.fd, span, start)) // SECTOR for start, index in in_way}
+    old_end = editor.end
+    try:
+        if editor.end < new_end:
+            editor.reserve(new_end - editor.end)  # nothing new may land where the table will grow
+        moves = {index: editor.append(os.pread(editor.fd, span, start)) // SECTOR for start, index in in_way}
+    except OSError:
+        # nothing points past the old end yet: give the room back rather than leave it leaked
+        with contextlib.suppress(OSError):
+            editor.truncate(old_end)
+        raise
     if moves:
         editor.sync()  # the copies first, then the entries pointing at them
         editor.set_bat(moves)

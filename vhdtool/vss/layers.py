@@ -51,11 +51,11 @@ def layer_path(top: str, group: str) -> str:
 
 def layer_cost(top: str) -> int:
     """Bytes a new differencing child of ``top`` takes when created (mostly its BAT)."""
-    from vhdtool.format.chain import open_image
+    from vhdtool.format.metadata import read_metadata
 
-    with open_image(top) as image:
-        block = getattr(image, "block_size", None) or DEFAULT_BLOCK_SIZE
-        entries = math.ceil(image.size / block)
+    meta = read_metadata(top)  # the header only: no lock, so a top a running guest writes is read too
+    block = meta.block_size or DEFAULT_BLOCK_SIZE
+    entries = math.ceil(meta.virtual_size / block)
     return _FIXED_COST + -(-entries * 4 // 512) * 512
 
 

@@ -41,7 +41,8 @@ def _check_unused(active: str) -> None:
 
 def _children(image: str) -> list[str]:
     """Images in the same folder whose parent is ``image`` (the snapshot layers made over it)."""
-    from vhdtool.format.chain import find_parent, open_image
+    from vhdtool.format.chain import find_parent
+    from vhdtool.format.metadata import read_metadata
     from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 
     folder = os.path.dirname(os.path.abspath(image))
@@ -51,10 +52,9 @@ def _children(image: str) -> list[str]:
         if not name.endswith(".vhd") or not os.path.isfile(path) or os.path.samefile(path, image):
             continue
         try:
-            with open_image(path) as candidate:
-                meta = candidate.meta
-                if meta.disk_type == DISK_TYPE_DIFFERENCING and os.path.samefile(find_parent(meta), image):
-                    found.append(path)
+            meta = read_metadata(path)  # no lock: a child a running guest writes counts too
+            if meta.disk_type == DISK_TYPE_DIFFERENCING and os.path.samefile(find_parent(meta), image):
+                found.append(path)
         except (VhdError, OSError):
             continue
     return found

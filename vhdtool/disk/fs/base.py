@@ -28,6 +28,19 @@ class NoSpaceError(UsageError):
     """The files do not fit in the filesystem."""
 
 
+def host_full(path: str) -> bool:
+    """Whether the filesystem holding ``path`` (a volume file a tool writes) has no room left: then a
+    tool's "no space" is the host's, not the filesystem's being made."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < HOST_FULL_MARGIN
+
+
+HOST_FULL_MARGIN = 1 << 20
+
+
 class FsPathError(VhdError):
     """A path inside the image does not exist or has the wrong type."""
 

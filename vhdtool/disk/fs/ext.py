@@ -24,12 +24,14 @@ from vhdtool.disk.fs.base import (
     ToolError,
     UsageError,
     Volume,
+    host_full,
     is_no_space,
     name_of,
     parent_of,
     run_tool,
 )
 from vhdtool.disk.fs.tree import Tree, scan
+from vhdtool.errors import VhdError
 
 MiB = 1 << 20
 BLOCK = 4096
@@ -117,6 +119,11 @@ class ExtDriver(FsDriver):
         proc = run_tool(args, env=env, check=False)
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace")
+            if host_full(vol.path):
+                raise VhdError(
+                    f"{os.path.dirname(os.path.abspath(vol.path))}: no space left on device (the host filesystem "
+                    f"is full) while mke2fs wrote {vol.path}"
+                )
             if any(s in err for s in _NO_SPACE):
                 raise UsageError(f"{source} does not fit in a {vol.size}-byte {variant} filesystem")
             raise ToolError(f"mke2fs failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
@@ -151,14 +158,10 @@ class ExtDriver(FsDriver):
         self, vol: Volume, requests: list[str], writable: bool = False, env: dict[str, str] | None = None
     ) -> bytes:
         """Run requests in one debugfs; any complaint on stderr (beyond its banner) is an error."""
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".debugfs", delete=False) as f:
-            f.write("\n".join(requests) + "\n")
-            script = f.name
-        try:
-            args = ["debugfs", *(["-w"] if writable else []), "-f", script, self._spec(vol)]
-            proc = run_tool(args, what="debugfs", env=env)
-        finally:
-            os.unlink(script)
+        # the script on stdin, not in a temporary file that a killed command would leave behind
+        script = ("\n".join(requests) + "\n").encode()
+        args = ["debugfs", *(["-w"] if writable else []), "-f", "-", self._spec(vol)]
+        proc = run_tool(args, what="debugfs", env=env, input=script)
         complaints = [
             ln
             for ln in proc.stderr.decode("utf-8", errors="replace").splitlines()

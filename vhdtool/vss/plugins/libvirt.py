@@ -300,9 +300,8 @@ def _is_differencing_vhd(path: str, fmt: str) -> bool:
     if fmt != "vpc":
         return False
     try:
-        from vhdtool.format.chain import open_image
+        from vhdtool.format.metadata import read_metadata
 
-        with open_image(path) as image:
-            return image.meta.type_name == "differencing"
+        return read_metadata(path).type_name == "differencing"  # no lock: the guest's disk is in use
     except Exception:  # unreadable here: let libvirt decide
         return False
