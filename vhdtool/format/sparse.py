@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError, io_error
 from vhdtool.format import rules
+from vhdtool.format.batruns import allocated_runs, bat_runs, count_allocated
 from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, pwrite_all, zeros
 from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
@@ -102,12 +103,14 @@ class SparseImage(ImageBase):
             raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
         span = rules.bitmap_bytes(bs) + bs
         limit = meta.footer_offset
-        for index, entry in enumerate(meta.bat):
-            if entry != UNALLOCATED and entry * SECTOR + span > limit:
-                raise CorruptImageError(
-                    f"{self.path}: BAT entry {index} points at sector {entry}, past the end of the file "
-                    f"(run 'vhdtool check')"
-                )
+        for start, stop in allocated_runs(meta.bat):
+            if max(meta.bat[start:stop]) * SECTOR + span <= limit:
+                continue
+            index = next(i for i in range(start, stop) if meta.bat[i] * SECTOR + span > limit)
+            raise CorruptImageError(
+                f"{self.path}: BAT entry {index} points at sector {meta.bat[index]}, past the end of the file "
+                f"(run 'vhdtool check')"
+            )
 
     def _restore_torn_footer(self, data_end: int) -> None:
         """Put back the footer an interrupted growth did not leave, at the end of the file. What lies
@@ -276,7 +279,7 @@ class SparseImage(ImageBase):
         valid trailing footer. Room for several blocks is reserved at a time to keep those fsyncs
         rare; close() gives back what was not used. After a crash the unused room is a leak.
         """
-        unallocated = sum(1 for entry in self.bat if entry == UNALLOCATED)
+        unallocated = len(self.bat) - count_allocated(self.bat)
         blocks = max(1, min(GROWTH_BYTES // span, unallocated))
         new_footer_at = start + blocks * span
         self._pwrite_all(new_footer_at, memoryview(self._footer_bytes))
@@ -310,12 +313,20 @@ class SparseImage(ImageBase):
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         end = self.size if length is None else offset + length
-        pos = offset
-        while pos < end:
-            block, in_block = pos >> self._shift, pos & self._mask
-            n = min(self.block_size - in_block, end - pos)
-            yield from self._block_extents(block, in_block, n)
-            pos += n
+        if offset >= end:
+            return
+        # whole runs of unallocated blocks at once: the cost follows the allocated blocks
+        for allocated, first, last in bat_runs(self.bat, offset >> self._shift, ((end - 1) >> self._shift) + 1):
+            lo, hi = max(offset, first << self._shift), min(end, last << self._shift)
+            if not allocated:
+                yield from self._below(lo, hi - lo)
+                continue
+            pos = lo
+            while pos < hi:
+                block, in_block = pos >> self._shift, pos & self._mask
+                n = min(self.block_size - in_block, hi - pos)
+                yield from self._block_extents(block, in_block, n)
+                pos += n
 
     def _block_extents(self, block: int, in_block: int, length: int) -> Iterator[Extent]:
         virtual = (block << self._shift) + in_block
@@ -346,7 +357,7 @@ class SparseImage(ImageBase):
             yield Extent(offset + inside, length - inside, True)
 
     def allocated_blocks(self) -> int:
-        return sum(1 for entry in self.bat if entry != UNALLOCATED)
+        return count_allocated(self.bat)
 
     def _close(self) -> None:
         if self._fd < 0:

@@ -31,6 +31,7 @@ from typing import Any
 from construct import Container
 
 from vhdtool.format import rules
+from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
 from vhdtool.format.structs import (
@@ -173,7 +174,8 @@ def _trailing_position(meta: ImageMetadata) -> int:
         return max(last, meta.virtual_size)
     span = rules.bitmap_bytes(meta.block_size) + meta.block_size
     ends = [end for _, end in metadata_ranges(meta)]
-    ends += [entry * SECTOR + span for entry in meta.bat if entry != UNALLOCATED and entry * SECTOR < last]
+    bat = meta.bat
+    ends += [bat[i] * SECTOR + span for i in allocated_indexes(bat) if bat[i] * SECTOR < last]
     return max(round_up(max(ends)), last)
 
 
