@@ -1,4 +1,5 @@
-"""Run finding over a BAT against a plain per-entry walk, on random tables (property style)."""
+"""Run finding over a BAT and over a block bitmap against a plain walk of every entry or bit, on
+random tables (property style)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from array import array
 import pytest
 
 from vhdtool.format.batruns import allocated_indexes, allocated_runs, bat_runs, count_allocated
+from vhdtool.format.sparse import bit_runs
 from vhdtool.format.structs import UNALLOCATED
 
 # allocated values whose bytes are mostly 0xFF: a byte-level search must not take them for free entries
@@ -69,3 +71,27 @@ def test_the_table_can_grow_while_runs_are_being_walked() -> None:
     next(runs)
     bat.extend([UNALLOCATED] * 4)  # no view of the table outlives a step
     assert list(runs) == [(True, 1, 2), (False, 2, 3)]
+
+
+def naive_bits(bitmap: bytes, start: int, end: int) -> list[tuple[bool, int, int]]:
+    out: list[tuple[bool, int, int]] = []
+    for sector in range(start, end):
+        bit = bool(bitmap[sector // 8] & (0x80 >> (sector % 8)))
+        if out and out[-1][0] == bit:
+            out[-1] = (bit, out[-1][1], sector + 1)
+        else:
+            out.append((bit, sector, sector + 1))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_bitmap_runs_equal_a_walk_of_every_bit(seed: int) -> None:
+    rng = random.Random(seed)
+    size = rng.choice([1, 64, 512])
+    bitmap = bytearray()
+    while len(bitmap) < size:
+        bitmap += bytes([rng.choice([0, 0xFF, rng.randrange(256)])]) * rng.choice([1, 2, 9, 100])
+    bitmap = bytes(bitmap[:size])
+    for _ in range(8):
+        start, end = sorted((rng.randint(0, 8 * size), rng.randint(0, 8 * size)))
+        assert list(bit_runs(bitmap, start, end)) == naive_bits(bitmap, start, end)

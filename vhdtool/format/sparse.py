@@ -34,23 +34,27 @@ FULL = None
 
 
 def bit_runs(bitmap: bytes, start: int, end: int) -> Iterator[tuple[bool, int, int]]:
-    """Runs of equal bits in sectors [start, end) of a block bitmap (MSB of byte 0 = sector 0)."""
+    """Runs of equal bits in sectors [start, end) of a block bitmap (MSB of byte 0 = sector 0).
+
+    Whole bytes of a run (0xFF or 0x00) are skipped in one ``lstrip``; only the bits at the ends
+    of a run are looked at one by one."""
+
+    def bit(sector: int) -> bool:
+        return bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
+
     sector = start
-    current = bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
-    run_start = sector
-    sector += 1
     while sector < end:
-        if sector & 7 == 0 and sector + 8 <= end:
-            byte = bitmap[sector >> 3]
-            if byte == (0xFF if current else 0):
-                sector += 8
-                continue
-        bit = bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
-        if bit != current:
-            yield current, run_start, sector
-            current, run_start = bit, sector
-        sector += 1
-    yield current, run_start, end
+        current = bit(sector)
+        stop = sector + 1
+        while stop < end and stop & 7 and bit(stop) == current:
+            stop += 1
+        if stop < end and stop & 7 == 0:
+            whole = bitmap[stop >> 3 : end >> 3]
+            stop += 8 * (len(whole) - len(whole.lstrip(b"\xff" if current else b"\x00")))
+            while stop < end and bit(stop) == current:
+                stop += 1
+        yield current, sector, stop
+        sector = stop
 
 
 class SparseImage(ImageBase):
