@@ -96,3 +96,21 @@ def test_a_chain_over_a_2040_gib_parent_reads_like_the_qcow2_chain(tmp_path: Pat
         1,
         f"Content mismatch at offset {1800 * GiB + 512}!",
     )
+
+
+def test_merge_reserves_room_for_its_blocks_once_and_leaves_none(tmp_path: Path) -> None:
+    base, child, flat = tmp_path / "base.vhd", tmp_path / "child.vhd", tmp_path / "flat.raw"
+    vhdtool.create(base, size=64 * GiB)
+    with vhdtool.open(base, writable=True) as img:
+        img.pwrite(3 * MiB, b"b" * 4096)
+    vhdtool.create(child, parent=base)
+    with vhdtool.open(child, writable=True) as img:
+        for i in range(40):  # 40 blocks spread over the disk, one of them already in the base
+            img.pwrite(i * GiB + (3 * MiB if i == 0 else 0), bytes([i + 1]) * 65536)
+    cli("convert", "-O", "raw", child, flat)
+    assert cli("merge", child).returncode == 0
+    assert cli("check", base).returncode == 0  # no room left over: a leak would exit 3
+    assert run(need("qemu-img"), "compare", "-f", "raw", "-F", "vpc", flat, base, check=False).returncode == 0
+    with vhdtool.open(base) as img:
+        assert img.allocated_blocks() == 40
+        assert base.stat().st_size == img.meta.footer_offset + 512

@@ -275,7 +275,15 @@ class SparseImage(ImageBase):
         self._bitmaps[block] = self._bitmap_from(bitmap)
         self.bat[block] = start // SECTOR
 
-    def _grow(self, start: int, span: int) -> None:
+    def reserve(self, blocks: int) -> None:
+        """Make room for ``blocks`` new blocks in one growth of the file (one fdatasync), for a
+        caller about to allocate many (merge); close() gives back what stays unused."""
+        with self._write_lock:
+            span = self._bitmap_size + self.block_size
+            if self.writable and blocks > 0 and self._end + blocks * span > self._footer_at:
+                self._grow(self._end, span, blocks)
+
+    def _grow(self, start: int, span: int, wanted: int = 0) -> None:
         """Move the trailing footer far enough out for the next blocks, before any of them is written.
 
         The footer lands at the new end first and (with sync_growth) is made durable at once, so
@@ -284,7 +292,7 @@ class SparseImage(ImageBase):
         rare; close() gives back what was not used. After a crash the unused room is a leak.
         """
         unallocated = len(self.bat) - count_allocated(self.bat)
-        blocks = max(1, min(GROWTH_BYTES // span, unallocated))
+        blocks = max(1, wanted, min(GROWTH_BYTES // span, unallocated))
         new_footer_at = start + blocks * span
         self._pwrite_all(new_footer_at, memoryview(self._footer_bytes))
         if self._sync_growth:
