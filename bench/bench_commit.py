@@ -107,6 +107,7 @@ def main() -> None:
     size = args.size_mib * MiB
     data = os.urandom(CHUNK)
     load = os.getloadavg()[0]
+    started = time.strftime("%Y-%m-%d %H:%M")
     work = Path(tempfile.mkdtemp(prefix="bench-commit-", dir=args.dir))
     fuse = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
     try:
@@ -125,7 +126,7 @@ def main() -> None:
     else:
         print("  umount --commit: not run (no /dev/fuse or fusermount3)")
     if args.json:
-        doc = {"bench": "commit", "size_mib": args.size_mib, "date": time.strftime("%Y-%m-%d %H:%M"), "load": load,
+        doc = {"bench": "commit", "size_mib": args.size_mib, "date": started, "load": load,
                "rows": rows}  # fmt: skip
         Path(args.json).write_text(json.dumps(doc, indent=1))
 

@@ -102,6 +102,7 @@ def main() -> None:
             sys.exit(f"{tool} is not installed")
     ours = vhdtool_command()
     load = os.getloadavg()[0]
+    started = time.strftime("%Y-%m-%d %H:%M")
     print(f"best of {args.rounds} rounds, wall seconds, whole commands; load average {load:.2f} at the start")
     print(f"{'size':>9s} {'fill':8s} {'work':8s} {'vhdtool':>8s} {'qemu-img':>8s} {'ratio':>7s}")
     rows = []
@@ -125,7 +126,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        doc = {"bench": "scale", "date": time.strftime("%Y-%m-%d %H:%M"), "load": load, "rows": rows}
+        doc = {"bench": "scale", "date": started, "load": load, "rows": rows}
         Path(args.json).write_text(json.dumps(doc, indent=1))
 
 
