@@ -98,7 +98,7 @@ def test_a_chain_over_a_2040_gib_parent_reads_like_the_qcow2_chain(tmp_path: Pat
     )
 
 
-def test_merge_reserves_room_for_its_blocks_once_and_leaves_none(tmp_path: Path) -> None:
+def test_merge_leaves_no_room_over_and_reads_as_the_chain_did(tmp_path: Path) -> None:
     base, child, flat = tmp_path / "base.vhd", tmp_path / "child.vhd", tmp_path / "flat.raw"
     vhdtool.create(base, size=64 * GiB)
     with vhdtool.open(base, writable=True) as img:

@@ -23,7 +23,7 @@ from vhdtool.format.batruns import allocated_runs, bat_runs, count_allocated
 from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, pwrite_all, zeros
 from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
-from vhdtool.format.metadata import ImageMetadata
+from vhdtool.format.metadata import TORN_TAIL_LIMIT, ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
 
 GROWTH_BYTES = 32 * rules.MiB
@@ -92,6 +92,7 @@ class SparseImage(ImageBase):
         self._end = -(-meta.footer_offset // SECTOR) * SECTOR
         self._footer_at = meta.footer_offset
         self._sync_growth = sync_growth
+        self._growth_hint = 0
         if meta.torn_tail is not None and writable:
             self._restore_torn_footer(meta.torn_tail)
 
@@ -276,14 +277,12 @@ class SparseImage(ImageBase):
         self.bat[block] = start // SECTOR
 
     def reserve(self, blocks: int) -> None:
-        """Make room for ``blocks`` new blocks in one growth of the file (one fdatasync), for a
-        caller about to allocate many (merge); close() gives back what stays unused."""
-        with self._write_lock:
-            span = self._bitmap_size + self.block_size
-            if self.writable and blocks > 0 and self._end + blocks * span > self._footer_at:
-                self._grow(self._end, span, blocks)
+        """A caller is about to allocate up to ``blocks`` new blocks (merge): each growth of the file
+        then makes room for as many of them as an interrupted growth may leave unreferenced (see
+        metadata's torn-tail rule), so fewer fdatasyncs; close() gives back what stays unused."""
+        self._growth_hint = max(self._growth_hint, blocks)
 
-    def _grow(self, start: int, span: int, wanted: int = 0) -> None:
+    def _grow(self, start: int, span: int) -> None:
         """Move the trailing footer far enough out for the next blocks, before any of them is written.
 
         The footer lands at the new end first and (with sync_growth) is made durable at once, so
@@ -292,7 +291,8 @@ class SparseImage(ImageBase):
         rare; close() gives back what was not used. After a crash the unused room is a leak.
         """
         unallocated = len(self.bat) - count_allocated(self.bat)
-        blocks = max(1, wanted, min(GROWTH_BYTES // span, unallocated))
+        wanted = min(max(GROWTH_BYTES // span, self._growth_hint), TORN_TAIL_LIMIT // span)
+        blocks = max(1, min(wanted, unallocated))
         new_footer_at = start + blocks * span
         self._pwrite_all(new_footer_at, memoryview(self._footer_bytes))
         if self._sync_growth:

@@ -127,7 +127,7 @@ def _copy_down(plan: _Plan, progress: ProgressCallback | None) -> int:
             layers.append(top)
         runs = [e for e in merge_extents(iter(top.extents())) if not e.zero and e.depth < depth]
         meter = Meter(progress, sum(r.length for r in runs))
-        if isinstance(ancestor, SparseImage):  # room for every block the copy may allocate, at once
+        if isinstance(ancestor, SparseImage):  # the ancestor grows by more at a time: fewer fdatasyncs
             ancestor.reserve(_blocks_to_allocate(ancestor, runs))
         with graceful_stop() as stop:
             for offset, length in pieces(runs, read_grid(top)):
