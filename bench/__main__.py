@@ -1,10 +1,13 @@
-"""Run every benchmark: `python -m bench [--quick] [--only NAME ...]`.
+"""Run every benchmark: `python -m bench [--quick] [--only NAME ...] [--plot DIR]`.
 
 Each benchmark makes its own data, runs vhdtool and its peers on the same data in the same run,
 alternating rounds, and prints its figures and the ratio vhdtool/peer. `--quick` uses small
 data and few rounds (the whole set in about two minutes); without it, the sizes the issues name.
 The peers come from `bash fixtures/setup.sh` (Debian packages, and the `bench` extra for
 dissect.hypervisor); a benchmark whose peers are missing is not run, and says which are.
+`--plot DIR` keeps the figures of the size sweep and the commit case as JSON in DIR and draws
+them there as PNG pictures (matplotlib, in the `bench` extra); `python -m bench.plot DIR`
+draws them again from the JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "run": ([], ["--rounds", "2"]),
     "snapshot": ([], ["--rounds", "2"]),
     "migrate": ([], ["--rounds", "2", "--memory", "256M"]),
+    "scale": ([], ["--quick"]),
+    "commit": ([], ["--quick"]),
 }
+PLOTTED = ("scale", "commit")
+"""Benchmarks that write their figures as JSON for --plot."""
 
 
 # name: (programs, Python modules) the benchmark runs besides vhdtool: its peers and tools
@@ -44,6 +51,8 @@ PEERS: dict[str, tuple[list[str], list[str]]] = {
     "run": (["qemu-system-x86_64", "qemu-img"], []),
     "snapshot": ([], []),
     "migrate": (["qemu-system-x86_64", "qemu-img"], []),
+    "scale": (["qemu-img", "qemu-io"], []),
+    "commit": (["qemu-img", "qemu-io"], []),
 }
 SETUP = "bash fixtures/setup.sh"
 
@@ -70,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="run only these")
+    ap.add_argument("--plot", metavar="DIR", help=f"write the figures of {', '.join(PLOTTED)} to DIR and draw them")
     args = ap.parse_args(argv)
+    if args.plot:
+        os.makedirs(args.plot, exist_ok=True)
     print(f"vhdtool benchmarks, {time.strftime('%Y-%m-%d %H:%M')} on {machine()}", flush=True)
     failed = []
     for name in args.only or BENCHMARKS:
@@ -81,12 +93,19 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         cmd = [sys.executable, str(HERE / f"bench_{name}.py"), *(quick if args.quick else full)]
+        if args.plot and name in PLOTTED:
+            cmd += ["--json", os.path.join(args.plot, f"{name}.json")]
         print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.monotonic()
         result = subprocess.run(cmd, cwd=HERE.parent)
         print(f"({name}: {time.monotonic() - t0:.0f} s)", flush=True)
         if result.returncode:
             failed.append(name)
+    if args.plot:
+        from bench.plot import plot
+
+        for picture in plot(args.plot):
+            print(f"drew {picture}")
     if failed:
         print(f"\nbenchmarks that failed to run: {', '.join(failed)}")
     return 1 if failed else 0

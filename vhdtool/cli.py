@@ -265,7 +265,7 @@ def map_command(path: str, fmt: str | None, as_json: bool, quiet: bool) -> None:
     for w in warnings:
         render.warning(w)
     if as_json:
-        render.print_json([e.as_json() for e in entries])
+        render.print_json_lines([e.as_json() for e in entries])
         return
     # qemu-img map's human format: fixed columns, whole paths (a table would truncate them); C's %#x prints 0 as 0
     print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")

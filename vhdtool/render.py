@@ -35,6 +35,15 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def print_json_lines(items: list[Any]) -> None:
+    """A JSON list with one compact item a line, as qemu-img map prints it: a map of many runs is
+    encoded by json's C encoder (an indented document goes through its Python one)."""
+    import json
+
+    sys.stdout.write("[" + ",\n".join(json.dumps(item) for item in items) + "]\n")
+    sys.stdout.flush()
+
+
 def key_value_table(rows: list[tuple[str, str]], title: str | None = None) -> None:
     """Aligned 'key  value' lines, keys in bold on a terminal.
 

@@ -17,6 +17,7 @@ from construct import Container
 
 from vhdtool.errors import IoError, NotVhdError, UsageError, VhdError
 from vhdtool.format import rules
+from vhdtool.format.batruns import allocated_runs
 from vhdtool.format.locators import (
     EMPTY_CODE,
     Locator,
@@ -34,7 +35,6 @@ from vhdtool.format.structs import (
     HEADER_COOKIE,
     HEADER_SIZE,
     SECTOR,
-    UNALLOCATED,
     parse_footer,
     parse_header,
 )
@@ -270,9 +270,8 @@ def _torn_tail(meta: ImageMetadata) -> int | None:
     end = max(end, int(meta.footer.data_offset) + HEADER_SIZE)
     for loc in meta.locators:
         end = max(end, loc.data_offset + max(loc.data_space, loc.data_length))
-    for entry in meta.bat:
-        if entry != UNALLOCATED:
-            end = max(end, entry * SECTOR + span)
+    for start, stop in allocated_runs(meta.bat):
+        end = max(end, max(meta.bat[start:stop]) * SECTOR + span)
     if end > meta.file_size or meta.file_size - end > TORN_TAIL_LIMIT + 2 * span:
         return None
     return end

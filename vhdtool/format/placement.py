@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice, RawFile
+from vhdtool.format.blockdev import BlockDevice, Extent, RawFile, file_extents
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.image import ImageBase
 from vhdtool.format.sparse import SparseImage
@@ -85,3 +85,16 @@ def _place_sparse(layer: SparseImage, start: int, stop: int, depth: int) -> Iter
             raise NotPlaceable(f"{layer.path}: block {block} is not allocated")
         yield Placement(pos, n, depth, False, entry * SECTOR + bitmap + in_block, layer.path, fd)
         pos += n
+
+
+def held_extents(dev: BlockDevice, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+    """The data runs of [offset, offset + length) of ``dev`` less the holes of the files that hold
+    them (a hole reads as zeros: a block qemu allocated whole and wrote 4 KiB of is mostly hole).
+    Raises NotPlaceable for devices that are not file-backed."""
+    for p in place(dev, offset, length):
+        if p.zero:
+            continue
+        shift = p.offset - p.file_offset
+        for e in file_extents(p.fd, p.file_offset, p.file_offset + p.length, p.path or ""):
+            if not e.zero:
+                yield Extent(e.offset + shift, e.length, False, p.depth, p.path)

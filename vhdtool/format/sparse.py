@@ -19,10 +19,11 @@ from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError, io_error
 from vhdtool.format import rules
+from vhdtool.format.batruns import allocated_runs, bat_runs, count_allocated
 from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, pwrite_all, zeros
 from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
-from vhdtool.format.metadata import ImageMetadata
+from vhdtool.format.metadata import TORN_TAIL_LIMIT, ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
 
 GROWTH_BYTES = 32 * rules.MiB
@@ -33,23 +34,27 @@ FULL = None
 
 
 def bit_runs(bitmap: bytes, start: int, end: int) -> Iterator[tuple[bool, int, int]]:
-    """Runs of equal bits in sectors [start, end) of a block bitmap (MSB of byte 0 = sector 0)."""
+    """Runs of equal bits in sectors [start, end) of a block bitmap (MSB of byte 0 = sector 0).
+
+    Whole bytes of a run (0xFF or 0x00) are skipped in one ``lstrip``; only the bits at the ends
+    of a run are looked at one by one."""
+
+    def bit(sector: int) -> bool:
+        return bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
+
     sector = start
-    current = bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
-    run_start = sector
-    sector += 1
     while sector < end:
-        if sector & 7 == 0 and sector + 8 <= end:
-            byte = bitmap[sector >> 3]
-            if byte == (0xFF if current else 0):
-                sector += 8
-                continue
-        bit = bool((bitmap[sector >> 3] >> (7 - (sector & 7))) & 1)
-        if bit != current:
-            yield current, run_start, sector
-            current, run_start = bit, sector
-        sector += 1
-    yield current, run_start, end
+        current = bit(sector)
+        stop = sector + 1
+        while stop < end and stop & 7 and bit(stop) == current:
+            stop += 1
+        if stop < end and stop & 7 == 0:
+            whole = bitmap[stop >> 3 : end >> 3]
+            stop += 8 * (len(whole) - len(whole.lstrip(b"\xff" if current else b"\x00")))
+            while stop < end and bit(stop) == current:
+                stop += 1
+        yield current, sector, stop
+        sector = stop
 
 
 class SparseImage(ImageBase):
@@ -88,6 +93,7 @@ class SparseImage(ImageBase):
         self._end = -(-meta.footer_offset // SECTOR) * SECTOR
         self._footer_at = meta.footer_offset
         self._sync_growth = sync_growth
+        self._growth_hint = 0
         if meta.torn_tail is not None and writable:
             self._restore_torn_footer(meta.torn_tail)
 
@@ -103,7 +109,13 @@ class SparseImage(ImageBase):
             raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
         span = rules.bitmap_bytes(bs) + bs
         limit = meta.footer_offset
-        cut = [i for i, entry in enumerate(meta.bat) if entry != UNALLOCATED and entry * SECTOR + span > limit]
+        cut = [
+            i
+            for start, stop in allocated_runs(meta.bat)
+            if max(meta.bat[start:stop]) * SECTOR + span > limit
+            for i in range(start, stop)
+            if meta.bat[i] * SECTOR + span > limit
+        ]
         if not cut:
             return
         message = (
@@ -274,6 +286,12 @@ class SparseImage(ImageBase):
         self._bitmaps[block] = self._bitmap_from(bitmap)
         self.bat[block] = start // SECTOR
 
+    def reserve(self, blocks: int) -> None:
+        """A caller is about to allocate up to ``blocks`` new blocks (merge): each growth of the file
+        then makes room for as many of them as an interrupted growth may leave unreferenced (see
+        metadata's torn-tail rule), so fewer fdatasyncs; close() gives back what stays unused."""
+        self._growth_hint = max(self._growth_hint, blocks)
+
     def _grow(self, start: int, span: int) -> None:
         """Move the trailing footer far enough out for the next blocks, before any of them is written.
 
@@ -282,8 +300,9 @@ class SparseImage(ImageBase):
         valid trailing footer. Room for several blocks is reserved at a time to keep those fsyncs
         rare; close() gives back what was not used. After a crash the unused room is a leak.
         """
-        unallocated = sum(1 for entry in self.bat if entry == UNALLOCATED)
-        blocks = max(1, min(GROWTH_BYTES // span, unallocated))
+        unallocated = len(self.bat) - count_allocated(self.bat)
+        wanted = min(max(GROWTH_BYTES // span, self._growth_hint), TORN_TAIL_LIMIT // span)
+        blocks = max(1, min(wanted, unallocated))
         new_footer_at = start + blocks * span
         self._pwrite_all(new_footer_at, memoryview(self._footer_bytes))
         if self._sync_growth:
@@ -316,12 +335,20 @@ class SparseImage(ImageBase):
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         end = self.size if length is None else offset + length
-        pos = offset
-        while pos < end:
-            block, in_block = pos >> self._shift, pos & self._mask
-            n = min(self.block_size - in_block, end - pos)
-            yield from self._block_extents(block, in_block, n)
-            pos += n
+        if offset >= end:
+            return
+        # whole runs of unallocated blocks at once: the cost follows the allocated blocks
+        for allocated, first, last in bat_runs(self.bat, offset >> self._shift, ((end - 1) >> self._shift) + 1):
+            lo, hi = max(offset, first << self._shift), min(end, last << self._shift)
+            if not allocated:
+                yield from self._below(lo, hi - lo)
+                continue
+            pos = lo
+            while pos < hi:
+                block, in_block = pos >> self._shift, pos & self._mask
+                n = min(self.block_size - in_block, hi - pos)
+                yield from self._block_extents(block, in_block, n)
+                pos += n
 
     def _block_extents(self, block: int, in_block: int, length: int) -> Iterator[Extent]:
         virtual = (block << self._shift) + in_block
@@ -352,7 +379,7 @@ class SparseImage(ImageBase):
             yield Extent(offset + inside, length - inside, True)
 
     def allocated_blocks(self) -> int:
-        return sum(1 for entry in self.bat if entry != UNALLOCATED)
+        return count_allocated(self.bat)
 
     def _close(self) -> None:
         if self._fd < 0:

@@ -16,6 +16,7 @@ from typing import Any
 
 from vhdtool.errors import NotVhdError, ParentError, ParentMissingError, VhdError
 from vhdtool.format import rules
+from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.chain import find_parent, parent_modified_since_link
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.structs import (
@@ -25,7 +26,6 @@ from vhdtool.format.structs import (
     FOOTER_SIZE,
     HEADER_SIZE,
     SECTOR,
-    UNALLOCATED,
     build_footer,
 )
 from vhdtool.ops.foreign import explain_not_vhd
@@ -266,9 +266,8 @@ def _check_blocks(meta: ImageMetadata, report: CheckReport) -> None:
     report.total_blocks = len(meta.bat)
     used: list[tuple[int, int, str]] = [(o, n, what) for o, n, what in _metadata_ranges(meta)]
     blocks: list[tuple[int, int]] = []
-    for index, entry in enumerate(meta.bat):
-        if entry == UNALLOCATED:
-            continue
+    for index in allocated_indexes(meta.bat):
+        entry = meta.bat[index]
         report.allocated_blocks += 1
         start = entry * SECTOR
         if start + span > limit:

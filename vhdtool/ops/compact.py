@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vhdtool.errors import RefusedError, UsageError
+from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.chain import open_image
 from vhdtool.format.metadata import read_metadata
 from vhdtool.format.rewrite import MetadataEditor
@@ -79,8 +80,9 @@ def compact(path: str | os.PathLike[str], progress: ProgressCallback | None = No
 
 def _droppable_blocks(image: SparseImage, progress: ProgressCallback | None, stop: StopRequest) -> list[int]:
     bs = image.block_size
-    allocated = [i for i, entry in enumerate(image.bat) if entry != UNALLOCATED and i * bs < image.size]
-    beyond = [i for i, entry in enumerate(image.bat) if entry != UNALLOCATED and i * bs >= image.size]
+    inside = -(-image.size // bs)
+    allocated = list(allocated_indexes(image.bat, 0, inside))
+    beyond = list(allocated_indexes(image.bat, inside))
     meter = Meter(progress, len(allocated) * bs)
     out = list(beyond)  # blocks past the end of the disk hold nothing anyone can read
     for index in allocated:

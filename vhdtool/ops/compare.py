@@ -1,9 +1,10 @@
 """`vhdtool compare`: are two disks (VHD chains or raw files) identical, like `qemu-img compare`.
 
 Only where at least one side holds data is anything read; runs that are zeros on both sides are
-equal without a read. Disks of different sizes compare equal when the larger one reads as zeros
-past the end of the smaller (qemu-img's default); ``strict`` makes a size difference a mismatch.
-The first differing offset is reported sector aligned, as qemu-img does.
+equal without a read, and so are the holes of the files that hold the data. Disks of different
+sizes compare equal when the larger one reads as zeros past the end of the smaller (qemu-img's
+default); ``strict`` makes a size difference a mismatch. The first differing offset is reported
+sector aligned, as qemu-img does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.structs import SECTOR
-from vhdtool.ops.datapath import CHUNK, Meter, ProgressCallback, data_runs, is_zero, pieces, union_runs
+from vhdtool.ops.datapath import CHUNK, Meter, ProgressCallback, held_runs, is_zero, pieces, union_runs
 from vhdtool.ops.devices import close_device, open_device
 
 
@@ -67,9 +68,9 @@ def compare_devices(
     a: BlockDevice, b: BlockDevice, *, strict: bool = False, progress: ProgressCallback | None = None
 ) -> Comparison:
     common = min(a.size, b.size)
-    both = union_runs(data_runs(a, 0, common), data_runs(b, 0, common))
+    both = union_runs(held_runs(a, 0, common), held_runs(b, 0, common))
     larger = a if a.size > b.size else b
-    tail = data_runs(larger, common, larger.size - common) if a.size != b.size else []
+    tail = held_runs(larger, common, larger.size - common) if a.size != b.size else []
     meter = Meter(progress, sum(r.length for r in both) + sum(r.length for r in tail))
 
     def result(offset: int | None) -> Comparison:

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
-from vhdtool.format.chain import open_image
 from vhdtool.format.layout import ParentLink, create_fixed, create_sparse, new_unique_id
-from vhdtool.format.sparse import SparseImage
 
 TYPES = ("dynamic", "fixed", "differencing")
 
@@ -78,6 +76,10 @@ def _create_child(
     stamp: int,
     overwrite: bool,
 ) -> Created:
+    # only a child opens another image: a plain create skips importing the readers
+    from vhdtool.format.chain import open_image
+    from vhdtool.format.sparse import SparseImage
+
     if parent is None:
         raise UsageError("a differencing disk needs --parent")
     if disk_type != "differencing":

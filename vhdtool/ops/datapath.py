@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents
 from vhdtool.format.image import ImageBase
+from vhdtool.format.placement import NotPlaceable, held_extents
 from vhdtool.format.rewrite import pwrite_all
 
 T = TypeVar("T")
@@ -65,6 +66,15 @@ def read_grid(dev: BlockDevice) -> int:
 def data_runs(dev: BlockDevice, offset: int = 0, length: int | None = None) -> list[Extent]:
     """The runs of ``dev`` that some layer holds data for (zero runs left out), merged."""
     return [e for e in merge_extents(iter(dev.extents(offset, length))) if not e.zero]
+
+
+def held_runs(dev: BlockDevice, offset: int = 0, length: int | None = None) -> list[Extent]:
+    """``data_runs`` less the holes of the files holding them, for file-backed devices (a hole reads
+    as zeros, so nothing there needs reading); other devices get ``data_runs``."""
+    try:
+        return [e for e in merge_extents(held_extents(dev, offset, length)) if not e.zero]
+    except NotPlaceable:
+        return data_runs(dev, offset, length)
 
 
 def union_runs(x: list[Extent], y: list[Extent]) -> list[Extent]:

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vhdtool.format import rules
+from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
-from vhdtool.format.structs import FOOTER_SIZE, HEADER_SIZE, SECTOR, UNALLOCATED
+from vhdtool.format.structs import FOOTER_SIZE, HEADER_SIZE, SECTOR
 
 BATCH_BYTES = 64 * rules.MiB
 """Bytes of blocks moved between two syncs."""
@@ -55,7 +56,8 @@ def metadata_ranges(meta: ImageMetadata) -> list[tuple[int, int]]:
 def live_blocks(meta: ImageMetadata) -> list[tuple[int, int]]:
     """(file offset, block index) of the allocated blocks, lowest offset first."""
     assert meta.bat is not None
-    return sorted((entry * SECTOR, index) for index, entry in enumerate(meta.bat) if entry != UNALLOCATED)
+    bat = meta.bat
+    return sorted((bat[index] * SECTOR, index) for index in allocated_indexes(bat))
 
 
 def pack(

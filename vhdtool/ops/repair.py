@@ -33,6 +33,7 @@ from construct import Container
 
 from vhdtool.errors import IoError
 from vhdtool.format import rules
+from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.layout import sync_folder
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
@@ -183,7 +184,8 @@ def _trailing_position(meta: ImageMetadata) -> int:
         return max(last, meta.virtual_size)
     span = rules.bitmap_bytes(meta.block_size) + meta.block_size
     ends = [end for _, end in metadata_ranges(meta)]
-    ends += [entry * SECTOR + span for entry in meta.bat if entry != UNALLOCATED and entry * SECTOR < last]
+    bat = meta.bat
+    ends += [bat[i] * SECTOR + span for i in allocated_indexes(bat) if bat[i] * SECTOR < last]
     return max(round_up(max(ends)), last)
 
 

@@ -1,12 +1,13 @@
 """Copying a source disk piece by piece, straight from the file that holds each piece.
 
 For the images vhdtool opens itself (any VHD chain, a raw file) every data run is located in one
-file of the chain (``map.map_device``). Such a piece is checked for zeros by reading its first
-4 KiB into a buffer the thread reuses (data seldom starts with a zero page, so most pieces are
-known to hold data after that one small read); only a piece that starts with zeros is read on,
-256 KiB at a time, until a non-zero byte turns up. It is then copied with
-``os.copy_file_range``: the kernel moves the bytes once, where a read and a write copy them
-twice. Any other BlockDevice (a partition view, an overlay) is read through its ``pread`` and
+file of the chain (``map.map_device``), and the holes of that file inside the run (a block qemu
+allocated whole but wrote 4 KiB of) are left out, found with SEEK_DATA/SEEK_HOLE. Such a piece is
+checked for zeros by reading its first 4 KiB into a buffer the thread reuses (data seldom starts
+with a zero page, so most pieces are known to hold data after that one small read); only a piece
+that starts with zeros is read on, 256 KiB at a time, until a non-zero byte turns up. It is then
+copied with ``os.copy_file_range``: the kernel moves the bytes once, where a read and a write copy
+them twice. Any other BlockDevice (a partition view, an overlay) is read through its ``pread`` and
 written with ``os.pwrite``.
 
 The zero checks read the source with pread, not through a memory map: a source cut short by
@@ -24,7 +25,7 @@ import threading
 from dataclasses import dataclass
 
 from vhdtool.errors import IoError, io_error
-from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
+from vhdtool.format.blockdev import BlockDevice, Extent, RawFile, file_extents
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.image import ImageBase
 from vhdtool.format.sparse import SparseImage
@@ -93,8 +94,15 @@ class SourceReader:
                 continue
             assert entry.offset is not None
             fd = layers[entry.depth].fileno()
-            for offset, length in pieces([Extent(entry.start, entry.length, False)], grid):
-                out.append(Piece(offset, length, fd, entry.offset + offset - entry.start))
+            shift = entry.start - entry.offset  # virtual offset = file offset + shift
+            # holes of the file inside the run read as zeros: nothing to read or write there
+            held = [
+                Extent(e.offset + shift, e.length, False)
+                for e in file_extents(fd, entry.offset, entry.offset + entry.length, entry.file or "")
+                if not e.zero
+            ]
+            for offset, length in pieces(held, grid):
+                out.append(Piece(offset, length, fd, offset - shift))
         return out
 
     def scan(self, piece: Piece) -> Scanned:
