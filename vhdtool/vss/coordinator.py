@@ -27,7 +27,7 @@ from vhdtool.errors import UsageError, VhdError
 from vhdtool.vss import catalogue
 from vhdtool.vss.layers import check_space, new_group_id, remove_layer, settle_parent_time
 from vhdtool.vss.parallel import Batch, run_all
-from vhdtool.vss.plugin import Disk, Hypervisor, HypervisorError
+from vhdtool.vss.plugin import Disk, Hypervisor, HypervisorError, OperationTimeout
 from vhdtool.vss.report import DiskResult, GuestResult, Report
 from vhdtool.vss.watchdog import WatchdogHandle
 
@@ -246,19 +246,21 @@ class _Group:
         self.first_freeze = time.monotonic()
         frozen = Batch(list(self.members), self._quiesce_one).start()
         try:
-            if not frozen.wait(self.first_freeze + self.opts.freeze_timeout, stop_on_error=True):
-                if frozen.failures():
-                    name, error = next(iter(frozen.failures().items()))
-                    raise _Abort(f"{name}: {_what(self.members[name])} failed: {error}", frozen)
-                late = frozen.unfinished()
+            frozen.wait(self.first_freeze + self.opts.freeze_timeout, stop_on_error=True)
+            # each member's calls are given what is left of the same deadline, so a member whose
+            # call timed out is late like one still running, whichever the threads noticed first
+            timed_out = [n for n, e in frozen.failures().items() if isinstance(e, OperationTimeout)]
+            failed = {n: e for n, e in frozen.failures().items() if n not in timed_out}
+            if failed:
+                name, error = next(iter(failed.items()))
+                raise _Abort(f"{name}: {_what(self.members[name])} failed: {error}", frozen)
+            late = timed_out + frozen.unfinished()
+            if late:
                 raise _Abort(
                     f"{', '.join(late[:5])}{'…' if len(late) > 5 else ''}: "
                     f"no freeze within --freeze-timeout {self.opts.freeze_timeout:g}s",
                     frozen,
                 )
-            if frozen.failures():
-                name, error = next(iter(frozen.failures().items()))
-                raise _Abort(f"{name}: {_what(self.members[name])} failed: {error}", frozen)
             deadline = time.monotonic() + self.opts.hold_timeout
             switching = Batch(list(self.members), lambda n: self._switch_one(n, deadline)).start()
             if not switching.wait(deadline, stop_on_error=True) or switching.failures():
