@@ -91,13 +91,18 @@ def test_readers_share_the_image(image: Path, tmp_path: Path, held: list) -> Non
 
 def test_a_writer_keeps_readers_out(image: Path, tmp_path: Path, held: list) -> None:
     held.append(_holder(image, writable=True))
-    for args in (("info", image), ("convert", "-O", "raw", image, tmp_path / "out.raw"), ("map", image)):
+    for args in (("convert", "-O", "raw", image, tmp_path / "out.raw"), ("map", image)):
         done = cli(*args)
         assert_clean_error(done, 1)
         assert "open for writing by another process" in done.stderr
     assert not (tmp_path / "out.raw").exists()
-    shared = cli("info", "-U", "--json", image)  # qemu-img info -U: read it anyway
+    # info describes it anyway (a running guest's disk), and says it read it without the lock
+    described = cli("info", "--json", image)
+    assert described.returncode == 0 and '"virtual-size": 67108864' in described.stdout, described
+    assert "is in use for writing by another process" in described.stdout + described.stderr
+    shared = cli("info", "-U", "--json", image)  # qemu-img info -U: read it anyway, no warning
     assert shared.returncode == 0 and '"virtual-size": 67108864' in shared.stdout, shared
+    assert "in use for writing" not in shared.stdout + shared.stderr
 
 
 def test_a_read_only_server_keeps_compact_out(image: Path, tmp_path: Path) -> None:
@@ -197,6 +202,8 @@ def test_a_child_may_be_made_over_a_disk_in_use(image: Path, tmp_path: Path, hel
     held.append(_holder(image, writable=True))
     child = tmp_path / "child.vhd"
     assert cli("create", "--parent", image, child).returncode == 0
-    done = cli("info", child)
-    assert_clean_error(done, 1)
-    assert "open for writing by another process" in done.stderr
+    done = cli("info", child)  # described, with a warning that the chain is being written
+    assert done.returncode == 0 and "in use for writing by another process" in done.stderr, done
+    copied = cli("convert", "-O", "raw", child, tmp_path / "child.raw")  # its data waits for the writer
+    assert_clean_error(copied, 1)
+    assert "open for writing by another process" in copied.stderr

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,14 @@ def save(record: MountRecord) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(asdict(record)))
     os.replace(tmp, path)
+
+
+def update(mountpoint: str, **changes: Any) -> None:
+    """Change some fields of the saved record, keeping whatever else was written into it since
+    this process read it (the server's copy is the one from the start of the mount)."""
+    record = load(mountpoint)
+    if record is not None:
+        save(replace(record, **changes))
 
 
 def load(mountpoint: str) -> MountRecord | None:

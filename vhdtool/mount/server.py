@@ -164,7 +164,7 @@ class Server:
             record.failed_writes += 1
             if record.failed_writes == 1:
                 record.write_error = message
-                registry.save(record)
+                registry.update(record.mountpoint, failed_writes=1, write_error=message)
 
     def _fuse_main(self, view: RawView) -> None:
         from vhdtool.mount.fuseview import serve
@@ -246,7 +246,15 @@ class Server:
             else:  # the undo disk waits for 'vhdtool umount --commit|--discard'
                 self.record.state = registry.STOPPED
                 self.record.loop = self.record.helper_pid = self.record.helper_start = None
-                registry.save(self.record)
+                registry.update(
+                    self.record.mountpoint,
+                    state=registry.STOPPED,
+                    loop=None,
+                    helper_pid=None,
+                    helper_start=None,
+                    failed_writes=self.record.failed_writes,
+                    write_error=self.record.write_error,
+                )
         for e in errors:
             log.error("while stopping: %s", e)
 

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from typing import Any
 
-from vhdtool.errors import NotVhdError
+from vhdtool.errors import LockedError, NotVhdError
 from vhdtool.format import rules
 from vhdtool.format.chain import open_for_inspection
 from vhdtool.format.image import ImageBase
@@ -115,12 +115,19 @@ def image_info(path: str | os.PathLike[str], chain: bool = False, share: bool = 
     """Describe the image, or with ``chain`` every image from the top down to the base (as far as
     it can be followed: a missing parent or a truncated file is a warning, not an error).
 
-    Takes the shared lock, as ``qemu-img info`` does, unless ``share`` (its ``-U``): then an image
-    a writer holds is read too."""
+    Takes the shared lock, as ``qemu-img info`` does, unless ``share`` (its ``-U``). An image a
+    writer holds (a running guest's disk, a mounted image) is described all the same, without the
+    lock and with a warning that its figures may be changing: describing it is what info is asked for."""
     try:
         image = open_for_inspection(path, share=share)
     except NotVhdError as e:
         raise explain_not_vhd(os.fspath(path), e) from None
+    except LockedError:
+        image = open_for_inspection(path, share=True)
+        image.warnings.append(
+            f"{os.fspath(path)}: it or a disk of its chain is in use for writing by another process; read without the lock, so its figures "
+            "may be changing (-U reads it so without this warning)"
+        )
     with image:
         if chain:
             return [describe(i) for i in image.chain()]
