@@ -24,8 +24,8 @@ def cli() -> None:
     """vhdtool: create, inspect, repair, convert, mount, serve and boot VHD disk images."""
 
 
-def _size_option(text: str | None) -> int | None:
-    return None if text is None else rules.parse_size(text)[1]
+def _size_option(text: str | None, what: str = "size") -> int | None:
+    return None if text is None else rules.parse_absolute_size(text, what)
 
 
 @cli.command()
@@ -56,7 +56,7 @@ def create(
         size=_size_option(size),
         type=disk_type,
         parent=parent,
-        block_size=_size_option(block_size),
+        block_size=_size_option(block_size, "block size"),
         overwrite=force,
     )
     render.created(created, as_json)
@@ -182,7 +182,7 @@ def convert(
             output_format=output_format,
             source_format=source_format,
             disk_type=disk_type,
-            block_size=_size_option(block_size),
+            block_size=_size_option(block_size, "block size"),
             overwrite=force,
             progress=progress,
         )

@@ -138,6 +138,14 @@ def parse_size(text: str) -> tuple[str, int]:
     return sign, int(value)
 
 
+def parse_absolute_size(text: str, what: str = "size") -> int:
+    """A size with no sign: ``+1G``/``-1G`` are relative sizes, which only resize takes."""
+    sign, value = parse_size(text)
+    if sign:
+        raise UsageError(f"{what} {text!r} has a sign; give an absolute size (only resize takes +N/-N)")
+    return value
+
+
 def validate_virtual_size(size: int, disk_type: str) -> None:
     """Refuse sizes no VHD can have; the message names the value and the rule."""
     if size <= 0:
