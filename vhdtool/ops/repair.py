@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from construct import Container
 
+from vhdtool.errors import CorruptImageError
 from vhdtool.format import rules
-from vhdtool.format.metadata import ImageMetadata, read_metadata
+from vhdtool.format.metadata import FooterRead, ImageMetadata, read_metadata
 from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
 from vhdtool.format.structs import (
     FEATURE_RESERVED,
@@ -43,7 +45,8 @@ from vhdtool.format.structs import (
     build_footer,
     build_header,
 )
-from vhdtool.ops.check import CORRUPTION, LEAK, CheckReport, check_image
+from vhdtool.format.validate import block_size_problem, infer_block_size, validate_structure
+from vhdtool.ops.check import CORRUPTION, LEAK, CheckReport, Finding, check_image
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts
 from vhdtool.ops.packing import metadata_ranges, pack
@@ -83,15 +86,19 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
         return result
     before = file_stamp(path)
     with edit_image(path, damaged_ok=True) as editor:
+        cut = cut_blocks(editor.meta)  # judged before pass 1 puts a footer after them
         result.backup = None if dry_run else write_backup(path, editor)
+        relink = any(f.code in RELINK_CODES for f in report.findings)
         with deferred_interrupts():
             _fix_structures(editor, report, result, dry_run)
-            if dry_run:
-                result.actions.append("then: check again and clear bad BAT entries, relink, reclaim leaks")
-                return result
-            if not result.unrepaired:  # blocks are only judged against trustworthy structures
+            # blocks are only judged against trustworthy structures
+            if dry_run and not result.unrepaired:
+                _plan_dry_run(editor.meta, report, relink, cut, result)
+            elif not result.unrepaired:
                 editor = MetadataEditor(editor.fd, read_metadata(path, editor.fd))
-                _fix_blocks(editor, path, result)
+                _fix_blocks(editor, path, result, cut)
+    if dry_run:
+        return result
     restamp_children(path, [os.path.dirname(os.path.abspath(path))], before)
     final = check_image(path)  # what is left is reported, so listed the way check lists it
     result.unrepaired = [f.message for f in final.findings if f.severity in (CORRUPTION, LEAK)]
@@ -137,7 +144,9 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
         if not dry_run:
             pwrite_all(editor.fd, 0, build_footer(footer))
             editor.sync()
-    if "header-checksum" in codes:
+    if "block-size" in codes:
+        _fix_block_size(editor, result, dry_run)
+    elif "header-checksum" in codes:
         problem = _header_problem(meta)
         if problem:
             result.unrepaired.append(f"{meta.path}: dynamic header not repaired: {problem}")
@@ -148,11 +157,35 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
                 editor.sync()
 
 
+def _fix_block_size(editor: MetadataEditor, result: Repaired, dry_run: bool) -> None:
+    """A Block Size field that does not fit the image is set to the size the layout shows, or the
+    repair stops: judged by a wrong block size every block looks bad, and clearing them all would
+    throw the disk's data away."""
+    meta = editor.meta
+    inferred = infer_block_size(meta)
+    if inferred is None:
+        result.unrepaired.append(
+            f"{meta.path}: {block_size_problem(meta)}; nothing repaired (no block is cleared on a guess)"
+        )
+        return
+    bs, why = inferred
+    result.actions.append(
+        f"set the dynamic header's Block Size field from {meta.block_size} to {bs} (inferred from {why})"
+    )
+    if not dry_run:
+        editor.set_header(block_size=bs)
+        editor.sync()
+
+
 def _move_fixed_footer(editor: MetadataEditor, footer: Container, result: Repaired, dry_run: bool) -> None:
     """A fixed disk's file ends before the disk does: the footer goes to the end of the disk (the
     missing part then reads as zeros), and its old place, now disk space, is zeroed."""
     old, size = editor.meta.footer_offset, editor.meta.virtual_size
-    result.actions.append(f"moved the footer from offset {old} to {size}: the missing end of the disk reads as zeros")
+    result.actions.append(f"moved the footer from offset {old} to {size}")
+    result.actions.append(
+        f"zero disk bytes {old}-{min(size, old + FOOTER_SIZE) - 1} (where the footer was); disk bytes "
+        f"{old}-{size - 1} were missing from the file and read as zeros"
+    )
     if dry_run:
         return
     pwrite_all(editor.fd, size, build_footer(footer))
@@ -203,28 +236,133 @@ REASONS = {
 }
 
 
-def _fix_blocks(editor: MetadataEditor, path: str, result: Repaired) -> None:
+@dataclass(slots=True)
+class BlockPlan:
+    """What pass 2 will do, worked out on the metadata in memory before anything is written, so
+    that a dry run and the real run list the same entries, ranges and leaks."""
+
+    rounds: list[dict[int, str]] = field(default_factory=list)
+    """BAT entries to clear, {block: finding code}: those pointing outside or at metadata first
+    (an overlap with one of those is its fault alone), then those still overlapping another."""
+    cut_blocks: list[tuple[int, int, int]] = field(default_factory=list)
+    """(block, first, end) disk byte ranges of blocks cut short by the end of the file."""
+    leaks: list[Finding] = field(default_factory=list)
+    relink: bool = False
+
+    @property
+    def cleared(self) -> dict[int, str]:
+        return {block: code for one in self.rounds for block, code in one.items()}
+
+
+def plan_blocks(meta: ImageMetadata, relink: bool) -> BlockPlan:
+    plan = BlockPlan(relink=relink)
+    if not meta.is_sparse:
+        return plan
+    trial = replace(meta, bat=array("I", meta.bat), warnings=[])
+    for codes in (("bat-outside", "bat-overlap-metadata"), ("bat-overlap",)):
+        report = CheckReport(meta.path, meta.type_name, listed_per_code=None)
+        validate_structure(trial, report, bitmaps=False)
+        bad = {f.block: f.code for f in report.findings if f.code in codes and f.block is not None}
+        if bad:
+            plan.rounds.append(bad)
+            for block in bad:
+                trial.bat[block] = UNALLOCATED
+    report = CheckReport(meta.path, meta.type_name, listed_per_code=None)
+    validate_structure(trial, report, bitmaps=False)
+    plan.leaks = [f for f in report.findings if f.severity == LEAK and f.code == "leak"]
+    return plan
+
+
+def describe_plan(meta: ImageMetadata, plan: BlockPlan) -> list[str]:
+    """One line per BAT entry cleared, byte range zeroed and leak dropped."""
+    bs = meta.block_size
+    what = "from the parent" if meta.parent_uuid else "as zeros"
+    lines = [
+        f"cleared BAT entry {block} (pointed {REASONS[code]}); disk bytes {block * bs}-{(block + 1) * bs - 1} "
+        f"now read {what}"
+        for block, code in sorted(plan.cleared.items())
+    ]
+    lines += [
+        f"block {block} was cut short by the end of the file: disk bytes {first}-{end - 1} read {what}"
+        for block, first, end in plan.cut_blocks
+    ]
+    if plan.relink:
+        lines.append("find the parent by UUID beside the child and rewrite the locators")
+    lines += [f"dropped leaked space: {f.length} bytes at file offset {f.offset}" for f in plan.leaks]
+    return lines
+
+
+def cut_blocks(meta: ImageMetadata) -> list[tuple[int, int, int]]:
+    """Blocks that start inside a file whose end (footer lost) cut them: the restored footer goes
+    after them and the missing part reads as zeros, or from the parent."""
+    if meta.trailing is not None or meta.torn_tail is not None or not meta.is_sparse:
+        return []
+    bs = meta.block_size
+    bitmap = rules.bitmap_bytes(bs)
+    out = []
+    for index, entry in enumerate(meta.bat):
+        start = entry * SECTOR
+        if entry == UNALLOCATED or start >= meta.file_size - FOOTER_SIZE or start + bitmap + bs <= meta.file_size:
+            continue
+        kept = max(0, meta.file_size - start - bitmap)
+        out.append((index, index * bs + kept, (index + 1) * bs))
+    return out
+
+
+def _plan_dry_run(
+    meta: ImageMetadata, report: CheckReport, relink: bool, cut: list[tuple[int, int, int]], result: Repaired
+) -> None:
+    """Pass 2's plan for the image as pass 1 would leave it (footer in place, block size set)."""
+    plan = BlockPlan(relink=relink)
+    if meta.is_sparse:
+        codes = {f.code for f in report.findings}
+        at = _trailing_position(meta)
+        header = Container(meta.header)
+        inferred = infer_block_size(meta) if "block-size" in codes else None
+        if inferred is not None:
+            header.block_size = inferred[0]
+        end = at + FOOTER_SIZE if meta.torn_tail is not None else max(meta.file_size, at + FOOTER_SIZE)
+        meta = replace(
+            meta,
+            trailing=FooterRead(meta.footer, at, True),
+            footer_source="trailing",
+            torn_tail=None,
+            header=header,
+            file_size=end,
+        )
+        plan = plan_blocks(meta, relink)
+        plan.cut_blocks = cut
+        _refuse_clearing_everything(meta, plan)
+    result.actions += describe_plan(meta, plan)
+
+
+def _fix_blocks(editor: MetadataEditor, path: str, result: Repaired, cut: list[tuple[int, int, int]]) -> None:
     meta = editor.meta
     report = check_image(path, list_all=True)
-    cleared = False
-    # entries pointing outside or at metadata first: an overlap with one of those is its fault alone
-    for codes in (("bat-outside", "bat-overlap-metadata"), ("bat-overlap",)):
-        bad = {f.block: f.code for f in report.findings if f.code in codes and f.block is not None}
-        if not bad:
-            continue
+    plan = plan_blocks(meta, any(f.code in RELINK_CODES for f in report.findings))
+    plan.cut_blocks = cut
+    _refuse_clearing_everything(meta, plan)
+    result.actions += describe_plan(meta, plan)
+    for bad in plan.rounds:
         editor.set_bat(dict.fromkeys(bad, UNALLOCATED))
         editor.sync()
-        cleared = True
-        what = "from the parent" if meta.parent_uuid else "as zeros"
-        for block, code in sorted(bad.items()):
-            result.actions.append(f"cleared BAT entry {block} (pointed {REASONS[code]}); its range now reads {what}")
-        report = check_image(path, list_all=True)
-    if any(f.code in RELINK_CODES for f in report.findings):
+    if plan.relink:
         _relink(editor, result)
-    if cleared or any(f.severity == LEAK for f in report.findings):
+    if plan.rounds or plan.leaks:
         packed = pack(editor, meta.block_size)
         reclaimed = packed.old_file_size - packed.new_file_size
         result.actions.append(f"reclaimed {reclaimed} bytes of leaked space ({packed.moved_blocks} block(s) moved)")
+
+
+def _refuse_clearing_everything(meta: ImageMetadata, plan: BlockPlan) -> None:
+    """Every allocated block bad at once is not damage in the blocks but in what they are judged
+    by (block size, BAT offset, footer): stop rather than throw the disk's data away."""
+    allocated = sum(1 for entry in meta.bat or () if entry != UNALLOCATED)
+    if allocated >= 2 and len(plan.cleared) == allocated:
+        raise CorruptImageError(
+            f"{meta.path}: all {allocated} allocated blocks look bad, which points at damage in the header "
+            "or BAT rather than in the blocks; nothing cleared (the metadata backup is kept)"
+        )
 
 
 def _relink(editor: MetadataEditor, result: Repaired) -> None:
