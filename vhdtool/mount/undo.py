@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 
-from vhdtool.errors import UsageError, VhdError
+from vhdtool.errors import CorruptImageError, UsageError, VhdError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.image import ImageBase
 from vhdtool.format.lock import lock_image
+from vhdtool.format.metadata import read_metadata
+from vhdtool.format.validate import refuse_corrupt_for_writing
 from vhdtool.mount.spec import DIRECT, UNDO, MountSpec
 from vhdtool.ops.datapath import ProgressCallback
 
@@ -32,6 +34,7 @@ class Target:
         self._lock_fd: int | None = None
         if spec.mode == UNDO:
             assert spec.undo is not None
+            _refuse_corrupt(spec.image)  # an undo disk exists to be committed into the image
             vhdtool.create(spec.undo, parent=spec.image)  # refuses a file already there
             self.made_undo = True
             try:
@@ -66,6 +69,13 @@ class Target:
             if drop_undo and self.made_undo and self.spec.undo:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.spec.undo)
+
+
+def _refuse_corrupt(image: str) -> None:
+    try:
+        refuse_corrupt_for_writing(read_metadata(image))
+    except CorruptImageError as e:
+        raise CorruptImageError(f"{e}; or mount it with --read-only") from None
 
 
 def commit(undo: str, image: str, progress: ProgressCallback | None = None) -> int:
