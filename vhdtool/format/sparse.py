@@ -24,6 +24,7 @@ from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
+from vhdtool.format.validate import block_size_problem, plausible_block_size
 
 GROWTH_BYTES = 32 * rules.MiB
 """How much room the trailing footer is moved out by at a time when blocks are allocated."""
@@ -92,22 +93,26 @@ class SparseImage(ImageBase):
 
     def _validate_layout(self) -> None:
         meta, bs = self.meta, self.block_size
-        if bs < SECTOR or bs & (bs - 1) or bs > 256 * rules.MiB:
-            raise CorruptImageError(f"{self.path}: block size {bs} in the dynamic header is not valid")
-        if len(meta.bat) * bs < self.size:
-            raise CorruptImageError(
-                f"{self.path}: BAT of {len(meta.bat)} entries x {bs} bytes does not cover the disk of {self.size} bytes"
-            )
+        problem = self._unreadable(meta, bs)
+        if problem:
+            # judged by a damaged Block Size field every block looks bad: name the field instead
+            problem = block_size_problem(meta) or problem
+            raise CorruptImageError(f"{self.path}: {problem} (run 'vhdtool check', then 'vhdtool repair')")
         if self.size > rules.MAX_DYNAMIC_SIZE:
             raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
+
+    def _unreadable(self, meta: ImageMetadata, bs: int) -> str | None:
+        """Why the blocks cannot be found at all: a block size or BAT that cannot describe the disk."""
+        if not plausible_block_size(bs):
+            return f"block size {bs} in the dynamic header is not valid"
+        if len(meta.bat) * bs < self.size:
+            return f"BAT of {len(meta.bat)} entries x {bs} bytes does not cover the disk of {self.size} bytes"
         span = rules.bitmap_bytes(bs) + bs
         limit = meta.footer_offset
         for index, entry in enumerate(meta.bat):
             if entry != UNALLOCATED and entry * SECTOR + span > limit:
-                raise CorruptImageError(
-                    f"{self.path}: BAT entry {index} points at sector {entry}, past the end of the file "
-                    f"(run 'vhdtool check')"
-                )
+                return f"BAT entry {index} points at sector {entry}, past the end of the file"
+        return None
 
     def _restore_torn_footer(self, data_end: int) -> None:
         """Put back the footer an interrupted growth did not leave, at the end of the file. What lies

@@ -287,7 +287,7 @@ def infer_block_size(meta: ImageMetadata) -> tuple[int, str] | None:
     if by_table is not None and by_table == by_spacing and fits_layout(meta, by_table):
         return by_table, "current size / max table entries and the spacing of the data blocks"
     for bs, why in ((by_table, "current size / max table entries"), (by_spacing, "the spacing of the data blocks")):
-        if bs is not None and fits_layout(meta, bs) and len(meta.bat) * bs >= meta.virtual_size:
+        if bs is not None and fits_layout(meta, bs):
             return bs, why
     return None
 
@@ -317,8 +317,10 @@ def _block_size_from_spacing(meta: ImageMetadata) -> int | None:
 
 
 def fits_layout(meta: ImageMetadata, bs: int) -> bool:
-    """With block size ``bs``, every allocated block lies inside the data, clear of metadata and
-    of every other block."""
+    """With block size ``bs``, the BAT covers the disk and every allocated block lies inside the
+    data, clear of metadata and of every other block."""
+    if len(meta.bat) * bs < meta.virtual_size:
+        return False
     span = rules.bitmap_bytes(bs) + bs
     starts = sorted(entry * SECTOR for entry in meta.bat if entry != UNALLOCATED)
     if not starts:

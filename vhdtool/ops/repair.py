@@ -98,6 +98,8 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
                 editor = MetadataEditor(editor.fd, read_metadata(path, editor.fd))
                 _fix_blocks(editor, path, result, cut)
     if dry_run:
+        if not result.actions and not result.unrepaired:  # damage that no step of repair touches
+            result.unrepaired = [f.message for f in report.findings if f.severity in (CORRUPTION, LEAK)]
         return result
     restamp_children(path, [os.path.dirname(os.path.abspath(path))], before)
     final = check_image(path)  # what is left is reported, so listed the way check lists it
