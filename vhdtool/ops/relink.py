@@ -14,6 +14,7 @@ pointing at its old or its new locators.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -58,14 +59,18 @@ def relink(child: str | os.PathLike[str], parent: str | os.PathLike[str] | None 
     # deepest first: a disk's own edit changes its file time, which its child then records (when the
     # child recorded the time the file had before; any other time is kept, and so is its warning)
     before = {found: file_stamp(found) for _, found in links}
-    for path, found in reversed(links):
-        with edit_image(path) as editor, deferred_interrupts():
-            header = editor.header
-            assert header is not None
-            stamp = int(header.parent_timestamp)
-            if stamp == before[found]:
-                stamp = file_stamp(found)
-            point_at_parent(editor, path, found, bytes(header.parent_unique_id), stamp)
+    with contextlib.ExitStack() as stack:
+        # every disk of the chain opened, locked and judged writable before the first write: a
+        # refusal halfway (a corrupt child, one in use) must not leave the chain half relinked
+        editors = [(stack.enter_context(edit_image(path)), found) for path, found in reversed(links)]
+        for editor, found in editors:
+            with deferred_interrupts():
+                header = editor.header
+                assert header is not None
+                stamp = int(header.parent_timestamp)
+                if stamp == before[found]:
+                    stamp = file_stamp(found)
+                point_at_parent(editor, editor.meta.path, found, bytes(header.parent_unique_id), stamp)
     return Relinked(links)
 
 

@@ -357,13 +357,14 @@ def _fix_blocks(editor: MetadataEditor, path: str, result: Repaired, cut: list[t
 
 
 def _refuse_clearing_everything(meta: ImageMetadata, plan: BlockPlan) -> None:
-    """Every allocated block bad at once is not damage in the blocks but in what they are judged
-    by (block size, BAT offset, footer): stop rather than throw the disk's data away."""
-    allocated = sum(1 for entry in meta.bat or () if entry != UNALLOCATED)
-    if allocated >= 2 and len(plan.cleared) == allocated:
+    """Every block that starts inside the file bad at once is not damage in the blocks but in
+    what they are judged by (block size, BAT offset, footer): stop rather than throw the disk's
+    data away. Entries pointing past the end of the file hold nothing; clearing them loses nothing."""
+    inside = {i for i, entry in enumerate(meta.bat or ()) if entry != UNALLOCATED and entry * SECTOR < meta.file_size}
+    if len(inside) >= 2 and inside <= plan.cleared.keys():
         raise CorruptImageError(
-            f"{meta.path}: all {allocated} allocated blocks look bad, which points at damage in the header "
-            "or BAT rather than in the blocks; nothing cleared (the metadata backup is kept)"
+            f"{meta.path}: all {len(inside)} blocks stored in the file look bad, which points at damage in "
+            "the header or BAT rather than in the blocks; nothing cleared (the metadata backup is kept)"
         )
 
 
