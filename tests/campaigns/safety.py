@@ -41,6 +41,7 @@ from tests.campaigns.fuzz import Hang, mutate
 from vhdtool.errors import VhdError
 from vhdtool.format.chain import find_parent
 from vhdtool.format.metadata import read_metadata
+from vhdtool.format.rules import qemu72_virtual_size
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
 from vhdtool.ops.compact import compact
 from vhdtool.ops.convert import convert
@@ -143,9 +144,7 @@ def _run(command: str, target: Path, work: Path, rnd: random.Random) -> Outcome:
             into = merge(target).into
             return Outcome(False, Path(into))
         elif command == "rebase":
-            other = work / "other.vhd"
-            vhdtool.create(other, size=read_metadata(target).virtual_size)
-            rebase(target, other)
+            rebase(target, work / "other.vhd")
         elif command == "convert":
             out = work / "converted.vhd"
             convert(target, out, disk_type=rnd.choice(["dynamic", "fixed"]))
@@ -167,7 +166,8 @@ def _too_large(path: Path) -> bool:
         meta = read_metadata(path)
     except VhdError:
         return False
-    return max(meta.virtual_size, meta.geometry.size) > MAX_DISK
+    qemu = qemu72_virtual_size(bytes(meta.footer.creator_application), meta.geometry, meta.virtual_size)
+    return max(meta.virtual_size, qemu) > MAX_DISK
 
 
 def execute(seed: Seed, mutant: bytes, rnd: random.Random, work: Path) -> tuple[str, str, str | None]:
@@ -182,12 +182,19 @@ def execute(seed: Seed, mutant: bytes, rnd: random.Random, work: Path) -> tuple[
     command = rnd.choice(_commands_for(read_metadata(seed.path).disk_type))
     if _too_large(target):
         return command, "skipped-large", None
+    if command == "rebase":  # the new parent: an empty disk of the size the seed had
+        vhdtool.create(work / "other.vhd", size=read_metadata(seed.path).virtual_size)
     scratch = work.parent
     before_files = _snapshot(work)
     # the peer reads the untouched files first (a merge changes the parent the chain reads through)
     before = _vhdtool_read(target) if chain else None
     own = None
-    outcome = _run(command, target, work, rnd)
+    try:
+        outcome = _run(command, target, work, rnd)
+    except Hang:
+        raise
+    except Exception:  # anything but VhdError is a bug
+        return command, "crashed", traceback.format_exc(limit=8)
     after_files = _snapshot(work)
     if outcome.refused:
         changed = [n for n in before_files if after_files.get(n) != before_files[n]]
