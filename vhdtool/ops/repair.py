@@ -6,16 +6,21 @@ Two passes, each driven by ``check_image``'s findings (repair does not validate 
    restored from the copy at offset 0 (after the data, the unreferenced rest cut, when check
    calls it a torn tail) (or its checksum recomputed when its fields are the only
    copy), the copy at offset 0 is rewritten from the trailing footer, the dynamic header's
-   checksum is recomputed when its fields are sane, the reserved feature bit is set, a fixed
+   checksum is recomputed when its fields are sane, a Block Size field that does not fit the
+   image is set to what the layout shows (``format.validate.infer_block_size``; nothing is
+   guessed: without an inference the repair stops here), the reserved feature bit is set, a fixed
    disk whose file ends early gets its footer at the end of the disk;
 2. checked again against the restored footer: BAT entries pointing past the end of the file or
    at metadata are cleared, then (checked again) those still overlapping another block (the
    cleared blocks read as zeros, or as the parent reads); a lost parent (or one named by no
    relative locator) is found again by UUID beside the child and the locators rewritten; leaked
-   space is reclaimed by packing the blocks (``packing``).
+   space is reclaimed by packing the blocks (``packing``). What this pass will do is worked out
+   on the metadata in memory first (``plan_blocks``) and listed entry by entry, range by range and
+   leak by leak, the same in a dry run; when every block stored in the file would be cleared the
+   repair stops instead (damage in what the blocks are judged by, not in the blocks).
 
-Left alone, and reported: a block size or BAT that cannot describe the disk, an unaligned size, a
-parent that is not found. Before the first write, every metadata range (both footers, header,
+Left alone, and reported: a block size nothing in the layout shows, a BAT that cannot describe
+the disk, an unaligned size, a parent that is not found. Before the first write, every metadata range (both footers, header,
 BAT, locator data) is saved to ``PATH.repair-backup`` (``.2``, ``.3``... if that exists): a line
 naming the format, a line of JSON describing the ranges, then their bytes. Crash safety: in-place
 writes in the order above, each leaving a readable image; Ctrl-C is held back until the end.
