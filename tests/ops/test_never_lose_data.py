@@ -98,6 +98,25 @@ def test_repair_of_a_cut_file_lists_the_zeroed_range(tmp_path: Path) -> None:
     assert got[: 5 * MiB] == want[: 5 * MiB] and got[5 * MiB :] == bytes(len(got) - 5 * MiB)
 
 
+@pytest.mark.parametrize("insane", [{"current_size": 10995840}, {"current_size": 1 << 30}])
+def test_of_two_footers_that_differ_repair_keeps_the_one_that_fits(tmp_path: Path, insane: dict) -> None:
+    """Found by the safety campaign: a trailing footer with a sane checksum but a size no BAT
+    covers, over a good copy at offset 0 (the one qemu reads). Repair rewrote the copy from the
+    footer, and qemu-img could no longer open the disk."""
+    img = _qemu_image(tmp_path / "a.vhd")
+    want = _qemu_read(img, tmp_path)
+    tail = bytearray(img.read_bytes()[-512:])
+    tail[48:56] = insane["current_size"].to_bytes(8, "big")
+    tail[64:68] = bytes(4)
+    tail[64:68] = (~sum(tail) & 0xFFFFFFFF).to_bytes(4, "big")
+    with open(img, "r+b") as f:
+        f.seek(-512, os.SEEK_END)
+        f.write(tail)
+    result = cli("repair", img)
+    assert result.returncode == 0 and "restored the footer" in result.stdout and "from the copy" in result.stdout
+    assert _qemu_read(img, tmp_path) == want and cli("check", img).returncode == 0
+
+
 def test_reset_id_of_a_copy_leaves_the_originals_children(tmp_path: Path) -> None:
     disk, child, copy = tmp_path / "d.vhd", tmp_path / "dc.vhd", tmp_path / "copy.vhd"
     vhdtool.create(disk, size=64 * MiB)

@@ -20,10 +20,12 @@ Two passes, each driven by ``check_image``'s findings (repair does not validate 
    repair stops instead (damage in what the blocks are judged by, not in the blocks).
 
 Left alone, and reported: a block size nothing in the layout shows, a BAT that cannot describe
-the disk, an unaligned size, a parent that is not found. Before the first write, every metadata range (both footers, header,
-BAT, locator data) is saved to ``PATH.repair-backup`` (``.2``, ``.3``... if that exists): a line
-naming the format, a line of JSON describing the ranges, then their bytes. Crash safety: in-place
-writes in the order above, each leaving a readable image; Ctrl-C is held back until the end.
+the disk, an unaligned size, a parent that is not found, two footers that differ where neither
+fits the image (of two that differ, the one that fits is kept). Before the first write, every
+metadata range (both footers, header, BAT, locator data) is saved to ``PATH.repair-backup``
+(``.2``, ``.3``... if that exists): a line naming the format, a line of JSON describing the
+ranges, then their bytes. Crash safety: in-place writes in the order above, each leaving a
+readable image; Ctrl-C is held back until the end.
 """
 
 from __future__ import annotations
@@ -129,10 +131,25 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
         footer.features |= FEATURE_RESERVED
         result.actions.append(f"set the reserved feature bit {FEATURE_RESERVED:#x} in the footer")
     rewrite_trailing = bool(codes & {"footer-missing", "torn-tail", "footer-checksum", "footer-features"})
+    from_copy = meta.footer_source == "copy"
+    if "footer-copy-differs" in codes and meta.copy is not None:
+        # which of two good-checksum footers to keep: the one whose fields fit the image (qemu
+        # reads the copy, everyone else the footer: keeping an insane one loses the other's readers)
+        mine, theirs = _footer_problem(meta, meta.footer), _footer_problem(meta, meta.copy.fields)
+        if mine and theirs:
+            result.unrepaired.append(
+                f"{meta.path}: the footer and its copy at offset 0 differ and neither fits the image "
+                f"(footer: {mine}; copy: {theirs}); neither rewritten"
+            )
+            return
+        if mine:
+            footer, rewrite_trailing, from_copy = Container(meta.copy.fields), True, True
+            codes.discard("footer-copy-differs")
     if rewrite_trailing:
         at = _trailing_position(meta)
-        if meta.footer_source == "copy":
-            result.actions.append(f"restored the footer at offset {at} from the copy at offset 0")
+        if from_copy:
+            why = f" (the footer's {_footer_problem(meta, meta.footer)})" if meta.footer_source != "copy" else ""
+            result.actions.append(f"restored the footer at offset {at} from the copy at offset 0{why}")
         elif "footer-checksum" in codes:
             result.actions.append(f"recomputed the checksum of the footer at offset {at}")
         if not dry_run:
@@ -146,7 +163,7 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
     if "fixed-truncated" in codes:
         _move_fixed_footer(editor, footer, result, dry_run)
     copy_codes = {"footer-copy-missing", "footer-copy-checksum", "footer-copy-differs", "footer-features"}
-    if meta.is_sparse and (codes & copy_codes or (meta.footer_source != "copy" and rewrite_trailing)):
+    if meta.is_sparse and (codes & copy_codes or (not from_copy and rewrite_trailing)):
         result.actions.append("rewrote the footer copy at offset 0 from the footer")
         if not dry_run:
             pwrite_all(editor.fd, 0, build_footer(footer))
@@ -182,6 +199,18 @@ def _fix_block_size(editor: MetadataEditor, result: Repaired, dry_run: bool) -> 
     if not dry_run:
         editor.set_header(block_size=bs)
         editor.sync()
+
+
+def _footer_problem(meta: ImageMetadata, fields: Container) -> str | None:
+    """Why a footer's fields cannot describe this image, or None."""
+    size = int(fields.current_size)
+    if size % SECTOR:
+        return f"current size {size} is not a multiple of 512"
+    if size > rules.MAX_DYNAMIC_SIZE:
+        return f"current size {size} exceeds 2040 GiB"
+    if meta.is_sparse and meta.bat is not None and meta.block_size > 0 and len(meta.bat) * meta.block_size < size:
+        return f"current size {size} is more than the BAT covers"
+    return None
 
 
 def _move_fixed_footer(editor: MetadataEditor, footer: Container, result: Repaired, dry_run: bool) -> None:
