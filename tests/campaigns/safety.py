@@ -147,8 +147,9 @@ def _run(command: str, target: Path, work: Path, rnd: random.Random) -> Outcome:
             rebase(target, work / "other.vhd")
         elif command == "convert":
             out = work / "converted.vhd"
-            convert(target, out, disk_type=rnd.choice(["dynamic", "fixed"]))
-            return Outcome(False, out)
+            done = convert(target, out, disk_type=rnd.choice(["dynamic", "fixed"]))
+            # a VHD holds whole sectors: an odd-sized source is rounded up, zeros after (reported)
+            return Outcome(False, out, grown_from=done.size)
     except VhdError:
         return Outcome(True)
     return Outcome(False, target)
