@@ -37,7 +37,7 @@ from pathlib import Path
 
 import vhdtool
 from tests.campaigns.corpus import Seed, build_corpus
-from tests.campaigns.fuzz import Hang, mutate
+from tests.campaigns.fuzz import Bug, Hang, Stats, _alarm, _found, mutate
 from vhdtool.errors import VhdError
 from vhdtool.format.chain import find_parent
 from vhdtool.format.metadata import read_metadata
@@ -60,22 +60,6 @@ _LISTED = re.compile(r"disk bytes (\d+)-(\d+) (?:now )?read")
 
 
 @dataclass
-class Bug:
-    seed: str
-    command: str
-    kind: str
-    detail: str
-    image: bytes
-
-
-@dataclass
-class Stats:
-    execs: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
-    bugs: list[Bug] = field(default_factory=list)
-
-
-@dataclass
 class Outcome:
     """What the command did: refused (vhdtool's error), or ran, and where the disk now is."""
 
@@ -95,10 +79,6 @@ def _ancestors(path: Path) -> list[Path]:
         out.append(parent)
         meta = read_metadata(parent)
     return out
-
-
-def _alarm(signum: int, frame: object) -> None:
-    raise Hang()
 
 
 def _qemu_read(path: Path, scratch: Path) -> bytes | None:
@@ -270,27 +250,17 @@ def run_campaign(
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             if problem is not None:
-                _found(stats, Bug(s.name, command, problem.splitlines()[0], problem, mutant), i, progress, keep)
+                _found(stats, Bug(s.name, command, problem, mutant), i, progress, keep)
             stats.execs += 1
             if progress and i and i % 1000 == 0:
                 rate = i / (time.monotonic() - started)
                 print(f"{i} executions, {rate:.1f}/s, {len(stats.bugs)} bugs", flush=True)
         for p, mtime in watched.items():
             if p.stat().st_mtime_ns != mtime:
-                stats.bugs.append(Bug(p.name, "-", "corpus-changed", f"{p} was modified by the campaign", b""))
+                stats.bugs.append(Bug(p.name, "corpus-changed", f"{p} was modified by the campaign", b""))
     finally:
         signal.signal(signal.SIGALRM, old)
     return stats
-
-
-def _found(stats: Stats, bug: Bug, execution: int, progress: bool, keep: Path | None) -> None:
-    """Record a bug; in a long run say so and keep the mutant at once (a run stopped later keeps it)."""
-    stats.bugs.append(bug)
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        (keep / f"bug-{execution}-{bug.seed}-{bug.command}.vhd").write_bytes(bug.image)
-    if progress:
-        print(f"bug at execution {execution}: {bug.command} on {bug.seed}: {bug.detail}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         f"safety: {stats.execs} executions in {elapsed:.0f} s (seed {args.seed}), "
         f"outcomes {dict(sorted(stats.outcomes.items()))}, {len(stats.bugs)} bugs"
     )
-    kinds: Counter[tuple[str, str]] = Counter((b.seed, b.command) for b in stats.bugs)
+    kinds: Counter[tuple[str, str]] = Counter((b.seed, b.kind) for b in stats.bugs)
     for (seed_name, command), n in kinds.most_common():
-        example = next(b for b in stats.bugs if (b.seed, b.command) == (seed_name, command))
+        example = next(b for b in stats.bugs if (b.seed, b.kind) == (seed_name, command))
         print(f"  {n}x {command} on {seed_name}:\n{example.detail}")
     return 1 if stats.bugs else 0
 

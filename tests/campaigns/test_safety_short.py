@@ -13,4 +13,4 @@ def test_short_safety_run_loses_no_data(tmp_path: Path) -> None:
     assert stats.execs == 60
     # commands ran to the end and their results were compared, not only refused
     assert sum(n for key, n in stats.outcomes.items() if key.endswith((":ran", ":peers-disagree"))) > 15
-    assert not stats.bugs, "\n".join(f"{b.command} on {b.seed}: {b.detail}" for b in stats.bugs[:3])
+    assert not stats.bugs, "\n".join(f"{b.kind} on {b.seed}: {b.detail}" for b in stats.bugs[:3])

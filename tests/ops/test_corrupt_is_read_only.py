@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import get_bat, make_qemu_image, need, patch_footer, patch_header, run, set_bat
+from tests.helpers import get_bat, make_qemu_image, need, patch_footer, patch_header, qemu_raw, run, set_bat
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import folder_digests
 from vhdtool.format.metadata import read_metadata
@@ -182,15 +182,6 @@ def test_serve_and_mount_refuse_a_corrupt_image(tmp_path: Path, damage: str) -> 
     assert folder_digests(tmp_path) == before
 
 
-def _qemu_read(img: Path, tmp_path: Path) -> bytes:
-    out = tmp_path / "peer.raw"
-    run(need("qemu-img"), "convert", "-f", "vpc", "-O", "raw", img, out)
-    try:
-        return out.read_bytes()
-    finally:
-        out.unlink()
-
-
 _CLEARED = re.compile(r"disk bytes (\d+)-(\d+) (?:now )?read")
 
 
@@ -201,7 +192,7 @@ def test_repair_keeps_what_it_does_not_list(tmp_path: Path, damage: str) -> None
     img = tmp_path / "base.vhd"
     make_qemu_image(img)
     run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x11 0 1M", img)
-    want = _qemu_read(img, tmp_path)
+    want = qemu_raw(img, tmp_path)
     DAMAGES[damage](img)
     dry = cli("repair", "--dry-run", img)
     real = cli("repair", img)
@@ -212,7 +203,7 @@ def test_repair_keeps_what_it_does_not_list(tmp_path: Path, damage: str) -> None
     assert os.path.getsize(img) > 5 * MiB  # never the data thrown away with the metadata
     if real.returncode != 0:
         return  # refused, or damage left and reported: check still calls it corrupt
-    got = bytearray(_qemu_read(img, tmp_path))
+    got = bytearray(qemu_raw(img, tmp_path))
     expected = bytearray(want)
     for first, last in _CLEARED.findall(real.stdout):  # listed as reading zeros from now on
         expected[int(first) : int(last) + 1] = bytes(int(last) + 1 - int(first))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import assert_clean_error, need, patch_header, run, set_bat
+from tests.helpers import assert_clean_error, need, patch_header, qemu_raw, run, set_bat
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import digest, folder_digests, read_all
 from vhdtool.format.rules import MiB
@@ -27,15 +27,6 @@ def _qemu_image(path: Path, size: str = "64M") -> Path:
     return path
 
 
-def _qemu_read(path: Path, tmp: Path) -> bytes:
-    out = tmp / "peer.raw"
-    run(need("qemu-img"), "convert", "-f", "vpc", "-O", "raw", path, out)
-    try:
-        return out.read_bytes()
-    finally:
-        out.unlink()
-
-
 def _findings(path: Path) -> list[dict]:
     return json.loads(cli("check", "--json", path).stdout)["findings"]
 
@@ -43,7 +34,7 @@ def _findings(path: Path) -> list[dict]:
 @pytest.mark.parametrize("value", [0x80000000, 0x100000, 0x400000, 3 * MiB])
 def test_a_damaged_block_size_is_named_and_inferred(tmp_path: Path, value: int) -> None:
     img = _qemu_image(tmp_path / "a.vhd")
-    want = _qemu_read(img, tmp_path)
+    want = qemu_raw(img, tmp_path)
     patch_header(img, 32, value.to_bytes(4, "big"))  # the checksum fixed: only the field is wrong
     result = cli("check", img)
     assert result.returncode == 2
@@ -54,7 +45,7 @@ def test_a_damaged_block_size_is_named_and_inferred(tmp_path: Path, value: int) 
     repaired = cli("repair", img)
     assert repaired.returncode == 0, repaired
     assert f"set the dynamic header's Block Size field from {value} to 2097152" in repaired.stdout
-    assert _qemu_read(img, tmp_path) == want and cli("check", img).returncode == 0
+    assert qemu_raw(img, tmp_path) == want and cli("check", img).returncode == 0
 
 
 def test_a_block_size_nothing_shows_is_refused_not_guessed(tmp_path: Path) -> None:
@@ -84,7 +75,7 @@ def test_repair_refuses_to_clear_every_block_stored_in_the_file(tmp_path: Path) 
 
 def test_repair_of_a_cut_file_lists_the_zeroed_range(tmp_path: Path) -> None:
     img = _qemu_image(tmp_path / "a.vhd")
-    want = _qemu_read(img, tmp_path)
+    want = qemu_raw(img, tmp_path)
     data = img.read_bytes()
     img.write_bytes(data[: len(data) - 512 - MiB])  # the footer and the last 1 MiB of block 2 gone
     dry = cli("repair", "--dry-run", img)
@@ -94,7 +85,7 @@ def test_repair_of_a_cut_file_lists_the_zeroed_range(tmp_path: Path) -> None:
     assert real.returncode == 0 and line in real.stdout
     listed = [s.removeprefix("would: ") for s in dry.stdout.splitlines()]
     assert listed == [s for s in real.stdout.splitlines() if not s.startswith(("metadata saved", "reclaimed"))]
-    got = _qemu_read(img, tmp_path)
+    got = qemu_raw(img, tmp_path)
     assert got[: 5 * MiB] == want[: 5 * MiB] and got[5 * MiB :] == bytes(len(got) - 5 * MiB)
 
 
@@ -104,7 +95,7 @@ def test_of_two_footers_that_differ_repair_keeps_the_one_that_fits(tmp_path: Pat
     covers, over a good copy at offset 0 (the one qemu reads). Repair rewrote the copy from the
     footer, and qemu-img could no longer open the disk."""
     img = _qemu_image(tmp_path / "a.vhd")
-    want = _qemu_read(img, tmp_path)
+    want = qemu_raw(img, tmp_path)
     tail = bytearray(img.read_bytes()[-512:])
     tail[48:56] = insane["current_size"].to_bytes(8, "big")
     tail[64:68] = bytes(4)
@@ -114,7 +105,7 @@ def test_of_two_footers_that_differ_repair_keeps_the_one_that_fits(tmp_path: Pat
         f.write(tail)
     result = cli("repair", img)
     assert result.returncode == 0 and "restored the footer" in result.stdout and "from the copy" in result.stdout
-    assert _qemu_read(img, tmp_path) == want and cli("check", img).returncode == 0
+    assert qemu_raw(img, tmp_path) == want and cli("check", img).returncode == 0
 
 
 def test_reset_id_of_a_copy_leaves_the_originals_children(tmp_path: Path) -> None:

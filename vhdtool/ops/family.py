@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from vhdtool.errors import ParentError, VhdError
 from vhdtool.format.chain import find_parent
@@ -56,15 +56,13 @@ def children_by_path(parent: str, folders: Iterable[str], exclude: Iterable[str]
     """Differencing disks in ``folders`` whose locators or parent name lead to the file ``parent``
     (whatever parent UUID they record)."""
     target = os.path.realpath(parent)
-    skip = {os.path.realpath(p) for p in exclude}
-    out = []
-    for meta in images_in(folders):
-        if meta.disk_type != DISK_TYPE_DIFFERENCING or os.path.realpath(meta.path) in skip:
-            continue
-        candidates = candidate_paths(meta.path, meta.locators, meta.parent_name)
-        if any(os.path.realpath(c) == target for c in candidates):
-            out.append(meta.path)
-    return out
+    return _children(
+        folders,
+        exclude,
+        lambda meta: any(
+            os.path.realpath(c) == target for c in candidate_paths(meta.path, meta.locators, meta.parent_name)
+        ),
+    )
 
 
 def children_resolving_to(parent: str, folders: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
@@ -73,14 +71,18 @@ def children_resolving_to(parent: str, folders: Iterable[str], exclude: Iterable
     leads to a file) is ``parent``. A copy of a disk shares its UUID; its original's children
     still resolve to the original, and only those that resolve here belong to ``parent``."""
     target = os.path.realpath(parent)
+    return _children(folders, exclude, lambda meta: _resolved_parent(meta) == target)
+
+
+def _children(
+    folders: Iterable[str], exclude: Iterable[str], leads_here: Callable[[ImageMetadata], bool]
+) -> list[str]:
     skip = {os.path.realpath(p) for p in exclude}
-    out = []
-    for meta in images_in(folders):
-        if meta.disk_type != DISK_TYPE_DIFFERENCING or os.path.realpath(meta.path) in skip:
-            continue
-        if _resolved_parent(meta) == target:
-            out.append(meta.path)
-    return out
+    return [
+        meta.path
+        for meta in images_in(folders)
+        if meta.disk_type == DISK_TYPE_DIFFERENCING and os.path.realpath(meta.path) not in skip and leads_here(meta)
+    ]
 
 
 def refuse_if_children(path: str, folders: Iterable[str], change: str) -> None:
