@@ -303,7 +303,7 @@ def _block_size_from_table(meta: ImageMetadata) -> int | None:
 
 
 def _block_size_from_spacing(meta: ImageMetadata) -> int | None:
-    starts = sorted({entry * SECTOR for entry in meta.bat if entry != UNALLOCATED})
+    starts = sorted({meta.bat[i] * SECTOR for i in allocated(meta)})
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     if not gaps:
         return None
@@ -316,13 +316,29 @@ def _block_size_from_spacing(meta: ImageMetadata) -> int | None:
     return None
 
 
+def allocated(meta: ImageMetadata) -> list[int]:
+    """Indexes of the allocated BAT entries. A 2 TiB disk of 512 KiB blocks has four million
+    entries, mostly unallocated, and every writable open asks this: the unallocated ends are
+    skipped in C (strip), the rest filtered in C (compress over a map)."""
+    bat = meta.bat
+    if not bat:
+        return []
+    raw = bat.tobytes()  # 0xFFFFFFFF reads the same in either byte order
+    rest = raw.lstrip(b"\xff")
+    if not rest:
+        return []
+    first = (len(raw) - len(rest)) // 4
+    last = -(-(len(raw) - len(rest) + len(rest.rstrip(b"\xff"))) // 4)
+    return list(itertools.compress(range(first, last), map(UNALLOCATED.__ne__, bat[first:last])))
+
+
 def fits_layout(meta: ImageMetadata, bs: int) -> bool:
     """With block size ``bs``, the BAT covers the disk and every allocated block lies inside the
     data, clear of metadata and of every other block."""
     if len(meta.bat) * bs < meta.virtual_size:
         return False
     span = rules.bitmap_bytes(bs) + bs
-    starts = sorted(entry * SECTOR for entry in meta.bat if entry != UNALLOCATED)
+    starts = sorted(meta.bat[i] * SECTOR for i in allocated(meta))
     if not starts:
         return True
     if starts[-1] + span > meta.footer_offset:
@@ -356,11 +372,9 @@ def _check_blocks(meta: ImageMetadata, report: CheckReport, bitmaps: bool) -> No
     report.total_blocks = len(meta.bat)
     used: list[tuple[int, int, str]] = [(o, n, what) for o, n, what in _metadata_ranges(meta)]
     blocks: list[tuple[int, int]] = []
-    for index, entry in enumerate(meta.bat):
-        if entry == UNALLOCATED:
-            continue
+    for index in allocated(meta):
         report.allocated_blocks += 1
-        start = entry * SECTOR
+        start = meta.bat[index] * SECTOR
         if start + span > limit:
             if report.listing("bat-outside"):
                 report.add(
