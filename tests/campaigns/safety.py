@@ -32,6 +32,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,8 +224,14 @@ def _compare(before: bytes, after: bytes, outcome: Outcome) -> str | None:
 
 
 def run_campaign(
-    execs: int, seed: int, folder: Path, progress: bool = False, keep: Path | None = None
+    execs: int,
+    seed: int,
+    folder: Path,
+    progress: bool = False,
+    keep: Path | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> Stats:
+    """``stop_requested`` ends the run early, after the execution in progress (SIGTERM in main)."""
     seeds = build_corpus(folder / "corpus")
     originals = {s.name: s.path.read_bytes() for s in seeds}
     watched = {p: p.stat().st_mtime_ns for p in (folder / "corpus").iterdir()}
@@ -254,7 +261,9 @@ def run_campaign(
             stats.execs += 1
             if progress and i and i % 1000 == 0:
                 rate = i / (time.monotonic() - started)
-                print(f"{i} executions, {rate:.1f}/s, {len(stats.bugs)} bugs", flush=True)
+                print(f"{i} executions, {rate:.1f}/s, {len(stats.bugs)} bugs, {dict(stats.outcomes)}", flush=True)
+            if stop_requested():
+                break
         for p, mtime in watched.items():
             if p.stat().st_mtime_ns != mtime:
                 stats.bugs.append(Bug(p.name, "corpus-changed", f"{p} was modified by the campaign", b""))
@@ -269,14 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--keep", type=Path, help="folder to save the mutants that found bugs")
     args = ap.parse_args(argv)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))  # a timeout still reports
     with tempfile.TemporaryDirectory(
         prefix="vhdtool-safety-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     ) as tmp:
         t0 = time.monotonic()
-        stats = run_campaign(args.execs, args.seed, Path(tmp), progress=True, keep=args.keep)
+        stats = run_campaign(args.execs, args.seed, Path(tmp), True, args.keep, lambda: bool(stopping))
         elapsed = time.monotonic() - t0
     print(
-        f"safety: {stats.execs} executions in {elapsed:.0f} s (seed {args.seed}), "
+        f"safety: {stats.execs} executions{' (stopped by SIGTERM)' if stopping else ''} in {elapsed:.0f} s "
+        f"(seed {args.seed}), "
         f"outcomes {dict(sorted(stats.outcomes.items()))}, {len(stats.bugs)} bugs"
     )
     kinds: Counter[tuple[str, str]] = Counter((b.seed, b.kind) for b in stats.bugs)
