@@ -127,6 +127,7 @@ CHILD_COMMANDS: dict[str, list[str]] = {
     "rebase-unsafe": ["rebase", "--unsafe", "{img}", "--parent", "{other}"],
     "reset-id": ["reset-id", "{img}"],
     "compact": ["compact", "{img}"],
+    "merge": ["merge", "{img}"],  # its data would go into the parent
 }
 
 

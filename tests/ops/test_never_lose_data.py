@@ -125,6 +125,22 @@ def test_reset_id_of_a_copy_leaves_the_originals_children(tmp_path: Path) -> Non
     assert digest(child) == before and cli("check", own).returncode == 0
 
 
+def test_relink_refused_halfway_changes_nothing(tmp_path: Path) -> None:
+    """Found by the safety campaign: relink edits the deepest disk first; a corrupt top refused
+    after that left the chain half relinked."""
+    base, mid, top = tmp_path / "base.vhd", tmp_path / "mid.vhd", tmp_path / "top.vhd"
+    vhdtool.create(base, size=8 * MiB)
+    vhdtool.create(mid, parent=base)
+    vhdtool.create(top, parent=mid)
+    with vhdtool.open(top, writable=True) as img:
+        img.pwrite(0, b"\x22" * (3 * MiB))
+    set_bat(top, 1, 1)  # into the dynamic header
+    before = folder_digests(tmp_path)
+    result = cli("relink", top)
+    assert_clean_error(result, 1)
+    assert "overlaps the dynamic header" in result.stderr and folder_digests(tmp_path) == before
+
+
 def _parent_with_child(tmp_path: Path) -> tuple[Path, Path]:
     parent, child = tmp_path / "p.vhd", tmp_path / "c.vhd"
     vhdtool.create(parent, size=100 * MiB)
