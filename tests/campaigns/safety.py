@@ -202,9 +202,12 @@ def execute(seed: Seed, mutant: bytes, rnd: random.Random, work: Path) -> tuple[
         return command, "ran", f"readable before, unreadable after {command} exited 0"
     problem = _compare(before, after, outcome)
     if problem is not None and not chain and own is not None and own != before:
-        # the readers disagree on the mutant (a partly set bitmap, a CHS size qemu prefers): what
-        # vhdtool read is what its command keeps, and qemu reads that afterwards
-        return command, "peers-disagree", _compare(own, after, outcome)
+        # the readers disagree on the mutant (a partly set bitmap; a CHS size past Current Size,
+        # where qemu reads the footer itself as disk data): vhdtool's reading is the reference
+        after_own = _vhdtool_read(outcome.result_path)
+        if after_own is None:
+            return command, "peers-disagree", f"readable before, unreadable after {command} exited 0"
+        return command, "peers-disagree", _compare(own, after_own, outcome)
     return command, "ran", problem
 
 
