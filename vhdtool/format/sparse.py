@@ -106,7 +106,10 @@ class SparseImage(ImageBase):
         if not plausible_block_size(bs):
             return f"block size {bs} in the dynamic header is not valid"
         if len(meta.bat) * bs < self.size:
-            return f"BAT of {len(meta.bat)} entries x {bs} bytes does not cover the disk of {self.size} bytes"
+            return (
+                f"the dynamic header's Max Table Entries field ({len(meta.bat)}) x block size {bs} does not "
+                f"cover the disk of {self.size} bytes"
+            )
         span = rules.bitmap_bytes(bs) + bs
         limit = meta.footer_offset
         for index, entry in enumerate(meta.bat):

@@ -245,8 +245,8 @@ def _check_header(meta: ImageMetadata, report: CheckReport) -> None:
         report.add(
             CORRUPTION,
             "bat-too-small",
-            f"{meta.path}: BAT of {len(meta.bat)} entries x {meta.block_size} bytes does not cover "
-            f"{meta.virtual_size} bytes",
+            f"{meta.path}: the dynamic header's Max Table Entries field ({len(meta.bat)}) x block size "
+            f"{meta.block_size} does not cover the current size of {meta.virtual_size} bytes",
         )
 
 
