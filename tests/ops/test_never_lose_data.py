@@ -202,9 +202,7 @@ def test_check_reports_a_parent_shrunk_under_its_child(tmp_path: Path) -> None:
     assert folder_digests(kids) == before
 
 
-@pytest.mark.parametrize(
-    "args", [["--size", "-1G"], ["--size", "+1G"], ["--size", "1G", "--block-size", "-512K"]]
-)
+@pytest.mark.parametrize("args", [["--size", "-1G"], ["--size", "+1G"], ["--size", "1G", "--block-size", "-512K"]])
 def test_create_refuses_signed_sizes(tmp_path: Path, args: list[str]) -> None:
     result = cli("create", *args, tmp_path / "n.vhd")
     assert_clean_error(result, 64)

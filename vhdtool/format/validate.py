@@ -294,11 +294,7 @@ def infer_block_size(meta: ImageMetadata) -> tuple[int, str] | None:
 
 def _block_size_from_table(meta: ImageMetadata) -> int | None:
     entries, size = len(meta.bat), meta.virtual_size
-    found = [
-        1 << shift
-        for shift in range(9, rules.MAX_BLOCK_SIZE.bit_length())
-        if -(-size // (1 << shift)) == entries
-    ]
+    found = [1 << shift for shift in range(9, rules.MAX_BLOCK_SIZE.bit_length()) if -(-size // (1 << shift)) == entries]
     return found[0] if len(found) == 1 else None
 
 
@@ -482,4 +478,3 @@ def _check_bitmaps(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[
             f"as zeros (first: block {partial[0]})",
             block=partial[0],
         )
-

@@ -74,9 +74,7 @@ def children_resolving_to(parent: str, folders: Iterable[str], exclude: Iterable
     return _children(folders, exclude, lambda meta: _resolved_parent(meta) == target)
 
 
-def _children(
-    folders: Iterable[str], exclude: Iterable[str], leads_here: Callable[[ImageMetadata], bool]
-) -> list[str]:
+def _children(folders: Iterable[str], exclude: Iterable[str], leads_here: Callable[[ImageMetadata], bool]) -> list[str]:
     skip = {os.path.realpath(p) for p in exclude}
     return [
         meta.path

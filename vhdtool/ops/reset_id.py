@@ -83,4 +83,3 @@ def reset_id(
     for kid in kids:
         restamp_children(kid, folders, kid_stamps[kid])
     return IdReset(path, str(old), str(new), kids, beside)
-
