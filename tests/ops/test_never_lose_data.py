@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import assert_clean_error, need, patch_header, qemu_raw, run, set_bat
+from tests.helpers import assert_clean_error, make_qemu_image, need, patch_header, qemu_raw, run, set_bat
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import digest, folder_digests, read_all
 from vhdtool.format.rules import MiB
@@ -105,6 +105,26 @@ def test_of_two_footers_that_differ_repair_keeps_the_one_that_fits(tmp_path: Pat
         f.write(tail)
     result = cli("repair", img)
     assert result.returncode == 0 and "restored the footer" in result.stdout and "from the copy" in result.stdout
+    assert qemu_raw(img, tmp_path) == want and cli("check", img).returncode == 0
+
+
+def test_a_footer_whose_geometry_changes_qemus_size_is_restored_from_the_copy(tmp_path: Path) -> None:
+    """Found by the safety campaign: only the trailing footer's CHS geometry damaged (checksum
+    fixed) of a disk whose creator makes qemu read CHS; repair rewrote the copy from it, and qemu,
+    which reads the copy, then read 0 bytes."""
+    img = tmp_path / "a.vhd"
+    make_qemu_image(img)  # creator 'qemu'
+
+    want = qemu_raw(img, tmp_path)
+    tail = bytearray(img.read_bytes()[-512:])
+    tail[56:60] = bytes([0, 0, 2, 0])  # 0/2/0
+    tail[64:68] = bytes(4)
+    tail[64:68] = (~sum(tail) & 0xFFFFFFFF).to_bytes(4, "big")
+    with open(img, "r+b") as f:
+        f.seek(-512, os.SEEK_END)
+        f.write(tail)
+    result = cli("repair", img)
+    assert result.returncode == 0 and "from the copy at offset 0" in result.stdout
     assert qemu_raw(img, tmp_path) == want and cli("check", img).returncode == 0
 
 

@@ -142,13 +142,14 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
                 f"(footer: {mine}; copy: {theirs}); neither rewritten"
             )
             return
-        if mine:
+        if mine or _copy_keeps_qemu_size(meta.footer, meta.copy.fields):
             footer, rewrite_trailing, from_copy = Container(meta.copy.fields), True, True
             codes.discard("footer-copy-differs")
     if rewrite_trailing:
         at = _trailing_position(meta)
         if from_copy:
-            why = f" (the footer's {_footer_problem(meta, meta.footer)})" if meta.footer_source != "copy" else ""
+            problem = _footer_problem(meta, meta.footer) or "CHS geometry or creator changes the size qemu reads"
+            why = f" (the footer's {problem})" if meta.footer_source != "copy" else ""
             result.actions.append(f"restored the footer at offset {at} from the copy at offset 0{why}")
         elif "footer-checksum" in codes:
             result.actions.append(f"recomputed the checksum of the footer at offset {at}")
@@ -211,6 +212,23 @@ def _footer_problem(meta: ImageMetadata, fields: Container) -> str | None:
     if meta.is_sparse and meta.bat is not None and meta.block_size > 0 and len(meta.bat) * meta.block_size < size:
         return f"current size {size} is more than the BAT covers"
     return None
+
+
+def _copy_keeps_qemu_size(footer: Container, copy: Container) -> bool:
+    """Two footers that differ only in what decides the size qemu reads (CHS geometry, creator):
+    qemu reads the copy, every other reader Current Size, which both share; the copy keeps both."""
+    size_rule = ("cylinders", "heads", "sectors_per_track", "creator_application", "checksum")
+    a, b = Container(footer), Container(copy)
+    for name in size_rule:
+        a[name] = b[name]
+    if build_footer(a) != build_footer(b):
+        return False
+
+    def qemu_size(f: Container) -> int:
+        geometry = rules.Geometry(f.cylinders, f.heads, f.sectors_per_track)
+        return rules.qemu72_virtual_size(bytes(f.creator_application), geometry, int(f.current_size))
+
+    return qemu_size(footer) != qemu_size(copy)
 
 
 def _move_fixed_footer(editor: MetadataEditor, footer: Container, result: Repaired, dry_run: bool) -> None:
