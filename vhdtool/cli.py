@@ -27,8 +27,8 @@ def cli() -> None:
     """vhdtool: create, inspect, repair, convert, mount, serve and boot VHD disk images."""
 
 
-def _size_option(text: str | None) -> int | None:
-    return None if text is None else rules.parse_size(text)[1]
+def _size_option(text: str | None, what: str = "size") -> int | None:
+    return None if text is None else rules.parse_absolute_size(text, what)
 
 
 def _octal_mode(text: str) -> int:
@@ -69,7 +69,7 @@ def create(
         size=_size_option(size),
         type=disk_type,
         parent=parent,
-        block_size=_size_option(block_size),
+        block_size=_size_option(block_size, "block size"),
         overwrite=force,
     )
     render.created(created, as_json)
@@ -233,7 +233,7 @@ def convert(
             output_format=output_format,
             source_format=source_format,
             disk_type=disk_type,
-            block_size=_size_option(block_size),
+            block_size=_size_option(block_size, "block size"),
             overwrite=force,
             progress=progress,
             target=target,
@@ -676,19 +676,21 @@ def mkdir_command(target: str, parents: bool, partition: int | None, undo: bool)
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.argument("size")
 @click.option("--force", is_flag=True, help="Shrink even if data is stored past the new end (it is lost).")
+@click.option("--children", multiple=True, type=click.Path(file_okay=False), help="Look for children here too.")
 @_JSON
-def resize(path: str, size: str, force: bool, as_json: bool) -> None:
+def resize(path: str, size: str, force: bool, children: tuple[str, ...], as_json: bool) -> None:
     """Grow or shrink a fixed or dynamic disk to SIZE (absolute, or +1G / -1G relative).
 
     Differencing disks are refused. Shrinking refuses to drop stored data unless --force: shrink
-    the filesystem inside first. In place, ordered writes (Ctrl-C waits for the current step):
+    the filesystem inside first; it is refused while children (beside PATH or in --children
+    folders) read through the disk. In place, ordered writes (Ctrl-C waits for the current step):
     an interrupted dynamic resize leaves the old size with the same content (a shrink: the old or
     the new size); an interrupted fixed grow leaves the new size, its first 512 new bytes possibly
     holding the old footer.
     """
     from vhdtool.ops.resize import resize as resize_image
 
-    done = resize_image(path, size, force=force)
+    done = resize_image(path, size, force=force, children=list(children))
     if as_json:
         render.print_json(done.as_json())
         return
@@ -755,20 +757,22 @@ def merge(child: str, into: str | None, delete_child: bool, force: bool, quiet: 
 @click.argument("child", type=click.Path(dir_okay=False))
 @click.option("--parent", "-b", "parent", required=True, type=click.Path(dir_okay=False), help="The new parent.")
 @click.option("--unsafe", is_flag=True, help="Only rewrite the parent UUID, time stamp, name and locators.")
+@click.option("--children", multiple=True, type=click.Path(file_okay=False), help="Look for children here too.")
 @_QUIET
 @_JSON
-def rebase(child: str, parent: str, unsafe: bool, quiet: bool, as_json: bool) -> None:
+def rebase(child: str, parent: str, unsafe: bool, children: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Give CHILD another parent, keeping what it reads (like qemu-img rebase).
 
     Safe mode copies into CHILD what the old chain shows and the new parent does not; --unsafe
-    only relinks (for a moved or renamed parent). In place, ordered writes: CHILD keeps its
+    only relinks (for a moved or renamed parent), and is refused while CHILD has children of
+    its own (beside it or in --children folders). In place, ordered writes: CHILD keeps its
     content and its old parent until one final header write switches it, so an interrupted
     rebase (Ctrl-C stops after the current piece) leaves it on the old parent.
     """
     from vhdtool.ops.rebase import rebase as rebase_image
 
     with _progress("rebasing", not (quiet or as_json or unsafe)) as progress:
-        done = rebase_image(child, parent, unsafe=unsafe, progress=progress)
+        done = rebase_image(child, parent, unsafe=unsafe, progress=progress, children=list(children))
     if as_json:
         render.print_json(done.as_json())
     elif not quiet:

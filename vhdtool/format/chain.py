@@ -20,6 +20,7 @@ from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import ImageMetadata, read_footers, read_metadata
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, DISK_TYPE_FIXED
+from vhdtool.format.validate import CORRUPTION, parent_size_problem, refuse_corrupt_for_writing
 
 MAX_CHAIN_DEPTH = 256
 
@@ -71,7 +72,7 @@ def _open(
     try:
         meta = read_metadata(path, fd)
         if writable:
-            _refuse_damaged_for_writing(meta)
+            refuse_corrupt_for_writing(meta)
         if lock:
             lock_image(fd, path, exclusive=writable)
         if meta.disk_type == DISK_TYPE_FIXED:
@@ -84,6 +85,8 @@ def _open(
                 if not inspect:
                     raise
                 meta.warnings.append(f"{e}; only this image's own metadata is shown")
+            if writable and parent is not None:
+                _refuse_broken_link(meta, parent)
         try:
             image = SparseImage(meta, fd, writable, parent, sync_growth=durable, tolerate_cut_blocks=inspect)
             image.owns_parent = parent is not None
@@ -97,15 +100,11 @@ def _open(
         raise
 
 
-def _refuse_damaged_for_writing(meta: ImageMetadata) -> None:
-    if meta.torn_tail is not None:
-        return  # an interrupted growth: the image restores its footer when it opens writable
-    if meta.footer_source != "trailing" or not (meta.trailing and meta.trailing.checksum_ok):
-        raise CorruptImageError(f"{meta.path}: footer is damaged; opened only read-only (run 'vhdtool repair')")
-    if not meta.header_checksum_ok:
-        raise CorruptImageError(
-            f"{meta.path}: dynamic header checksum mismatch; opened only read-only (run 'vhdtool repair')"
-        )
+def _refuse_broken_link(meta: ImageMetadata, parent: ImageBase) -> None:
+    problem = parent_size_problem(meta, parent.meta.virtual_size, parent_modified_since_link(meta, parent.path))
+    if problem is not None and problem[0] == CORRUPTION:
+        parent.close_chain()
+        raise CorruptImageError(f"{problem[1]}; the image opens only read-only (run 'vhdtool check')")
 
 
 def find_parent(meta: ImageMetadata) -> str:

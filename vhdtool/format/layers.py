@@ -16,6 +16,7 @@ from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import read_metadata
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
+from vhdtool.format.validate import refuse_corrupt_for_writing
 
 
 def open_over(
@@ -37,6 +38,8 @@ def open_over(
             raise UsageError(f"{path}: is a {meta.type_name} disk, not a differencing disk")
         if meta.parent_uuid != parent_uuid:
             raise ParentError(f"{path}: expects parent UUID {meta.parent_uuid}, {parent.path} has {parent_uuid}")
+        if writable:
+            refuse_corrupt_for_writing(meta)
         lock_image(fd, path, exclusive=writable)
         return SparseImage(meta, fd, writable, parent)
     except BaseException:

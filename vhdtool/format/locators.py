@@ -102,6 +102,8 @@ def candidate_paths(child_path: str, locators: list[Locator], header_name: str) 
 
     def add(p: str) -> None:
         p = os.path.normpath(p)
+        if "\0" in p:  # no file has such a name (and os.path.realpath raises on it)
+            return
         if p not in out:
             out.append(p)
 

@@ -23,6 +23,8 @@ MAX_FIXED_SIZE = 2040 * GiB
 DEFAULT_SIZE = 127 * GiB
 DEFAULT_BLOCK_SIZE = 2 * MiB
 MIN_BLOCK_SIZE = 512 * KiB
+"""The smallest block size vhdtool creates (readers accept any power of two from 512 bytes)."""
+MAX_BLOCK_SIZE = 256 * MiB
 
 VHD_EPOCH = 946684800
 """2000-01-01 00:00:00 UTC as a Unix time: VHD timestamps count seconds from here."""
@@ -161,6 +163,14 @@ def parse_size(text: str) -> tuple[str, int]:
     return sign, int(value)
 
 
+def parse_absolute_size(text: str, what: str = "size") -> int:
+    """A size with no sign: ``+1G``/``-1G`` are relative sizes, which only resize takes."""
+    sign, value = parse_size(text)
+    if sign:
+        raise UsageError(f"{what} {text!r} has a sign; give an absolute size (only resize takes +N/-N)")
+    return value
+
+
 def validate_virtual_size(size: int, disk_type: str) -> None:
     """Refuse sizes no VHD can have; the message names the value and the rule."""
     if size <= 0:
@@ -177,7 +187,7 @@ def validate_block_size(block_size: int) -> None:
         raise UsageError(f"block size {block_size} is not a power of two")
     if block_size < MIN_BLOCK_SIZE:
         raise UsageError(f"block size {block_size} is below the minimum of {MIN_BLOCK_SIZE} (512 KiB)")
-    if block_size > 256 * MiB:
+    if block_size > MAX_BLOCK_SIZE:
         raise UsageError(f"block size {block_size} is above the maximum of 256 MiB")
 
 

@@ -25,6 +25,7 @@ from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import TORN_TAIL_LIMIT, ImageMetadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
+from vhdtool.format.validate import block_size_problem, plausible_block_size
 
 GROWTH_BYTES = 32 * rules.MiB
 """How much room the trailing footer is moved out by at a time when blocks are allocated."""
@@ -99,33 +100,44 @@ class SparseImage(ImageBase):
 
     def _validate_layout(self, tolerate_cut_blocks: bool) -> None:
         meta, bs = self.meta, self.block_size
-        if bs < SECTOR or bs & (bs - 1) or bs > 256 * rules.MiB:
-            raise CorruptImageError(f"{self.path}: block size {bs} in the dynamic header is not valid")
-        if len(meta.bat) * bs < self.size:
-            raise CorruptImageError(
-                f"{self.path}: BAT of {len(meta.bat)} entries x {bs} bytes does not cover the disk of {self.size} bytes"
-            )
+        problem = self._unreadable(meta, bs)
+        cut = [] if problem else self._cut_blocks(meta, bs)
+        if cut and not problem:
+            problem = f"BAT entry {cut[0]} points at sector {meta.bat[cut[0]]}, past the end of the file"
+            if tolerate_cut_blocks and not self.writable and not block_size_problem(meta):
+                more = f" (and {len(cut) - 1} more block(s))" if len(cut) > 1 else ""
+                self.warnings.append(f"{self.path}: {problem}{more}: the file is truncated or the BAT damaged")
+                problem = None
+        if problem:
+            # judged by a damaged Block Size field every block looks bad: name the field instead
+            problem = block_size_problem(meta) or problem
+            raise CorruptImageError(f"{self.path}: {problem} (run 'vhdtool check', then 'vhdtool repair')")
         if self.size > rules.MAX_DYNAMIC_SIZE:
             raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
+
+    def _unreadable(self, meta: ImageMetadata, bs: int) -> str | None:
+        """Why the blocks cannot be found at all: a block size or BAT that cannot describe the disk."""
+        if not plausible_block_size(bs):
+            return f"block size {bs} in the dynamic header is not valid"
+        if len(meta.bat) * bs < self.size:
+            return (
+                f"the dynamic header's Max Table Entries field ({len(meta.bat)}) x block size {bs} does not "
+                f"cover the disk of {self.size} bytes"
+            )
+        return None
+
+    @staticmethod
+    def _cut_blocks(meta: ImageMetadata, bs: int) -> list[int]:
+        """The blocks whose data would lie past the end of the file (a truncated file or a bad BAT)."""
         span = rules.bitmap_bytes(bs) + bs
         limit = meta.footer_offset
-        cut = [
+        return [
             i
             for start, stop in allocated_runs(meta.bat)
             if max(meta.bat[start:stop]) * SECTOR + span > limit
             for i in range(start, stop)
             if meta.bat[i] * SECTOR + span > limit
         ]
-        if not cut:
-            return
-        message = (
-            f"{self.path}: BAT entry {cut[0]} points at sector {meta.bat[cut[0]]}, past the end of the file "
-            f"(run 'vhdtool check')"
-        )
-        if not tolerate_cut_blocks or self.writable:
-            raise CorruptImageError(message)
-        more = f" (and {len(cut) - 1} more block(s))" if len(cut) > 1 else ""
-        self.warnings.append(f"{message}{more}: the file is truncated or the BAT damaged")
 
     def _restore_torn_footer(self, data_end: int) -> None:
         """Put back the footer an interrupted growth did not leave, at the end of the file. What lies

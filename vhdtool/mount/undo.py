@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 
-from vhdtool.errors import RefusedError, VhdError
+from vhdtool.errors import CorruptImageError, RefusedError, VhdError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.image import ImageBase
 from vhdtool.format.layout import sync_folder
 from vhdtool.format.lock import lock_image
+from vhdtool.format.metadata import read_metadata
+from vhdtool.format.validate import refuse_corrupt_for_writing
 from vhdtool.mount.spec import DIRECT, UNDO, MountSpec
 from vhdtool.ops.datapath import ProgressCallback
 
@@ -35,6 +37,7 @@ class Target:
         self._lock_fd: int | None = None
         if spec.mode == UNDO:
             assert spec.undo is not None
+            _refuse_corrupt(spec.image)  # an undo disk exists to be committed into the image
             if not os.path.exists(spec.undo):  # one there already holds the file commands' --undo writes
                 create(spec.undo, parent=spec.image)  # refuses a file made in between
                 self.made_undo = True
@@ -89,6 +92,13 @@ def commit_started(undo: str) -> bool:
             os.unlink(mark)
         return False
     return True
+
+
+def _refuse_corrupt(image: str) -> None:
+    try:
+        refuse_corrupt_for_writing(read_metadata(image))
+    except CorruptImageError as e:
+        raise CorruptImageError(f"{e}; or mount it with --read-only") from None
 
 
 def commit(undo: str, image: str, progress: ProgressCallback | None = None) -> int:

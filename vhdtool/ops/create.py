@@ -39,11 +39,9 @@ def create(
     """
     path = os.fspath(path)
     if isinstance(size, str):
-        sign, size = rules.parse_size(size)
-        if sign:
-            raise UsageError("create takes an absolute size, not a relative one")
+        size = rules.parse_absolute_size(size)
     if isinstance(block_size, str):
-        block_size = rules.parse_size(block_size)[1]
+        block_size = rules.parse_absolute_size(block_size, "block size")
     disk_type = type or ("differencing" if parent is not None else "dynamic")
     if disk_type not in TYPES:
         raise UsageError(f"unknown disk type {disk_type!r} (choose dynamic, fixed or differencing)")

@@ -7,11 +7,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vhdtool.errors import CorruptImageError, VhdError, io_error
+from vhdtool.errors import VhdError, io_error
 from vhdtool.format import rules
 from vhdtool.format.lock import lock_image
-from vhdtool.format.metadata import ImageMetadata, read_metadata
+from vhdtool.format.metadata import read_metadata
 from vhdtool.format.rewrite import MetadataEditor
+from vhdtool.format.validate import refuse_corrupt_for_writing
 from vhdtool.ops.family import children_by_path
 from vhdtool.ops.interrupts import deferred_interrupts
 
@@ -20,7 +21,7 @@ from vhdtool.ops.interrupts import deferred_interrupts
 def edit_image(path: str, damaged_ok: bool = False) -> Iterator[MetadataEditor]:
     """An editor on ``path`` opened read-write under an exclusive lock (no chain is opened).
 
-    An image with a damaged footer or header is refused unless ``damaged_ok`` (repair).
+    An image that ``check`` calls corrupt is refused unless ``damaged_ok`` (repair).
     """
     try:
         fd = os.open(path, os.O_RDWR)
@@ -30,20 +31,13 @@ def edit_image(path: str, damaged_ok: bool = False) -> Iterator[MetadataEditor]:
         lock_image(fd, path, exclusive=True)
         meta = read_metadata(path, fd)
         if not damaged_ok:
-            refuse_damaged(meta)
+            refuse_corrupt_for_writing(meta)
         try:
             yield MetadataEditor(fd, meta)
         except OSError as e:  # a full disk, EIO: the message names the image, as every error does
             raise io_error(path, "write", e) from None
     finally:
         os.close(fd)
-
-
-def refuse_damaged(meta: ImageMetadata) -> None:
-    if meta.footer_source != "trailing" or not (meta.trailing and meta.trailing.checksum_ok):
-        raise CorruptImageError(f"{meta.path}: the footer is damaged; run 'vhdtool repair' first")
-    if not meta.header_checksum_ok:
-        raise CorruptImageError(f"{meta.path}: the dynamic header checksum is wrong; run 'vhdtool repair' first")
 
 
 def file_stamp(path: str) -> int:

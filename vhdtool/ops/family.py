@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from vhdtool.errors import VhdError
+from vhdtool.errors import ParentError, VhdError
+from vhdtool.format.chain import find_parent
 from vhdtool.format.locators import candidate_paths
 from vhdtool.format.metadata import ImageMetadata, read_metadata
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
@@ -55,15 +56,50 @@ def children_by_path(parent: str, folders: Iterable[str], exclude: Iterable[str]
     """Differencing disks in ``folders`` whose locators or parent name lead to the file ``parent``
     (whatever parent UUID they record)."""
     target = os.path.realpath(parent)
+    return _children(
+        folders,
+        exclude,
+        lambda meta: any(
+            os.path.realpath(c) == target for c in candidate_paths(meta.path, meta.locators, meta.parent_name)
+        ),
+    )
+
+
+def children_resolving_to(parent: str, folders: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """Differencing disks in ``folders`` that open ``parent`` as their parent: the first of their
+    locators that leads to a disk with the UUID they expect (or, when none does, the first that
+    leads to a file) is ``parent``. A copy of a disk shares its UUID; its original's children
+    still resolve to the original, and only those that resolve here belong to ``parent``."""
+    target = os.path.realpath(parent)
+    return _children(folders, exclude, lambda meta: _resolved_parent(meta) == target)
+
+
+def _children(folders: Iterable[str], exclude: Iterable[str], leads_here: Callable[[ImageMetadata], bool]) -> list[str]:
     skip = {os.path.realpath(p) for p in exclude}
-    out = []
-    for meta in images_in(folders):
-        if meta.disk_type != DISK_TYPE_DIFFERENCING or os.path.realpath(meta.path) in skip:
-            continue
+    return [
+        meta.path
+        for meta in images_in(folders)
+        if meta.disk_type == DISK_TYPE_DIFFERENCING and os.path.realpath(meta.path) not in skip and leads_here(meta)
+    ]
+
+
+def refuse_if_children(path: str, folders: Iterable[str], change: str) -> None:
+    """Refuse a change to ``path`` that would change what its children read: the differencing
+    disks beside it or in ``folders`` that resolve to it."""
+    kids = children_resolving_to(path, [os.path.dirname(os.path.abspath(path)), *folders], [path])
+    if kids:
+        raise VhdError(
+            f"{path}: {change} would change what its differencing children read ({', '.join(kids)}); "
+            "merge them into it first (vhdtool merge CHILD), or rebase them onto another disk"
+        )
+
+
+def _resolved_parent(meta: ImageMetadata) -> str | None:
+    try:
+        return os.path.realpath(find_parent(meta))
+    except ParentError:
         candidates = candidate_paths(meta.path, meta.locators, meta.parent_name)
-        if any(os.path.realpath(c) == target for c in candidates):
-            out.append(meta.path)
-    return out
+        return next((os.path.realpath(c) for c in candidates if os.path.isfile(c)), None)
 
 
 def find_by_uuid(wanted: uuid.UUID, folders: Iterable[str], exclude: Iterable[str] = ()) -> str | None:

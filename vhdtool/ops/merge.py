@@ -26,6 +26,7 @@ from vhdtool.format.chain import open_image
 from vhdtool.format.layers import open_over
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, UNALLOCATED
+from vhdtool.format.validate import refuse_corrupt_for_writing
 from vhdtool.ops.datapath import Meter, ProgressCallback, is_zero, pieces, read_grid
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.family import children_of
@@ -102,6 +103,8 @@ def _plan(child: str, into: str | None) -> _Plan:
             if not matches:
                 raise UsageError(f"{into}: is not an ancestor of {child}")
             depth = matches[0]
+        for upper in chain[:depth]:  # their data goes into the ancestor, and the child is restamped
+            refuse_corrupt_for_writing(upper.meta)
         if chain[depth].size < top.size:
             raise UsageError(
                 f"{chain[depth].path}: is smaller ({chain[depth].size} bytes) than {child} ({top.size} bytes)"

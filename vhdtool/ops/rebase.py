@@ -29,8 +29,10 @@ from vhdtool.format.layout import hold_for_replacing
 from vhdtool.format.metadata import read_metadata
 from vhdtool.format.parentlink import point_at_parent
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING
+from vhdtool.format.validate import refuse_corrupt_for_writing
 from vhdtool.ops.datapath import Meter, ProgressCallback, data_runs, pieces, read_grid, union_runs
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
+from vhdtool.ops.family import refuse_if_children
 from vhdtool.ops.interrupts import deferred_interrupts, graceful_stop
 from vhdtool.ops.shadow import shadow_copy
 
@@ -56,11 +58,18 @@ def rebase(
     *,
     unsafe: bool = False,
     progress: ProgressCallback | None = None,
+    children: list[str] | None = None,
 ) -> Rebased:
+    """Point ``child`` at ``parent``. Safe mode keeps what it (and so its own children) reads;
+    ``unsafe`` is refused while differencing children of ``child`` (beside it, or in the
+    ``children`` folders) read through it."""
     child, parent = os.fspath(child), os.fspath(parent)
     meta = read_metadata(child)
     if meta.disk_type != DISK_TYPE_DIFFERENCING:
         raise UsageError(f"{child}: is a {meta.type_name} disk, not a differencing disk")
+    refuse_corrupt_for_writing(meta)  # judged here, by the child's own name: a safe rebase writes a copy
+    if unsafe:
+        refuse_if_children(child, children or [], "an unsafe rebase (content not kept)")
     before = file_stamp(child)
     with open_image(parent) as new_parent:  # validates the new parent's whole chain
         for image in new_parent.chain():

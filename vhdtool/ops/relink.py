@@ -17,6 +17,7 @@ pointing at its old or its new locators.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -64,12 +65,16 @@ def relink(
         given = None
         meta = read_metadata(found)
     # deepest first: a disk's own edit changes its file time, which its child then records
-    for path, found in reversed(links):
-        with edit_image(path) as editor, deferred_interrupts():
-            header = editor.header
-            assert header is not None
-            stamp = file_stamp(found) if int(header.parent_timestamp) else 0
-            point_at_parent(editor, path, found, bytes(header.parent_unique_id), stamp)
+    with contextlib.ExitStack() as stack:
+        # every disk of the chain opened, locked and judged writable before the first write: a
+        # refusal halfway (a corrupt child, one in use) must not leave the chain half relinked
+        editors = [(stack.enter_context(edit_image(path)), found) for path, found in reversed(links)]
+        for editor, found in editors:
+            with deferred_interrupts():
+                header = editor.header
+                assert header is not None
+                stamp = file_stamp(found) if int(header.parent_timestamp) else 0
+                point_at_parent(editor, editor.meta.path, found, bytes(header.parent_unique_id), stamp)
     return Relinked(links)
 
 

@@ -1,7 +1,8 @@
 """`vhdtool reset-id`: give a disk a new UUID (so that copies of it do not collide), and point
 its children at the new one.
 
-Children are found by UUID in the folders given (``children``); they are opened and locked
+Children are the differencing disks in the folders given (``children``) whose locators resolve
+to the disk (a copy's original keeps its own children); they are opened and locked
 before anything is written, so a child in use stops the operation with nothing changed.
 
 Crash safety: in-place writes, held against Ctrl-C until done: the trailing footer, then the
@@ -22,7 +23,7 @@ from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.metadata import read_metadata
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
-from vhdtool.ops.family import children_by_path, children_of
+from vhdtool.ops.family import children_resolving_to
 from vhdtool.ops.interrupts import deferred_interrupts
 
 
@@ -63,9 +64,10 @@ def reset_id(
         new = uuid.uuid4() if new_uuid is None else uuid.UUID(str(new_uuid))
     except ValueError:
         raise UsageError(f"not a UUID: {new_uuid!r}") from None
-    # by UUID, and by where they point: a run interrupted after the footer finds its children again
-    kids = _merge(children_of(old, folders, [path]), children_by_path(path, folders, [path])) if folders else []
-    beside = [] if folders else children_of(old, [os.path.dirname(os.path.abspath(path))], exclude=[path])
+    # by where they point, not by UUID alone: a copy shares its original's UUID, and the original's
+    # children are not the copy's; a run interrupted after the footer still finds its children
+    kids = children_resolving_to(path, folders, [path]) if folders else []
+    beside = [] if folders else children_resolving_to(path, [os.path.dirname(os.path.abspath(path))], [path])
     kid_stamps = {kid: file_stamp(kid) for kid in kids}
     with contextlib.ExitStack() as stack:
         editor = stack.enter_context(edit_image(path))
@@ -81,8 +83,3 @@ def reset_id(
     for kid in kids:
         restamp_children(kid, folders, kid_stamps[kid])
     return IdReset(path, str(old), str(new), kids, beside)
-
-
-def _merge(a: list[str], b: list[str]) -> list[str]:
-    seen = {os.path.realpath(p) for p in a}
-    return a + [p for p in b if os.path.realpath(p) not in seen]

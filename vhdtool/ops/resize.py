@@ -42,6 +42,7 @@ from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, FOOTER_SIZE, HEADER_SIZE, SECTOR, UNALLOCATED
 from vhdtool.ops.compact import refuse_saved_state
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces
+from vhdtool.ops.family import refuse_if_children
 from vhdtool.ops.interrupts import deferred_interrupts
 from vhdtool.ops.packing import pack
 
@@ -69,8 +70,13 @@ def target_size(spec: int | str, current: int) -> int:
     return current + value if sign == "+" else current - value if sign == "-" else value
 
 
-def resize(path: str | os.PathLike[str], size: int | str, *, force: bool = False) -> Resized:
-    """Resize a fixed or dynamic VHD to ``size`` bytes (or '+N'/'-N'); ``force`` drops data."""
+def resize(
+    path: str | os.PathLike[str], size: int | str, *, force: bool = False, children: list[str] | None = None
+) -> Resized:
+    """Resize a fixed or dynamic VHD to ``size`` bytes (or '+N'/'-N'); ``force`` drops data.
+
+    A shrink is refused while differencing children (beside the disk, or in the ``children``
+    folders) read through it: past the new end they would read zeros where they read data."""
     path = os.fspath(path)
     meta = read_metadata(path)
     if meta.disk_type == DISK_TYPE_DIFFERENCING:
@@ -84,6 +90,8 @@ def resize(path: str | os.PathLike[str], size: int | str, *, force: bool = False
     if new <= 0:
         raise UsageError(f"{path}: new size {new} is not positive (current size {old})")
     rules.validate_virtual_size(new, meta.type_name)
+    if new < old:
+        refuse_if_children(path, children or [], f"shrinking it to {new} bytes")
     if new == old:
         return Resized(path, meta.type_name, old, new)
     image = open_image(path, writable=True)
