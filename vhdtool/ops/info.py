@@ -125,8 +125,8 @@ def image_info(path: str | os.PathLike[str], chain: bool = False, share: bool = 
     except LockedError:
         image = open_for_inspection(path, share=True)
         image.warnings.append(
-            f"{os.fspath(path)}: it or a disk of its chain is in use for writing by another process; read without the lock, so its figures "
-            "may be changing (-U reads it so without this warning)"
+            f"{os.fspath(path)}: it or a disk of its chain is in use for writing by another process; "
+            "read without the lock, so its figures may be changing (-U reads it so without this warning)"
         )
     with image:
         if chain:
