@@ -136,7 +136,8 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
         result.actions.append(f"set the reserved feature bit {FEATURE_RESERVED:#x} in the footer")
     rewrite_trailing = bool(codes & {"footer-missing", "torn-tail", "footer-checksum", "footer-features"})
     from_copy = meta.footer_source == "copy"
-    if "footer-copy-differs" in codes and meta.copy is not None:
+    differ = {"footer-copy-differs", "footer-copy-stale"}  # stale: they differ only in size fields
+    if codes & differ and meta.copy is not None:
         # which of two good-checksum footers to keep: the one whose fields fit the image (qemu
         # reads the copy, everyone else the footer: keeping an insane one loses the other's readers)
         mine, theirs = _footer_problem(meta, meta.footer), _footer_problem(meta, meta.copy.fields)
@@ -148,7 +149,7 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
             return
         if mine or _copy_keeps_qemu_size(meta.footer, meta.copy.fields):
             footer, rewrite_trailing, from_copy = Container(meta.copy.fields), True, True
-            codes.discard("footer-copy-differs")
+            codes -= differ
     if rewrite_trailing:
         at = _trailing_position(meta)
         if from_copy:
