@@ -182,12 +182,7 @@ def new_file_by_name(path: str, overwrite: bool) -> Iterator[str]:
     held = hold_for_replacing(path)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        rename_into_place(tmp, path)
+        sync_and_rename_into_place(tmp, path)
     except OSError as e:
         raise VhdError(f"{path}: cannot write {tmp}: {e.strerror}") from None
     finally:
@@ -239,6 +234,16 @@ def hold_for_replacing(path: str) -> int | None:
         os.close(fd)
         raise LockedError(f"{path}: image is in use by another process (locked); not replaced") from None
     return fd
+
+
+def sync_and_rename_into_place(tmp: str, path: str) -> None:
+    """fsync a finished file written by name (another program, a copy), then ``rename_into_place``."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    rename_into_place(tmp, path)
 
 
 def rename_into_place(tmp: str, path: str) -> None:

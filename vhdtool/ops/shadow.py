@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from vhdtool.errors import VhdError
 from vhdtool.format.blockdev import file_extents, pwrite_all
-from vhdtool.format.layout import rename_into_place
+from vhdtool.format.layout import sync_and_rename_into_place
 from vhdtool.leftovers import temp_beside
 
 CHUNK = 8 << 20
@@ -33,12 +33,7 @@ def shadow_copy(path: str) -> Iterator[str]:
     try:
         _copy_sparse(path, tmp)
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        rename_into_place(tmp, path)
+        sync_and_rename_into_place(tmp, path)
     except OSError as e:
         _remove(tmp)
         raise VhdError(f"{path}: cannot write its copy {tmp}: {e.strerror or e}") from None
