@@ -1119,13 +1119,14 @@ def umount_command(mountpoint: str, action: str | None, quiet: bool, as_json: bo
         render.warning(f"{done.record.mountpoint}: its mount server had died; cleaned up the stale mount")
     if as_json:
         render.print_json({"mountpoint": done.record.mountpoint, "image": done.record.image, "action": done.action,
-                           "committed-bytes": done.committed, "was-stale": done.was_stale})
+                           "committed-bytes": done.committed, "was-stale": done.was_stale,
+                           "already": done.earlier})
     elif not quiet:
         outcome = {
             "commit": f"; committed {render.human_size(done.committed)} into {done.record.image}",
             "discard": f"; discarded the undo disk, {done.record.image} is unchanged",
         }.get(done.action or "", "")
-        print(f"unmounted {done.record.mountpoint}{outcome}")
+        print(f"{'already ' if done.earlier else ''}unmounted {done.record.mountpoint}{outcome}")
 
 
 _EXIT_CODES = "Exit status: 0 done; 1 error{}; 64 bad options or arguments."

@@ -56,6 +56,24 @@ def test_discard_after_an_interrupted_commit_refuses(image_of, mnt: Path, tmp_pa
     assert hashlib.sha256(_clean_with(image, tmp_path, "big.bin")).digest() == hashlib.sha256(data).digest()
 
 
+def test_an_umount_repeated_after_a_finished_commit_says_so(image_of, mnt: Path, tmp_path: Path) -> None:
+    """A script whose umount --commit was killed cannot tell whether the commit had finished: run
+    again, it is told so (exit 0); a discard then is refused, naming the commit."""
+    image = image_of("ext4")
+    ok("mount", image, mnt)
+    (mnt / "kept.txt").write_text("kept\n")
+    ok("umount", "--commit", mnt)
+    before = hashlib.sha256(image.read_bytes()).digest()
+    again = cli("umount", "--commit", mnt)
+    assert again.returncode == 0 and "already unmounted" in again.stdout, again
+    refused = cli("umount", "--discard", mnt)
+    assert refused.returncode == 1 and "already committed into" in refused.stderr, refused
+    assert hashlib.sha256(image.read_bytes()).digest() == before
+    assert _clean_with(image, tmp_path, "kept.txt") == b"kept\n"
+    ok("mount", image, mnt)  # a new mount there is a mount like any other
+    assert cli("umount", "--commit", mnt).stdout.startswith("unmounted")
+
+
 def test_failed_writes_are_reported_and_not_committed(image_of, mnt: Path, tmp_path: Path) -> None:
     image = image_of("ext4")
     before = image.read_bytes()

@@ -87,6 +87,8 @@ class Unmounted:
     committed: int
     """Bytes the commit wrote into the image."""
     was_stale: bool
+    earlier: bool = False
+    """The mount had already ended this way (an umount repeated after its first run was killed)."""
 
 
 def unmount(
@@ -104,6 +106,12 @@ def unmount(
     mountpoint = os.path.abspath(mountpoint)
     record = registry.load(mountpoint)
     if record is None:
+        ended = registry.last_end(mountpoint)
+        if ended is not None and action == ended.action:
+            return Unmounted(ended.record, ended.action, ended.committed, False, earlier=True)
+        if ended is not None and action is not None:
+            done = "committed into" if ended.action == COMMIT else "discarded; unchanged:"
+            raise VhdError(f"{mountpoint}: no longer mounted: its undo disk was already {done} {ended.record.image}")
         raise UsageError(f"{mountpoint}: not mounted by vhdtool (see 'vhdtool mount --list')")
     action = _decide(record, action, ask)
     state = registry.status(record)
@@ -121,6 +129,7 @@ def unmount(
         else:
             _refuse_discard_after_commit(record)
             undo.discard(record.undo)
+        registry.remember_end(record, action, committed)
     registry.remove(mountpoint)
     with contextlib.suppress(OSError):
         os.unlink(record.log)

@@ -142,6 +142,38 @@ def _read(path: Path) -> MountRecord | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How the last mount at a mount point ended: its undo disk committed or discarded."""
+
+    record: MountRecord
+    action: str
+    committed: int
+
+
+def _ended_path(mountpoint: str) -> Path:
+    return runtime_dir() / f"{_key(mountpoint)}.ended"
+
+
+def remember_end(record: MountRecord, action: str, committed: int) -> None:
+    """Keep how this mount ended, so that an umount repeated after it (its first run killed once
+    the work was done) can say so instead of failing as if nothing had been mounted."""
+    path = _ended_path(record.mountpoint)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"record": asdict(record), "action": action, "committed": committed}))
+    os.replace(tmp, path)
+
+
+def last_end(mountpoint: str) -> Ended | None:
+    try:
+        doc = json.loads(_ended_path(mountpoint).read_text())
+        known = {f.name for f in fields(MountRecord)}
+        record = MountRecord(**{k: v for k, v in doc["record"].items() if k in known})
+        return Ended(record, str(doc["action"]), int(doc["committed"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def find_by_undo(undo: str) -> MountRecord | None:
     real = os.path.realpath(undo)
     return next((r for r in records() if r.undo and os.path.realpath(r.undo) == real), None)
