@@ -81,9 +81,10 @@ DAMAGE = {
 }
 
 
-CUT_BLOCKS = ("truncated", "bat-past-end", "bad-everything")
-"""Damage that leaves blocks past the end of the file: info still describes the image, with a
-warning (as vhdiinfo does), since its metadata is readable."""
+CUT_BLOCKS = ("bat-past-end", "bad-everything")
+"""Damage that leaves some blocks past the end of the file: info still describes the image, with a
+warning (as vhdiinfo does), since its metadata is readable and other blocks are whole. A file cut
+before all of its stored blocks ("truncated") stays an error."""
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
@@ -182,8 +183,7 @@ def test_mismatched_parent_names_both_files(tmp_path: Path) -> None:
     with pytest.raises(ParentError, match="UUID") as e:
         vhdtool.open(tmp_path / "c.vhd")
     assert "c.vhd" in str(e.value) and "p.vhd" in str(e.value)
-    shown = cli("info", tmp_path / "c.vhd")
-    assert shown.returncode == 0 and "UUID mismatch" in shown.stderr
+    assert_clean_error(cli("info", tmp_path / "c.vhd"), 1)  # a wrong parent is not a missing one
 
 
 def test_chain_loop_is_an_error(tmp_path: Path) -> None:
@@ -197,8 +197,7 @@ def test_chain_loop_is_an_error(tmp_path: Path) -> None:
     patch_header(tmp_path / "b.vhd", 40, a_uuid)  # ...whose UUID b expects: a -> b -> a
     with pytest.raises(ParentError, match="loops"):
         vhdtool.open(tmp_path / "a.vhd")
-    shown = cli("info", tmp_path / "a.vhd")
-    assert shown.returncode == 0 and "loops" in shown.stderr
+    assert_clean_error(cli("info", tmp_path / "a.vhd"), 1)
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:

@@ -50,10 +50,12 @@ def open_image(
 
 
 def open_for_inspection(path: str | os.PathLike[str], share: bool = False) -> FixedImage | SparseImage:
-    """Open read-only to describe an image, not to read its data: a parent that cannot be found or
-    does not match, and blocks cut off by a truncated file, become warnings (as qemu-img info and
-    vhdiinfo still show such images). The chain stops where it breaks; reads of what lies below
-    the break are zeros, so this is not for copying data. ``share`` as for ``open_image``."""
+    """Open read-only to describe an image, not to read its data: a parent that cannot be found,
+    and blocks cut off by a truncated file that still holds some whole block, become warnings (as
+    qemu-img info and vhdiinfo still show such images); a parent that does not match, or a file
+    whose every stored block is cut off, stays an error. The chain stops where it breaks; reads of
+    what lies below the break are zeros, so this is not for copying data. ``share`` as for
+    ``open_image``."""
     return _open(os.fspath(path), False, as_parent=False, seen=(), inspect=True, lock=not share)
 
 
@@ -81,7 +83,7 @@ def _open(
         if meta.disk_type == DISK_TYPE_DIFFERENCING:
             try:
                 parent = _open_parent(meta, (*seen, os.path.realpath(path)), inspect, lock)
-            except ParentError as e:
+            except ParentMissingError as e:  # a disk copied without its parent: still described
                 if not inspect:
                     raise
                 meta.warnings.append(f"{e}; only this image's own metadata is shown")

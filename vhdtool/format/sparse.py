@@ -104,7 +104,10 @@ class SparseImage(ImageBase):
         cut = [] if problem else self._cut_blocks(meta, bs)
         if cut and not problem:
             problem = f"BAT entry {cut[0]} points at sector {meta.bat[cut[0]]}, past the end of the file"
-            if tolerate_cut_blocks and not self.writable and not block_size_problem(meta):
+            # described with a warning only while some stored block is whole (repair's rule too):
+            # a file cut before all of its data is not taken for a disk
+            whole = count_allocated(meta.bat) > len(cut)
+            if tolerate_cut_blocks and whole and not self.writable and not block_size_problem(meta):
                 more = f" (and {len(cut) - 1} more block(s))" if len(cut) > 1 else ""
                 self.warnings.append(f"{self.path}: {problem}{more}: the file is truncated or the BAT damaged")
                 problem = None
