@@ -26,6 +26,16 @@ def digest(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM a process the test started, and SIGKILL it if it has not exited within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def need(tool: str) -> str:
     """The path of a peer tool; a missing peer is a failed setup, not a skipped test."""
     path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin")

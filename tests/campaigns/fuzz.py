@@ -188,12 +188,16 @@ def run_campaign(
             if progress and i and i % 10000 == 0:
                 rate = i / (time.monotonic() - started)
                 print(f"{i} executions, {rate:.0f}/s, {len(stats.bugs)} bugs, {dict(stats.outcomes)}", flush=True)
-        for p, mtime in watched.items():
-            if p.stat().st_mtime_ns != mtime:
-                stats.bugs.append(Bug(p.name, "parent-changed", f"{p} was modified by the campaign", b""))
+        stats.bugs += changed_files(watched, "parent-changed")
     finally:
         signal.signal(signal.SIGALRM, old)
     return stats
+
+
+def changed_files(watched: dict[Path, int], kind: str) -> list[Bug]:
+    """A bug for each file (a parent, the corpus) whose modification time the campaign changed."""
+    return [Bug(p.name, kind, f"{p} was modified by the campaign", b"") for p, t in watched.items()
+            if p.stat().st_mtime_ns != t]
 
 
 def main(argv: list[str] | None = None) -> int:

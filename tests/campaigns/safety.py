@@ -38,7 +38,7 @@ from pathlib import Path
 
 import vhdtool
 from tests.campaigns.corpus import Seed, build_corpus
-from tests.campaigns.fuzz import Bug, Hang, Stats, _alarm, _found, mutate
+from tests.campaigns.fuzz import Bug, Hang, Stats, _alarm, _found, changed_files, mutate
 from vhdtool.errors import VhdError
 from vhdtool.format.chain import find_parent
 from vhdtool.format.metadata import read_metadata
@@ -274,9 +274,7 @@ def run_campaign(
                 print(f"{i} executions, {rate:.1f}/s, {len(stats.bugs)} bugs, {dict(stats.outcomes)}", flush=True)
             if stop_requested():
                 break
-        for p, mtime in watched.items():
-            if p.stat().st_mtime_ns != mtime:
-                stats.bugs.append(Bug(p.name, "corpus-changed", f"{p} was modified by the campaign", b""))
+        stats.bugs += changed_files(watched, "corpus-changed")
     finally:
         signal.signal(signal.SIGALRM, old)
     return stats

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 VHDTOOL = [sys.executable, "-m", "vhdtool"]
@@ -120,9 +122,4 @@ def booted_guest(folder: str | Path, env: dict[str, str], name: str = "g1") -> I
             raise RuntimeError(f"guest did not start ticking: {log.read_text(errors='replace')[-500:]}")
         yield running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

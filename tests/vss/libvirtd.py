@@ -26,21 +26,14 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
+from tests.helpers import stop_process
+
 URI = "qemu:///system"
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 
 
 def _answers(uri: str = URI) -> bool:
     return subprocess.run(["virsh", "-c", uri, "version"], capture_output=True).returncode == 0
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager
@@ -66,7 +59,7 @@ def running_libvirtd(log_dir: Path) -> Iterator[str]:
         yield URI
     finally:
         for proc in reversed(started):
-            _stop(proc)
+            stop_process(proc)
 
 
 DOMAIN = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
