@@ -142,3 +142,18 @@ def test_a_resize_stopped_between_its_footers_is_repairable(tmp_path: Path) -> N
     assert cli("repair", path).returncode == 0
     assert check_image(path).exit_code == 0
     assert qemu_img_size(path) == 64 << 20 == vhdiinfo_size(path)
+
+
+def test_grow_reads_zeros_where_blocks_lay_past_the_old_end(tmp_path: Path) -> None:
+    """Blocks allocated past the disk's end (another tool's shrink, or one interrupted) hold old
+    data; growing over them must not bring it back: the grown part reads zeros."""
+    path = tmp_path / "d.vhd"
+    vhdtool.create(path, size=8 * MiB)
+    with vhdtool.open(path, writable=True) as disk:
+        disk.pwrite(0, b"\x5a" * MiB)
+        disk.pwrite(5 * MiB, b"\x11" * MiB)  # block 2: past the end once the size says 3 MiB
+    patch_footer(path, current_size=3 * MiB, original_size=3 * MiB)
+    before = read_all(path)
+    assert len(before) == 3 * MiB
+    assert cli("resize", path, "8M").returncode == 0
+    _grown_ok(path, before, 8 * MiB)

@@ -169,6 +169,7 @@ def _resize_dynamic(editor: MetadataEditor, image: SparseImage, new: int, fields
         # the part of the last block past the old end joins the disk: it must read zeros. It lies
         # outside the old disk, so zeroing it first changes nothing any reader sees.
         _zero_block_tail(editor, image, image.size)
+        _drop_blocks_from(editor, image, -(-image.size // bs))
         moved = _grow_bat(editor, image, needed) if needed > len(image.bat) else 0
         editor.set_footer(**fields)
         editor.sync()
@@ -178,12 +179,20 @@ def _resize_dynamic(editor: MetadataEditor, image: SparseImage, new: int, fields
     # the tail of a block cut in two must read zeros if the disk grows again; zeroed only now that
     # it lies outside the disk, so an interruption never leaves the old size with zeros in it
     _zero_block_tail(editor, image, new)
-    beyond = {i: UNALLOCATED for i in range(needed, len(image.bat)) if image.bat[i] != UNALLOCATED}
+    _drop_blocks_from(editor, image, needed)
+    return 0
+
+
+def _drop_blocks_from(editor: MetadataEditor, image: SparseImage, first: int) -> None:
+    """Unallocate the blocks from index ``first`` on (wholly outside the disk) and pack the file.
+
+    After a shrink they hold what was cut off; before a grow, whatever another tool (or an
+    interrupted shrink) left past the end, which would otherwise reappear inside the grown disk."""
+    beyond = {i: UNALLOCATED for i in range(first, len(image.bat)) if image.bat[i] != UNALLOCATED}
     if beyond:
         editor.set_bat(beyond)
         editor.sync()
-        pack(editor, bs)
-    return 0
+        pack(editor, image.block_size)
 
 
 def _zero_block_tail(editor: MetadataEditor, image: SparseImage, end: int) -> None:
