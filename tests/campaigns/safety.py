@@ -245,6 +245,7 @@ def run_campaign(
     seeds = build_corpus(folder / "corpus")
     originals = {s.name: s.path.read_bytes() for s in seeds}
     watched = {p: p.stat().st_mtime_ns for p in (folder / "corpus").iterdir()}
+    corpus_files = {p: p.read_bytes() for p in watched}
     rnd = random.Random(seed)
     stats = Stats()
     work = folder / "work" / "x"
@@ -268,13 +269,18 @@ def run_campaign(
                 signal.setitimer(signal.ITIMER_REAL, 0)
             if problem is not None:
                 _found(stats, Bug(s.name, command, problem, mutant), i, progress, keep)
+            for bug in changed_files(watched, f"{command} changed the corpus"):
+                _found(stats, Bug(s.name, bug.kind, bug.detail, mutant), i, progress, keep)
+                # put the file back, so that one write outside the folder is counted once
+                changed = folder / "corpus" / bug.seed
+                changed.write_bytes(corpus_files[changed])
+                watched[changed] = changed.stat().st_mtime_ns
             stats.execs += 1
             if progress and i and i % 1000 == 0:
                 rate = i / (time.monotonic() - started)
                 print(f"{i} executions, {rate:.1f}/s, {len(stats.bugs)} bugs, {dict(stats.outcomes)}", flush=True)
             if stop_requested():
                 break
-        stats.bugs += changed_files(watched, "corpus-changed")
     finally:
         signal.signal(signal.SIGALRM, old)
     return stats
