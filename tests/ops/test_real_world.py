@@ -14,7 +14,7 @@ import click
 import vhdtool
 from tests.helpers import VHDTOOL, need, run
 from tests.helpers import vhdtool as cli
-from tests.ops.oputil import folder_digests, make_chain, read_all
+from tests.ops.oputil import digest, folder_digests, make_chain, read_all
 from vhdtool.format.rules import MiB
 
 
@@ -158,3 +158,22 @@ def test_mount_needs_no_extra() -> None:
 
     core = [r for r in requires("vhdtool") or [] if "extra ==" not in r]
     assert any(r.startswith("mfusepy") for r in core), core
+
+
+def test_relink_writes_no_parent_whose_own_link_works(tmp_path: Path) -> None:
+    """Found by the safety campaign: a child elsewhere whose parent is a middle disk of a chain;
+    relink of the child rewrote that parent (its locators and time stamp), a file the user did
+    not name. Only --chain relinks the disks below the child."""
+    (tmp_path / "a").mkdir()
+    base, mid = make_chain(tmp_path / "a", 1)
+    os.utime(base, (1, 1))  # the middle disk's stamp no longer matches: --chain would record it
+    (tmp_path / "b").mkdir()
+    child = tmp_path / "b" / "child.vhd"
+    vhdtool.create(child, parent=mid)
+    before = folder_digests(tmp_path / "a")
+    result = cli("relink", child)
+    assert result.returncode == 0, result.stderr
+    assert folder_digests(tmp_path / "a") == before
+    assert result.stdout.strip() == f"{child} -> {mid}"
+    assert cli("relink", "--chain", child).returncode == 0
+    assert digest(mid) != before[mid.name] and "modified" not in cli("info", mid).stderr

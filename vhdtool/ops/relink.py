@@ -1,11 +1,14 @@
 """`vhdtool relink`: repair the parent locators of a chain that was moved or renamed.
 
-Each differencing disk of the chain (from CHILD down) gets its parent found again: the given
-``parent`` for the child, else through its locators, else by UUID among the VHDs in its own
-folder. Then its header gets a relative and an absolute locator to that file and the parent
-name; the UUID is kept (the parent is the same disk, checked by that UUID) and the time stamp
-becomes the parent file's current time, so that a copied chain (new file times) stops warning
-that its parent was modified. A stored 0 (Windows 10 writes it) stays 0. With ``check_content``
+CHILD gets its parent found again: the given ``parent``, else through its locators, else by
+UUID among the VHDs in its own folder. Then its header gets a relative and an absolute locator
+to that file and the parent name; the UUID is kept (the parent is the same disk, checked by that
+UUID) and the time stamp becomes the parent file's current time, so that a copied chain (new
+file times) stops warning that its parent was modified. A stored 0 (Windows 10 writes it) stays
+0. The disks below CHILD are parents: they are rewritten only where their own locators no longer
+find their parent (a moved chain cannot be read otherwise), or all of them with ``whole_chain``
+(a copied chain whose every disk should record its parent's new time). A parent that still
+finds its own parent is not written through its child. With ``check_content``
 the found parent is first compared with the file the old locators still point at (the
 original of a copy) and the relink is refused if they read differently. Every parent is found
 (and compared) before anything is written, so a chain with a missing link is refused unchanged.
@@ -45,7 +48,11 @@ class Relinked:
 
 
 def relink(
-    child: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None, *, check_content: bool = False
+    child: str | os.PathLike[str],
+    parent: str | os.PathLike[str] | None = None,
+    *,
+    check_content: bool = False,
+    whole_chain: bool = False,
 ) -> Relinked:
     child = os.fspath(child)
     meta = read_metadata(child)
@@ -55,6 +62,8 @@ def relink(
     given = None if parent is None else os.fspath(parent)
     seen = {os.path.realpath(child)}
     while meta.disk_type == DISK_TYPE_DIFFERENCING and len(links) < MAX_DEPTH:
+        if links and not whole_chain and _finds_its_parent(meta):
+            break
         found = locate_parent(meta, given)
         links.append((meta.path, found))
         if os.path.realpath(found) in seen:
@@ -98,6 +107,14 @@ def _same_content_as_original(meta: ImageMetadata, found: str) -> None:
             f"{meta.path}: {found} does not read as {originals[0]} (first difference at offset {result.offset}); "
             "not relinked"
         )
+
+
+def _finds_its_parent(meta: ImageMetadata) -> bool:
+    try:
+        find_parent(meta)
+    except ParentError:
+        return False
+    return True
 
 
 def locate_parent(meta: ImageMetadata, given: str | None = None) -> str:
