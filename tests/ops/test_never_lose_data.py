@@ -19,6 +19,7 @@ from tests.helpers import assert_clean_error, make_qemu_image, need, patch_heade
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import digest, folder_digests, read_all
 from vhdtool.format.rules import MiB
+from vhdtool.ops.resize import resize
 
 
 def _qemu_image(path: Path, size: str = "64M") -> Path:
@@ -227,3 +228,21 @@ def test_create_refuses_signed_sizes(tmp_path: Path, args: list[str]) -> None:
     result = cli("create", *args, tmp_path / "n.vhd")
     assert_clean_error(result, 64)
     assert "has a sign" in result.stderr and not (tmp_path / "n.vhd").exists()
+
+
+def test_reset_id_refuses_a_stale_footer_copy(tmp_path: Path) -> None:
+    """Found by the safety campaign: with the copy at offset 0 left from an interrupted resize,
+    reset-id wrote the footer over it and qemu then read another size; it refuses now, and runs
+    once repair has aligned the copy (and said so)."""
+    path = tmp_path / "d.vhd"
+    vhdtool.create(path, size=20 * MiB)
+    old_copy = path.read_bytes()[:512]
+    resize(path, 64 * MiB)
+    with open(path, "r+b") as f:
+        f.write(old_copy)
+    before = digest(path)
+    result = cli("reset-id", path)
+    assert_clean_error(result, 1)
+    assert "run 'vhdtool repair' first" in result.stderr and digest(path) == before
+    assert cli("repair", path).returncode == 0
+    assert cli("reset-id", path).returncode == 0

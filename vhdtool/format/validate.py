@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from vhdtool.errors import CorruptImageError
+from vhdtool.errors import CorruptImageError, RefusedError
 from vhdtool.format import rules
 from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.metadata import ImageMetadata
@@ -201,7 +201,7 @@ def _check_footers(meta: ImageMetadata, report: CheckReport) -> None:
         elif not c.checksum_ok:
             report.add(CORRUPTION, "footer-copy-checksum", f"{meta.path}: footer copy at offset 0 has a bad checksum")
         elif t is not None and t.checksum_ok and build_footer(c.fields) != build_footer(t.fields):
-            if _differ_only_in_size(c.fields, t.fields):
+            if footer_copy_is_stale(meta):
                 # a resize stopped between its two footer writes: each reader sees a whole disk (vhdtool
                 # and libvhdi the footer's, qemu the copy's), nothing is lost; repair aligns the copy
                 report.add(
@@ -242,6 +242,25 @@ def _check_footers(meta: ImageMetadata, report: CheckReport) -> None:
 
 
 _SIZE_FIELDS = ("current_size", "original_size", "cylinders", "heads", "sectors_per_track", "checksum")
+
+
+def footer_copy_is_stale(meta: ImageMetadata) -> bool:
+    """Whether the copy at offset 0 and the footer are both sound but differ in what a resize
+    writes (an interrupted resize): qemu reads the copy's size, vhdtool and libvhdi the footer's."""
+    t, c = meta.trailing, meta.copy
+    if t is None or c is None or not (t.checksum_ok and c.checksum_ok):
+        return False
+    return build_footer(c.fields) != build_footer(t.fields) and _differ_only_in_size(c.fields, t.fields)
+
+
+def refuse_stale_footer_copy(meta: ImageMetadata, edit: str) -> None:
+    """An edit that rewrites the footers would align the copy with the footer and so change the
+    size qemu reads; repair does that and says so, an edit must not do it silently."""
+    if footer_copy_is_stale(meta):
+        raise RefusedError(
+            f"{meta.path}: the footer copy at offset 0 differs from the footer in its size (an interrupted "
+            f"resize); {edit} would rewrite it and change the size qemu reads: run 'vhdtool repair' first"
+        )
 
 
 def _differ_only_in_size(copy: Any, footer: Any) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.metadata import read_metadata
+from vhdtool.format.validate import refuse_stale_footer_copy
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.family import children_resolving_to
 from vhdtool.ops.interrupts import deferred_interrupts
@@ -71,6 +72,7 @@ def reset_id(
     kid_stamps = {kid: file_stamp(kid) for kid in kids}
     with contextlib.ExitStack() as stack:
         editor = stack.enter_context(edit_image(path))
+        refuse_stale_footer_copy(editor.meta, "a new UUID")
         kid_editors = [stack.enter_context(edit_image(kid)) for kid in kids]  # all locked before any write
         with deferred_interrupts():
             if new != old:
