@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from vhdtool import __version__, render
+from vhdtool.cli import demand
 from vhdtool.cli.lazy import LazyGroup
 from vhdtool.errors import VhdError
 
@@ -87,6 +88,7 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     """Console entry point: VhdError becomes one line and an exit code, never a traceback."""
+    demand.install()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
