@@ -18,15 +18,18 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-# `mount` is bound now, not on first use: it shares its name with the subpackage vhdtool.mount,
-# and the first import of that subpackage sets the attribute to the module; binding the function
-# after it, as this line does, keeps `vhdtool.mount(...)` the function (mount.api is a small import).
-from vhdtool.mount.api import mount
+# The subpackage vhdtool.mount shares its name with the function vhdtool.mount. Importing a
+# subpackage for the first time binds it as an attribute of this package, so it is imported here,
+# once (its __init__ is empty), and its binding dropped: from then on `vhdtool.mount` is looked up
+# through __getattr__ below, which loads the function from mount.api on first use.
+import_module("vhdtool.mount")
+globals().pop("mount", None)
 
 if TYPE_CHECKING:
     from vhdtool.errors import VhdError
     from vhdtool.format.blockdev import BlockDevice, Extent, RawFile
     from vhdtool.format.chain import open_image as open
+    from vhdtool.mount.api import mount
     from vhdtool.ops.create import create
 
 __all__ = ["BlockDevice", "Extent", "RawFile", "VhdError", "create", "mount", "open"]
@@ -42,6 +45,7 @@ _API = {
     "VhdError": ("vhdtool.errors", "VhdError"),
     "open": ("vhdtool.format.chain", "open_image"),
     "create": ("vhdtool.ops.create", "create"),
+    "mount": ("vhdtool.mount.api", "mount"),
 }
 
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import Any
+from typing import Any, BinaryIO
 
 # rich is imported lazily: most commands print a line or JSON, and start-up time counts
 # (`vhdtool create` is expected to finish in well under 100 ms).
@@ -26,6 +26,29 @@ def error(message: str) -> None:
 
 def warning(message: str) -> None:
     print(f"vhdtool: warning: {message}", file=sys.stderr, flush=True)
+
+
+def line(text: str = "", flush: bool = False) -> None:
+    """One line of a command's result on stdout; ``flush`` for a line a waiting reader needs now
+    (a server's address, a mount that is ready)."""
+    print(text, flush=flush)
+
+
+def note(message: str) -> None:
+    """One line on stderr that is neither an error nor a warning (an empty listing's where, a step)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def binary_stdout() -> BinaryIO:
+    """Standard output for bytes (the content of a file inside an image)."""
+    return sys.stdout.buffer
+
+
+def ask(question: str, choices: list[str], default: str) -> str:
+    """One of ``choices``, asked on the terminal."""
+    import click
+
+    return str(click.prompt(question, type=click.Choice(choices), default=default))
 
 
 def print_json(document: Any) -> None:
@@ -135,6 +158,21 @@ def human_size(n: int) -> str:
     from vhdtool.format.rules import human_size as _human
 
     return _human(n)
+
+
+def map_table(entries: list[Any]) -> None:
+    """qemu-img map's human format: fixed columns and whole paths (a table would cut them short);
+    C's %#x prints 0 as 0."""
+    rows = [f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File"]
+    for e in entries:
+        if e.parent_missing:
+            rows.append(f"{e.start:#x}".ljust(16) + f"{e.length:#x}".ljust(16) + "-".ljust(16) + "(the missing parent)")
+        elif not e.zero:
+            rows.append(
+                "".join(f"{n:#x}".ljust(16) if n else "0".ljust(16) for n in (e.start, e.length, e.offset)) + e.file
+            )
+    sys.stdout.write("".join(row + "\n" for row in rows))
+    sys.stdout.flush()
 
 
 def image_info(docs: list[dict[str, Any]], as_json: bool, chain: bool) -> None:
