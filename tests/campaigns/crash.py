@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import vhdtool
+from tests.helpers import digest
 from vhdtool.format.metadata import read_metadata
 from vhdtool.ops.check import check_image
 
@@ -185,10 +186,6 @@ def disk_state(path: Path) -> tuple[int, str]:
         for off in range(0, img.size, 4 * MiB):
             h.update(img.pread(off, min(4 * MiB, img.size - off)))
         return img.size, h.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -507,7 +504,7 @@ def writer_judge(folder: Path, case: Case, out: str) -> str | None:
 
 def parents_same(folder: Path, case: Case, ctx: dict) -> str | None:
     for name in case.parents:
-        if file_digest(folder / name) != ctx["parents"][name]:
+        if digest(folder / name) != ctx["parents"][name]:
             return f"parent {name} changed"
     return None
 
@@ -530,7 +527,7 @@ def run_case(case: Case, work: Path, outcome: Outcome, sample: int | None, cuts:
     if case.code is WRITER:
         growth = [str(seed), *growth]
     names = [p.name for p in pristine.iterdir()]
-    ctx: dict = {"before": {}, "after": {}, "parents": {n: file_digest(pristine / n) for n in case.parents}}
+    ctx: dict = {"before": {}, "after": {}, "parents": {n: digest(pristine / n) for n in case.parents}}
     for n in names:
         if n.endswith(".vhd"):
             ctx["before"][n] = disk_state(pristine / n)

@@ -8,7 +8,6 @@ killed ones left.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import VHDTOOL, need, run
+from tests.helpers import VHDTOOL, digest, need, run, sha256_of
 from tests.helpers import vhdtool as cli
 
 MiB = 1 << 20
@@ -45,8 +44,7 @@ def _state(image: Path, tmp: Path, want: str) -> str:
         got = subprocess.run([need("debugfs"), "-R", "cat /big.bin", str(raw)], capture_output=True).stdout
     finally:
         raw.unlink()
-    digest = hashlib.sha256(got).hexdigest()
-    if digest == want:
+    if sha256_of(got) == want:
         return "new"
     assert got == b"", "a torn /big.bin"
     return "old"
@@ -63,7 +61,7 @@ def test_an_interrupted_cp_leaves_old_or_new(base: Path, tmp_path: Path, signum:
     monkeypatch.setenv("TMPDIR", str(temp))
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(40 * MiB))
-    want = hashlib.sha256(big.read_bytes()).hexdigest()
+    want = digest(big)
     seen = []
     for delay in delays:
         image = tmp_path / "c.vhd"
