@@ -11,15 +11,12 @@ parent file touched, memory growing without bound (the process runs under an add
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import random
 import resource
 import signal
 import struct
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -29,6 +26,7 @@ from pathlib import Path
 
 import vhdtool
 from tests.campaigns.corpus import Seed, build_corpus
+from tests.campaigns.runner import campaign_parser, run_and_report
 from vhdtool.errors import VhdError
 from vhdtool.format.structs import FOOTER_CHECKSUM_AT, HEADER_CHECKSUM_AT, vhd_checksum
 from vhdtool.ops.check import check_image
@@ -201,30 +199,15 @@ def changed_files(watched: dict[Path, int], kind: str) -> list[Bug]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--execs", type=int, default=20000)
+    ap = campaign_parser(__doc__, 20000, "folder to save images that found bugs")
     ap.add_argument("--long", action="store_true", help="1,000,000 executions")
-    ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--keep", type=Path, help="folder to save images that found bugs")
     args = ap.parse_args(argv)
     execs = 1_000_000 if args.long else args.execs
     limit = 4 << 30
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # unbounded memory shows up as MemoryError
-    with tempfile.TemporaryDirectory(
-        prefix="vhdtool-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    ) as tmp:
-        t0 = time.monotonic()
-        stats = run_campaign(execs, args.seed, Path(tmp), progress=True, keep=args.keep)
-        elapsed = time.monotonic() - t0
-    print(
-        f"fuzz: {stats.execs} executions in {elapsed:.0f} s (seed {args.seed}), outcomes {dict(stats.outcomes)}, "
-        f"{len(stats.bugs)} bugs"
+    return run_and_report(
+        "fuzz", args.seed, lambda tmp: run_campaign(execs, args.seed, tmp, progress=True, keep=args.keep)
     )
-    kinds = Counter((b.seed, b.kind) for b in stats.bugs)
-    for (seed_name, kind), n in kinds.most_common():
-        example = next(b for b in stats.bugs if (b.seed, b.kind) == (seed_name, kind))
-        print(f"  {n}x {kind} on {seed_name}:\n{example.detail}")
-    return 1 if stats.bugs else 0
 
 
 if __name__ == "__main__":
