@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import VHDTOOL, stop_process
+from tests.helpers import VHDTOOL, need, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,8 +42,7 @@ INIT = (
 
 def add_qga(root: Path) -> None:
     """Copy the host's qemu-ga and every library it links into a guest root folder."""
-    qga = shutil.which("qemu-ga") or shutil.which("qemu-ga", path="/usr/sbin:/usr/bin")
-    assert qga, "qemu-ga is not installed: run fixtures/setup.sh (qemu-guest-agent)"
+    qga = need("qemu-ga")  # Debian's qemu-guest-agent
     for d in ("usr/sbin", "run", "var/run", "tmp", "etc/qemu"):
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copy(qga, root / "usr/sbin/qemu-ga")
