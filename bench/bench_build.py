@@ -73,7 +73,7 @@ def main() -> None:
             ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(src), str(raw)],
             ["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(raw), str(manual)],
             # the filesystem file is the pipeline's scratch, as vhdtool's is its own: both runs end
-            # with only the VHD (freeing a file's ~600 MiB of page cache takes ~0.15 s here)
+            # with only the VHD (freeing a large file's page cache takes time of its own)
             ["rm", "-f", str(raw)],
         ]
         best_ours, best_theirs = float("inf"), float("inf")

@@ -16,10 +16,10 @@ Medians of the rounds.
 
 Each file is read twice, its pages dropped before each read (under vhdimount, the vhdi1 file's
 too): the first read after the write is shown ("1st read"), the repeat is what the targets use.
-On the machine of the README's figures (a VM whose freed memory goes back to the host), a first
-read fills page-cache pages the host may have to fault in again, whoever serves the reads: over
-five quick runs, ext4 on the kernel's own loop device read 446-5492 MB/s the first time and
-vhdtool's ext4 821-3609 MB/s, while vhdtool's repeat read 3304-4113 MB/s.
+On a VM whose freed memory goes back to the host (as on the machine of the README's figures), a
+first read fills page-cache pages the host may have to fault in again, whoever serves the reads,
+so first reads vary widely from run to run, for the kernel's loop device and vhdtool alike; the
+repeat is steady.
 
 Targets (issue 4): reads >= 20x vhdimount and >= 1 GB/s; writes within 2x of the raw loop mount.
 

@@ -5,7 +5,7 @@ runs under a deadline), a read returning the wrong length, a write that does not
 parent file touched, memory growing without bound (the process runs under an address-space limit).
 
     python -m tests.campaigns.fuzz                 # 20,000 executions
-    python -m tests.campaigns.fuzz --long          # 1,000,000 executions (about an hour here)
+    python -m tests.campaigns.fuzz --long          # 1,000,000 executions
     python -m tests.campaigns.fuzz --execs N --seed S
 """
 

@@ -110,10 +110,10 @@ def test_repair_of_a_cut_file_lists_the_zeroed_range(tmp_path: Path) -> None:
 def test_of_two_footers_that_differ_repair_keeps_the_one_that_fits(
     tmp_path: Path, make: Callable[[Path], object], damage: dict[str, tuple[int, ...] | int]
 ) -> None:
-    """Found by the safety campaign: a trailing footer with a sane checksum but a size no BAT
-    covers, or a geometry that changes the size qemu reads, over a good copy at offset 0 (the one
-    qemu reads). Repair rewrote the copy from the footer, and qemu-img could no longer open the
-    disk, or read 0 bytes from it."""
+    """A trailing footer with a sane checksum but a size no BAT covers, or a geometry that changes
+    the size qemu reads, over a good copy at offset 0 (the one qemu reads): repair restores the
+    trailing footer from the copy. Rewriting the copy from the footer instead would leave a disk
+    qemu-img cannot open, or reads 0 bytes from."""
     img = tmp_path / "a.vhd"
     make(img)
     want = qemu_raw(img, tmp_path)
@@ -142,8 +142,8 @@ def test_reset_id_of_a_copy_leaves_the_originals_children(tmp_path: Path) -> Non
 
 
 def test_relink_refused_halfway_changes_nothing(tmp_path: Path) -> None:
-    """Found by the safety campaign: relink edits the deepest disk first; a corrupt top refused
-    after that left the chain half relinked."""
+    """Relink edits the deepest disk first: a corrupt top must be refused before that, or the
+    chain is left half relinked."""
     base, mid, top = tmp_path / "base.vhd", tmp_path / "mid.vhd", tmp_path / "top.vhd"
     vhdtool.create(base, size=8 * MiB)
     vhdtool.create(mid, parent=base)
