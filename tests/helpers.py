@@ -125,6 +125,8 @@ def patch_footer(
         "disk_type": (60, ">I"),
         "checksum": (64, ">I"),
         "cookie": (0, "8s"),
+        "features": (8, ">I"),
+        "saved_state": (84, "B"),
         "data_offset": (16, ">Q"),
     }
     with open(path, "r+b") as f:
