@@ -40,6 +40,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchtools import VHDTOOL
+
 CHUNK = 1 << 20
 GOALS = {"read_vs_vhdimount": 20.0, "read_mbps": 1000.0, "write_vs_loop": 0.5}
 
@@ -50,7 +52,7 @@ def sh(*cmd: str | os.PathLike[str]) -> str:
 
 def vhdtool(*args: str | os.PathLike[str]) -> float:
     t0 = time.perf_counter()
-    sh(sys.executable, "-m", "vhdtool", *args)
+    sh(*VHDTOOL, *args)
     return time.perf_counter() - t0
 
 
