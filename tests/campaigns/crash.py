@@ -43,6 +43,7 @@ from pathlib import Path
 
 import vhdtool
 from tests.helpers import digest
+from tests.helpers import vhdtool as run_vhdtool
 from vhdtool.format.metadata import read_metadata
 from vhdtool.ops.check import check_image
 
@@ -268,8 +269,8 @@ def _undo(folder: Path) -> None:
     _written_child(folder / "img.vhd", folder / "img.vhd.undo.vhd", (0, 4, 11), 7, 300000, 0x30)
 
 
-def vhdtool_cli(*args: object) -> None:
-    done = subprocess.run([sys.executable, "-m", "vhdtool", *map(str, args)], capture_output=True, text=True)
+def vhdtool_cli(*args: str | os.PathLike[str]) -> None:
+    done = run_vhdtool(*args)
     assert done.returncode == 0, done.stderr
 
 
