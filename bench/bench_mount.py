@@ -208,13 +208,22 @@ def report(res: Results, size_mib: int, rounds: int) -> None:
         else:
             print(f"  {name:24s} {res.mbps(name):9.0f} MB/s")
     checks = [
-        ("raw view read / vhdimount read", res.mbps("raw view read") / res.mbps("vhdimount read"),
-         GOALS["read_vs_vhdimount"]),
+        (
+            "raw view read / vhdimount read",
+            res.mbps("raw view read") / res.mbps("vhdimount read"),
+            GOALS["read_vs_vhdimount"],
+        ),
         ("raw view read MB/s", res.mbps("raw view read"), GOALS["read_mbps"]),
-        ("raw view write / loop device write", res.mbps("raw view write") / res.mbps("loop device write"),
-         GOALS["write_vs_loop"]),
-        ("ext4 read / vhdimount ext4 read", res.mbps("ext4 read") / res.mbps("vhdimount ext4 read"),
-         GOALS["read_vs_vhdimount"]),
+        (
+            "raw view write / loop device write",
+            res.mbps("raw view write") / res.mbps("loop device write"),
+            GOALS["write_vs_loop"],
+        ),
+        (
+            "ext4 read / vhdimount ext4 read",
+            res.mbps("ext4 read") / res.mbps("vhdimount ext4 read"),
+            GOALS["read_vs_vhdimount"],
+        ),
         ("ext4 read MB/s", res.mbps("ext4 read"), GOALS["read_mbps"]),
         ("ext4 write / loop ext4 write", res.mbps("ext4 write") / res.mbps("loop ext4 write"), GOALS["write_vs_loop"]),
     ]

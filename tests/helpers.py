@@ -190,8 +190,17 @@ def qemu_monitor(folder: Path, *, paused: bool = False) -> Iterator[tuple[str, s
     """A real QEMU with an empty machine (no guest) and its QMP socket; killed on the way out."""
     sock = str(folder / "qmp.sock")
     qemu = subprocess.Popen(
-        [need("qemu-system-x86_64"), "-machine", "none", "-nodefaults", "-display", "none",
-         *(["-S"] if paused else []), "-qmp", f"unix:{sock},server=on,wait=off"],
+        [
+            need("qemu-system-x86_64"),
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            *(["-S"] if paused else []),
+            "-qmp",
+            f"unix:{sock},server=on,wait=off",
+        ],
         stdout=subprocess.DEVNULL,
     )
     try:

@@ -156,9 +156,7 @@ def _found(stats: Stats, bug: Bug, execution: int, progress: bool, keep: Path | 
         print(f"bug at execution {execution}: {bug.kind} on {bug.seed}\n{bug.detail}", flush=True)
 
 
-def run_campaign(
-    execs: int, seed: int, folder: Path, progress: bool = False, keep: Path | None = None
-) -> Stats:
+def run_campaign(execs: int, seed: int, folder: Path, progress: bool = False, keep: Path | None = None) -> Stats:
     seeds = build_corpus(folder / "corpus")
     originals = {s.name: s.path.read_bytes() for s in seeds}
     watched = {p: p.stat().st_mtime_ns for p in (folder / "corpus").iterdir()}
@@ -194,8 +192,11 @@ def run_campaign(
 
 def changed_files(watched: dict[Path, int], kind: str) -> list[Bug]:
     """A bug for each file (a parent, the corpus) whose modification time the campaign changed."""
-    return [Bug(p.name, kind, f"{p} was modified by the campaign", b"") for p, t in watched.items()
-            if p.stat().st_mtime_ns != t]
+    return [
+        Bug(p.name, kind, f"{p} was modified by the campaign", b"")
+        for p, t in watched.items()
+        if p.stat().st_mtime_ns != t
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,8 +54,9 @@ STOPS = [(signal.SIGKILL, (0.3, 0.8, 1.2, 1.8, 2.5)), (signal.SIGINT, (0.6, 1.5)
 
 
 @pytest.mark.parametrize(("signum", "delays"), STOPS)
-def test_an_interrupted_cp_leaves_old_or_new(base: Path, tmp_path: Path, signum: int, delays: tuple[float, ...],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_cp_leaves_old_or_new(
+    base: Path, tmp_path: Path, signum: int, delays: tuple[float, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     temp = tmp_path / "t"
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
@@ -66,8 +67,12 @@ def test_an_interrupted_cp_leaves_old_or_new(base: Path, tmp_path: Path, signum:
     for delay in delays:
         image = tmp_path / "c.vhd"
         shutil.copyfile(base, image)
-        proc = subprocess.Popen([*VHDTOOL, "cp", str(big), f"{image}:/big.bin"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*VHDTOOL, "cp", str(big), f"{image}:/big.bin"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(delay)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)

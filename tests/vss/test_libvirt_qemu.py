@@ -265,4 +265,3 @@ def test_bare_name_with_two_connections_is_refused(lab: Lab) -> None:
                         "--hypervisor-opt", "uri=qemu+unix:///system", "--guest", lab.file.name)  # fmt: skip
     assert done.returncode == 64 and f"no guest named {lab.file.name!r}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-
