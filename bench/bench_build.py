@@ -17,16 +17,14 @@ on a raw copy of the filesystem (the tool's own time, the floor of any route).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-VHDTOOL = [sys.executable, "-m", "vhdtool"]
+from benchtools import VHDTOOL, bench_parser, scratch_folder
 
 
 def make_tree(root: Path, files: int, total: int) -> None:
@@ -55,13 +53,11 @@ def timed(cmds: list[list[str]]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_parser(__doc__)
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--total-mib", type=int, default=500)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", default=None, help="where to put the scratch files (default: $TMPDIR)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-build-", dir=args.dir))
+    work = scratch_folder("build", args.dir)
     try:
         src = work / "src"
         make_tree(src, args.files, args.total_mib << 20)
@@ -77,7 +73,7 @@ def main() -> None:
             ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(src), str(raw)],
             ["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(raw), str(manual)],
             # the filesystem file is the pipeline's scratch, as vhdtool's is its own: both runs end
-            # with only the VHD (freeing a file's ~600 MiB of page cache takes ~0.15 s here)
+            # with only the VHD (freeing a large file's page cache takes time of its own)
             ["rm", "-f", str(raw)],
         ]
         best_ours, best_theirs = float("inf"), float("inf")

@@ -13,23 +13,17 @@ Each case runs a few rounds, fresh layers every time; the best time of each is k
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+from benchtools import bench_parser, scratch_folder, vhdtool_command
+
 MiB = 1 << 20
 CHUNK = 4 * MiB
-
-
-def vhdtool_command() -> list[str]:
-    script = Path(sys.executable).with_name("vhdtool")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "vhdtool"]
 
 
 def sh(*cmd: str | os.PathLike[str]) -> None:
@@ -95,20 +89,14 @@ def umount_round(work: Path, size: int, data: bytes) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", default=None, help="where to put the scratch files (default: $TMPDIR)")
-    ap.add_argument("--json", default=None, help="also write the figures to this file (for --plot)")
-    ap.add_argument("--quick", action="store_true", help="256 MiB, 2 rounds")
-    args = ap.parse_args()
+    args = bench_parser(__doc__, size_mib=1024, figures=True, quick="256 MiB, 2 rounds").parse_args()
     if args.quick:
         args.size_mib, args.rounds = 256, 2
     size = args.size_mib * MiB
     data = os.urandom(CHUNK)
     load = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%d %H:%M")
-    work = Path(tempfile.mkdtemp(prefix="bench-commit-", dir=args.dir))
+    work = scratch_folder("commit", args.dir)
     fuse = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
     try:
         merges = [merge_round(work, size, data) for _ in range(args.rounds)]

@@ -14,17 +14,15 @@ fsyncs its output before renaming it into place (crash safety) and qemu-img conv
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-VHDTOOL = [sys.executable, "-m", "vhdtool"]
+from benchtools import VHDTOOL, bench_parser, scratch_folder
 
 
 def make_source(path: Path, size: int) -> None:
@@ -74,18 +72,13 @@ def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", default=None, help="where to put the scratch files (default: $TMPDIR)")
-    ap.add_argument("--quick", action="store_true", help="256 MiB, 2 rounds")
-    args = ap.parse_args()
+    args = bench_parser(__doc__, size_mib=1024, quick="256 MiB, 2 rounds").parse_args()
     if args.quick:
         args.size_mib, args.rounds = 256, 2
     qemu_img = shutil.which("qemu-img")
     if not qemu_img:
         sys.exit("qemu-img is not installed")
-    work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=args.dir))
+    work = scratch_folder("convert", args.dir)
     try:
         src = work / "src.raw"
         make_source(src, args.size_mib << 20)

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchtools import VHDTOOL
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -35,7 +37,6 @@ from fixtures.guest import Guest, ensure_guest, make_root  # noqa: E402
 from vhdtool.run import host  # noqa: E402
 from vhdtool.run.qmp import QmpClient  # noqa: E402
 
-VHDTOOL = [sys.executable, "-m", "vhdtool"]
 TICKER = "i=0; while true; do i=$((i+1)); echo tick $i >> /data; sync; echo tick $i; sleep 0.2; done"
 
 

@@ -16,10 +16,10 @@ Medians of the rounds.
 
 Each file is read twice, its pages dropped before each read (under vhdimount, the vhdi1 file's
 too): the first read after the write is shown ("1st read"), the repeat is what the targets use.
-On the machine of the README's figures (a VM whose freed memory goes back to the host), a first
-read fills page-cache pages the host may have to fault in again, whoever serves the reads: over
-five quick runs, ext4 on the kernel's own loop device read 446-5492 MB/s the first time and
-vhdtool's ext4 821-3609 MB/s, while vhdtool's repeat read 3304-4113 MB/s.
+On a VM whose freed memory goes back to the host (as on the machine of the README's figures), a
+first read fills page-cache pages the host may have to fault in again, whoever serves the reads,
+so first reads vary widely from run to run, for the kernel's loop device and vhdtool alike; the
+repeat is steady.
 
 Targets (issue 4): reads >= 20x vhdimount and >= 1 GB/s; writes within 2x of the raw loop mount.
 
@@ -40,6 +40,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchtools import VHDTOOL
+
 CHUNK = 1 << 20
 GOALS = {"read_vs_vhdimount": 20.0, "read_mbps": 1000.0, "write_vs_loop": 0.5}
 
@@ -50,7 +52,7 @@ def sh(*cmd: str | os.PathLike[str]) -> str:
 
 def vhdtool(*args: str | os.PathLike[str]) -> float:
     t0 = time.perf_counter()
-    sh(sys.executable, "-m", "vhdtool", *args)
+    sh(*VHDTOOL, *args)
     return time.perf_counter() - t0
 
 
@@ -206,13 +208,22 @@ def report(res: Results, size_mib: int, rounds: int) -> None:
         else:
             print(f"  {name:24s} {res.mbps(name):9.0f} MB/s")
     checks = [
-        ("raw view read / vhdimount read", res.mbps("raw view read") / res.mbps("vhdimount read"),
-         GOALS["read_vs_vhdimount"]),
+        (
+            "raw view read / vhdimount read",
+            res.mbps("raw view read") / res.mbps("vhdimount read"),
+            GOALS["read_vs_vhdimount"],
+        ),
         ("raw view read MB/s", res.mbps("raw view read"), GOALS["read_mbps"]),
-        ("raw view write / loop device write", res.mbps("raw view write") / res.mbps("loop device write"),
-         GOALS["write_vs_loop"]),
-        ("ext4 read / vhdimount ext4 read", res.mbps("ext4 read") / res.mbps("vhdimount ext4 read"),
-         GOALS["read_vs_vhdimount"]),
+        (
+            "raw view write / loop device write",
+            res.mbps("raw view write") / res.mbps("loop device write"),
+            GOALS["write_vs_loop"],
+        ),
+        (
+            "ext4 read / vhdimount ext4 read",
+            res.mbps("ext4 read") / res.mbps("vhdimount ext4 read"),
+            GOALS["read_vs_vhdimount"],
+        ),
         ("ext4 read MB/s", res.mbps("ext4 read"), GOALS["read_mbps"]),
         ("ext4 write / loop ext4 write", res.mbps("ext4 write") / res.mbps("loop ext4 write"), GOALS["write_vs_loop"]),
     ]

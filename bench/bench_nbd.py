@@ -13,17 +13,14 @@ on a machine shared with other work it is steadier than wall time.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-VHDTOOL = [sys.executable, "-m", "vhdtool"]
+from benchtools import VHDTOOL, bench_parser, scratch_folder
 
 
 def cpu_seconds(pid: int) -> float:
@@ -103,16 +100,13 @@ def report(kind: str, size: int, results: dict[str, list[tuple[float, float, flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", default=None, help="where to put the scratch files (default: $TMPDIR)")
+    ap = bench_parser(__doc__, size_mib=1024)
     ap.add_argument("--reads-only", action="store_true", help="skip the write benchmark")
     args = ap.parse_args()
     for tool in ("nbdcopy", "qemu-nbd", "qemu-img", "qemu-io"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: run fixtures/setup.sh")
-    work = Path(tempfile.mkdtemp(prefix="bench-nbd-", dir=args.dir))
+    work = scratch_folder("nbd", args.dir)
     size = args.size_mib << 20
     try:
         full, raw = make_images(work, args.size_mib)

@@ -25,13 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchtools import VHDTOOL
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fixtures.guest import ensure_guest, make_root  # noqa: E402
 from vhdtool.run import host  # noqa: E402
 
-VHDTOOL = [sys.executable, "-m", "vhdtool"]
 MARKER = b"BENCH-MARKER-"
 
 

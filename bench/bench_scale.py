@@ -15,26 +15,20 @@ the interpreter's start-up is in every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from benchtools import bench_parser, scratch_folder, vhdtool_command
 
 GiB = 1 << 30
 BLOCK = 2 << 20
 FILLS = {"empty": 0, "1% full": 100}
 """Fill name: one allocated block in every N (0: none)."""
-
-
-def vhdtool_command() -> list[str]:
-    """The installed vhdtool command beside this interpreter (as users run it), else `-m vhdtool`."""
-    script = Path(sys.executable).with_name("vhdtool")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "vhdtool"]
 
 
 def make_image(path: Path, size: int, every: int) -> None:
@@ -87,13 +81,9 @@ def commands(ours: list[str], img: Path, raw: Path) -> dict[str, tuple[list, lis
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_parser(__doc__, figures=True, quick="1, 64 and 2040 GiB (1%% full up to 64), 2 rounds")
     ap.add_argument("--sizes-gib", type=int, nargs="+", default=[1, 16, 128, 1024, 2040])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", default=None, help="where to put the scratch files (default: $TMPDIR)")
-    ap.add_argument("--json", default=None, help="also write the figures to this file (for --plot)")
     ap.add_argument("--filled-up-to-gib", type=int, default=2040, help="the largest size also run 1%% full")
-    ap.add_argument("--quick", action="store_true", help="1, 64 and 2040 GiB (1%% full up to 64), 2 rounds")
     args = ap.parse_args()
     if args.quick:
         args.sizes_gib, args.rounds, args.filled_up_to_gib = [1, 64, 2040], 2, 64
@@ -106,7 +96,7 @@ def main() -> None:
     print(f"best of {args.rounds} rounds, wall seconds, whole commands; load average {load:.2f} at the start")
     print(f"{'size':>9s} {'fill':8s} {'work':8s} {'vhdtool':>8s} {'qemu-img':>8s} {'ratio':>7s}")
     rows = []
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.dir))
+    work = scratch_folder("scale", args.dir)
     try:
         for gib in args.sizes_gib:
             for fill, every in FILLS.items():

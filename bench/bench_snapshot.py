@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-VHDTOOL = [sys.executable, "-m", "vhdtool"]
+from benchtools import VHDTOOL
 
 
 def snapshot_window(args: list[str], env: dict[str, str]) -> tuple[int, float]:

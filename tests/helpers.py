@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,21 @@ def digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a whole file: to show that a command changed no byte of it."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256_of(data: bytes) -> str:
+    """SHA-256 of bytes a peer read back, to compare with ``digest`` of the file they came from."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float = 60.0, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it holds or ``seconds`` pass; its last answer, checked once more at the end."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
@@ -94,8 +109,14 @@ def footer_offsets(path: str | os.PathLike[str]) -> list[int]:
     return offsets
 
 
-def patch_footer(path: str | os.PathLike[str], fix_checksum: bool = True, **fields: bytes | int) -> None:
-    """Rewrite fields of both footers in place. Fields by byte offset name below."""
+def patch_footer(
+    path: str | os.PathLike[str],
+    fix_checksum: bool = True,
+    trailing_only: bool = False,
+    **fields: bytes | int | tuple[int, ...],
+) -> None:
+    """Rewrite fields of both footers in place (of the one at the end only, with ``trailing_only``).
+    Fields by byte offset name below."""
     layout = {
         "creator_application": (28, "4s"),
         "original_size": (40, ">Q"),
@@ -104,10 +125,12 @@ def patch_footer(path: str | os.PathLike[str], fix_checksum: bool = True, **fiel
         "disk_type": (60, ">I"),
         "checksum": (64, ">I"),
         "cookie": (0, "8s"),
+        "features": (8, ">I"),
+        "saved_state": (84, "B"),
         "data_offset": (16, ">Q"),
     }
     with open(path, "r+b") as f:
-        for off in footer_offsets(path):
+        for off in footer_offsets(path)[:1] if trailing_only else footer_offsets(path):
             f.seek(off)
             raw = bytearray(f.read(512))
             for name, value in fields.items():
@@ -167,8 +190,17 @@ def qemu_monitor(folder: Path, *, paused: bool = False) -> Iterator[tuple[str, s
     """A real QEMU with an empty machine (no guest) and its QMP socket; killed on the way out."""
     sock = str(folder / "qmp.sock")
     qemu = subprocess.Popen(
-        [need("qemu-system-x86_64"), "-machine", "none", "-nodefaults", "-display", "none",
-         *(["-S"] if paused else []), "-qmp", f"unix:{sock},server=on,wait=off"],
+        [
+            need("qemu-system-x86_64"),
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            *(["-S"] if paused else []),
+            "-qmp",
+            f"unix:{sock},server=on,wait=off",
+        ],
         stdout=subprocess.DEVNULL,
     )
     try:

@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any, BinaryIO
 
 # rich is imported lazily: most commands print a line or JSON, and start-up time counts
-# (`vhdtool create` is expected to finish in well under 100 ms).
+# (a quick command such as `vhdtool create` is mostly start-up; bench/ and the README time it).
 
 
 @cache

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import vhdtool
+from tests.helpers import digest
+from tests.helpers import vhdtool as run_vhdtool
 from vhdtool.format.metadata import read_metadata
 from vhdtool.ops.check import check_image
 
@@ -85,24 +87,18 @@ def _wrap(name, make):
         _real[name] = real
         setattr(os, name, make(real))
 
-def _pwrite(real):
-    def pwrite(fd, data, offset):
-        _step()
-        n = real(fd, data, offset)
-        if _ours(fd):
-            _record(b"W", offset, memoryview(data)[:n])
-        return n
-    return pwrite
-
-def _write(real):
-    def write(fd, data):
-        _step()
-        pos = os.lseek(fd, 0, os.SEEK_CUR) if _ours(fd) else None
-        n = real(fd, data)
-        if pos is not None:
-            _record(b"W", pos, memoryview(data)[:n])
-        return n
-    return write
+def _logged_write(where):
+    # where(fd, rest) is the file offset the write lands at: pwrite's argument, write's position
+    def wrap(real):
+        def write(fd, data, *rest):
+            _step()
+            pos = where(fd, rest) if _ours(fd) else None
+            n = real(fd, data, *rest)
+            if pos is not None:
+                _record(b"W", pos, memoryview(data)[:n])
+            return n
+        return write
+    return wrap
 
 def _ftruncate(real):
     def ftruncate(fd, size):
@@ -137,8 +133,8 @@ def _copy_range(real):
         return real(src, dst, count, offset_src, offset_dst)
     return copy_file_range
 
-_wrap("pwrite", _pwrite)
-_wrap("write", _write)
+_wrap("pwrite", _logged_write(lambda fd, rest: rest[0]))
+_wrap("write", _logged_write(lambda fd, rest: os.lseek(fd, 0, os.SEEK_CUR)))
 _wrap("ftruncate", _ftruncate)
 _wrap("fsync", _sync)
 _wrap("fdatasync", _sync)
@@ -187,10 +183,6 @@ def disk_state(path: Path) -> tuple[int, str]:
         return img.size, h.hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass
 class Case:
     """One command over the files ``setup`` makes in a folder."""
@@ -224,12 +216,18 @@ def _with_zero_blocks(folder: Path) -> None:
             img.pwrite(i * 512 * 1024, bytes(512 * 1024))
 
 
+def _written_child(parent: Path, child: Path, blocks: tuple[int, ...], at: int, length: int, value: int) -> None:
+    """A child of ``parent`` that writes ``length`` bytes of ``value + i`` at ``at`` into each block i
+    of ``blocks`` (512 KiB blocks, as _dynamic makes them)."""
+    vhdtool.create(child, parent=parent)
+    with vhdtool.open(child, writable=True) as img:
+        for i in blocks:
+            img.pwrite(i * 512 * 1024 + at, bytes([value + i]) * length)
+
+
 def _chain(folder: Path) -> None:
     _dynamic(folder / "base.vhd")
-    vhdtool.create(folder / "child.vhd", parent=folder / "base.vhd")
-    with vhdtool.open(folder / "child.vhd", writable=True) as img:
-        for i in (1, 3, 7):
-            img.pwrite(i * 512 * 1024 + 100, bytes([0x70 + i]) * 200000)
+    _written_child(folder / "base.vhd", folder / "child.vhd", (1, 3, 7), 100, 200000, 0x70)
 
 
 def _rebase_setup(folder: Path) -> None:
@@ -268,14 +266,11 @@ def _fs_image(folder: Path) -> None:
 
 def _undo(folder: Path) -> None:
     _dynamic(folder / "img.vhd")
-    vhdtool.create(folder / "img.vhd.undo.vhd", parent=folder / "img.vhd")
-    with vhdtool.open(folder / "img.vhd.undo.vhd", writable=True) as img:
-        for i in (0, 4, 11):
-            img.pwrite(i * 512 * 1024 + 7, bytes([0x30 + i]) * 300000)
+    _written_child(folder / "img.vhd", folder / "img.vhd.undo.vhd", (0, 4, 11), 7, 300000, 0x30)
 
 
-def vhdtool_cli(*args: object) -> None:
-    done = subprocess.run([sys.executable, "-m", "vhdtool", *map(str, args)], capture_output=True, text=True)
+def vhdtool_cli(*args: str | os.PathLike[str]) -> None:
+    done = run_vhdtool(*args)
     assert done.returncode == 0, done.stderr
 
 
@@ -507,7 +502,7 @@ def writer_judge(folder: Path, case: Case, out: str) -> str | None:
 
 def parents_same(folder: Path, case: Case, ctx: dict) -> str | None:
     for name in case.parents:
-        if file_digest(folder / name) != ctx["parents"][name]:
+        if digest(folder / name) != ctx["parents"][name]:
             return f"parent {name} changed"
     return None
 
@@ -530,7 +525,7 @@ def run_case(case: Case, work: Path, outcome: Outcome, sample: int | None, cuts:
     if case.code is WRITER:
         growth = [str(seed), *growth]
     names = [p.name for p in pristine.iterdir()]
-    ctx: dict = {"before": {}, "after": {}, "parents": {n: file_digest(pristine / n) for n in case.parents}}
+    ctx: dict = {"before": {}, "after": {}, "parents": {n: digest(pristine / n) for n in case.parents}}
     for n in names:
         if n.endswith(".vhd"):
             ctx["before"][n] = disk_state(pristine / n)

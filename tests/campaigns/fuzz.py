@@ -5,21 +5,18 @@ runs under a deadline), a read returning the wrong length, a write that does not
 parent file touched, memory growing without bound (the process runs under an address-space limit).
 
     python -m tests.campaigns.fuzz                 # 20,000 executions
-    python -m tests.campaigns.fuzz --long          # 1,000,000 executions (about an hour here)
+    python -m tests.campaigns.fuzz --long          # 1,000,000 executions
     python -m tests.campaigns.fuzz --execs N --seed S
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import random
 import resource
 import signal
 import struct
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -29,6 +26,7 @@ from pathlib import Path
 
 import vhdtool
 from tests.campaigns.corpus import Seed, build_corpus
+from tests.campaigns.runner import campaign_parser, run_and_report
 from vhdtool.errors import VhdError
 from vhdtool.format.structs import FOOTER_CHECKSUM_AT, HEADER_CHECKSUM_AT, vhd_checksum
 from vhdtool.ops.check import check_image
@@ -158,9 +156,7 @@ def _found(stats: Stats, bug: Bug, execution: int, progress: bool, keep: Path | 
         print(f"bug at execution {execution}: {bug.kind} on {bug.seed}\n{bug.detail}", flush=True)
 
 
-def run_campaign(
-    execs: int, seed: int, folder: Path, progress: bool = False, keep: Path | None = None
-) -> Stats:
+def run_campaign(execs: int, seed: int, folder: Path, progress: bool = False, keep: Path | None = None) -> Stats:
     seeds = build_corpus(folder / "corpus")
     originals = {s.name: s.path.read_bytes() for s in seeds}
     watched = {p: p.stat().st_mtime_ns for p in (folder / "corpus").iterdir()}
@@ -196,35 +192,23 @@ def run_campaign(
 
 def changed_files(watched: dict[Path, int], kind: str) -> list[Bug]:
     """A bug for each file (a parent, the corpus) whose modification time the campaign changed."""
-    return [Bug(p.name, kind, f"{p} was modified by the campaign", b"") for p, t in watched.items()
-            if p.stat().st_mtime_ns != t]
+    return [
+        Bug(p.name, kind, f"{p} was modified by the campaign", b"")
+        for p, t in watched.items()
+        if p.stat().st_mtime_ns != t
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--execs", type=int, default=20000)
+    ap = campaign_parser(__doc__, 20000, "folder to save images that found bugs")
     ap.add_argument("--long", action="store_true", help="1,000,000 executions")
-    ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--keep", type=Path, help="folder to save images that found bugs")
     args = ap.parse_args(argv)
     execs = 1_000_000 if args.long else args.execs
     limit = 4 << 30
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # unbounded memory shows up as MemoryError
-    with tempfile.TemporaryDirectory(
-        prefix="vhdtool-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    ) as tmp:
-        t0 = time.monotonic()
-        stats = run_campaign(execs, args.seed, Path(tmp), progress=True, keep=args.keep)
-        elapsed = time.monotonic() - t0
-    print(
-        f"fuzz: {stats.execs} executions in {elapsed:.0f} s (seed {args.seed}), outcomes {dict(stats.outcomes)}, "
-        f"{len(stats.bugs)} bugs"
+    return run_and_report(
+        "fuzz", args.seed, lambda tmp: run_campaign(execs, args.seed, tmp, progress=True, keep=args.keep)
     )
-    kinds = Counter((b.seed, b.kind) for b in stats.bugs)
-    for (seed_name, kind), n in kinds.most_common():
-        example = next(b for b in stats.bugs if (b.seed, b.kind) == (seed_name, kind))
-        print(f"  {n}x {kind} on {seed_name}:\n{example.detail}")
-    return 1 if stats.bugs else 0
 
 
 if __name__ == "__main__":

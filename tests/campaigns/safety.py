@@ -20,18 +20,14 @@ the untouched files before the command. A bug is
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +35,7 @@ from pathlib import Path
 import vhdtool
 from tests.campaigns.corpus import Seed, build_corpus
 from tests.campaigns.fuzz import Bug, Hang, Stats, _alarm, _found, changed_files, mutate
+from tests.campaigns.runner import campaign_parser, run_and_report
 from vhdtool.errors import VhdError
 from vhdtool.format.chain import find_parent
 from vhdtool.format.metadata import read_metadata
@@ -287,29 +284,16 @@ def run_campaign(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--execs", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--keep", type=Path, help="folder to save the mutants that found bugs")
+    ap = campaign_parser(__doc__, 2000, "folder to save the mutants that found bugs")
     args = ap.parse_args(argv)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))  # a timeout still reports
-    with tempfile.TemporaryDirectory(
-        prefix="vhdtool-safety-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    ) as tmp:
-        t0 = time.monotonic()
-        stats = run_campaign(args.execs, args.seed, Path(tmp), True, args.keep, lambda: bool(stopping))
-        elapsed = time.monotonic() - t0
-    print(
-        f"safety: {stats.execs} executions{' (stopped by SIGTERM)' if stopping else ''} in {elapsed:.0f} s "
-        f"(seed {args.seed}), "
-        f"outcomes {dict(sorted(stats.outcomes.items()))}, {len(stats.bugs)} bugs"
+    return run_and_report(
+        "safety",
+        args.seed,
+        lambda tmp: run_campaign(args.execs, args.seed, tmp, True, args.keep, lambda: bool(stopping)),
+        lambda: " (stopped by SIGTERM)" if stopping else "",
     )
-    kinds: Counter[tuple[str, str]] = Counter((b.seed, b.kind) for b in stats.bugs)
-    for (seed_name, command), n in kinds.most_common():
-        example = next(b for b in stats.bugs if (b.seed, b.kind) == (seed_name, command))
-        print(f"  {n}x {command} on {seed_name}:\n{example.detail}")
-    return 1 if stats.bugs else 0
 
 
 if __name__ == "__main__":

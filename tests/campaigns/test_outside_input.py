@@ -7,7 +7,6 @@ Each must exit non-zero with one error line and no traceback, and change no file
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import site
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import need, run
+from tests.helpers import digest, need, run
 
 NOBODY = 65534
 
@@ -81,7 +80,7 @@ def _digests(paths: list[Path]) -> dict[Path, str]:
     out = {}
     for p in paths:
         if p.is_file() and p != Path("/dev/null"):
-            out[p] = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[p] = digest(p)
     return out
 
 

@@ -262,5 +262,3 @@ def test_create_does_not_clobber(tmp_path: Path) -> None:
     (tmp_path / "n.vhd").write_bytes(b"precious")
     assert_clean_error(cli("create", "--size", "1M", tmp_path / "n.vhd"), 64)
     assert (tmp_path / "n.vhd").read_bytes() == b"precious"
-
-

@@ -53,9 +53,7 @@ def test_runs_equal_a_walk_of_every_entry(seed: int) -> None:
         expected = naive_runs(bat, first, stop)
         assert list(bat_runs(bat, first, last)) == expected
         assert list(allocated_runs(bat, first, last)) == [(a, b) for ok, a, b in expected if ok]
-        assert list(allocated_indexes(bat, first, last)) == [
-            i for i in range(first, stop) if bat[i] != UNALLOCATED
-        ]
+        assert list(allocated_indexes(bat, first, last)) == [i for i in range(first, stop) if bat[i] != UNALLOCATED]
     assert count_allocated(bat) == sum(1 for e in bat if e != UNALLOCATED)
 
 

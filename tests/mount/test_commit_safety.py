@@ -6,13 +6,12 @@ filesystem is judged by e2fsck and debugfs on a raw copy made by qemu-img.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import VHDTOOL, need, run
+from tests.helpers import VHDTOOL, digest, need, run, sha256_of
 from tests.helpers import vhdtool as cli
 from tests.mount import peers
 from tests.mount.conftest import ok
@@ -53,7 +52,7 @@ def test_discard_after_an_interrupted_commit_refuses(image_of, mnt: Path, tmp_pa
     assert undo.exists() and mark.exists()
     ok("umount", "--commit", mnt)
     assert not undo.exists() and not mark.exists()
-    assert hashlib.sha256(_clean_with(image, tmp_path, "big.bin")).digest() == hashlib.sha256(data).digest()
+    assert sha256_of(_clean_with(image, tmp_path, "big.bin")) == sha256_of(data)
 
 
 def test_an_umount_repeated_after_a_finished_commit_says_so(image_of, mnt: Path, tmp_path: Path) -> None:
@@ -63,12 +62,12 @@ def test_an_umount_repeated_after_a_finished_commit_says_so(image_of, mnt: Path,
     ok("mount", image, mnt)
     (mnt / "kept.txt").write_text("kept\n")
     ok("umount", "--commit", mnt)
-    before = hashlib.sha256(image.read_bytes()).digest()
+    before = digest(image)
     again = cli("umount", "--commit", mnt)
     assert again.returncode == 0 and "already unmounted" in again.stdout, again
     refused = cli("umount", "--discard", mnt)
     assert refused.returncode == 1 and "already committed into" in refused.stderr, refused
-    assert hashlib.sha256(image.read_bytes()).digest() == before
+    assert digest(image) == before
     assert _clean_with(image, tmp_path, "kept.txt") == b"kept\n"
     ok("mount", image, mnt)  # a new mount there is a mount like any other
     assert cli("umount", "--commit", mnt).stdout.startswith("unmounted")

@@ -40,8 +40,9 @@ def wait_exit(pid: int, timeout: float = 60.0) -> None:
 
 def leftovers(mnt: Path, runtime: Path) -> list[str]:
     """Mounts at the mountpoint or in the runtime folder, and loop devices serving files there."""
-    found = [m.mountpoint for m in system.mount_table() if m.mountpoint == str(mnt) or m.mountpoint.startswith(
-        str(runtime))]
+    found = [
+        m.mountpoint for m in system.mount_table() if m.mountpoint == str(mnt) or m.mountpoint.startswith(str(runtime))
+    ]
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         with contextlib.suppress(OSError):
             if backing.read_text().startswith(str(runtime)):
@@ -57,8 +58,9 @@ def recovered(image: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("driver", "signum"), [("kernel", signal.SIGTERM), ("fuse", signal.SIGINT)])
-def test_signal_flushes_and_keeps_the_undo_disk(driver: str, signum: int, image_of, mnt: Path, tmp_path: Path,
-                                                runtime_dir: Path) -> None:
+def test_signal_flushes_and_keeps_the_undo_disk(
+    driver: str, signum: int, image_of, mnt: Path, tmp_path: Path, runtime_dir: Path
+) -> None:
     image = image_of("ext4")
     ok("mount", "--driver", driver, image, mnt)
     with open(mnt / "fsynced.txt", "w") as f:  # fsync works through each driver
@@ -86,8 +88,9 @@ def test_signal_flushes_and_keeps_the_undo_disk(driver: str, signum: int, image_
 
 
 @pytest.mark.parametrize("fs", ["ext4", "fat32"])
-def test_kill_9_leaves_a_stale_mount_that_umount_cleans(fs: str, image_of, mnt: Path, tmp_path: Path,
-                                                         runtime_dir: Path) -> None:
+def test_kill_9_leaves_a_stale_mount_that_umount_cleans(
+    fs: str, image_of, mnt: Path, tmp_path: Path, runtime_dir: Path
+) -> None:
     image = image_of(fs)
     ok("mount", image, mnt)
     with open(mnt / "synced.txt", "w") as f:  # sync(2) does not reach a FUSE program's buffers; fsync does
@@ -189,8 +192,9 @@ def test_an_image_held_for_writing_is_refused(mode: list[str], image_of, mnt: Pa
 
 def test_foreground_serves_until_interrupted(image_of, mnt: Path, tmp_path: Path) -> None:
     image = image_of("ext4")
-    proc = subprocess.Popen([*VHDTOOL, "mount", "--foreground", image, mnt], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*VHDTOOL, "mount", "--foreground", image, mnt], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("mounted ")
     assert server_pid(mnt) == proc.pid

@@ -33,8 +33,13 @@ def test_mount_the_second_of_two_partitions(label: str, mnt: Path, tmp_path: Pat
     ok("create", "--size", "96M", image)
     ok("mount", "--raw", "--no-undo", image, mnt)
     assert sorted(os.listdir(mnt)) == ["disk"]  # no table yet: no partition files
-    subprocess.run([need("sfdisk"), "-q", "-X", label, mnt / "disk"], input=SCRIPTS[label], text=True, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [need("sfdisk"), "-q", "-X", label, mnt / "disk"],
+        input=SCRIPTS[label],
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     assert sorted(os.listdir(mnt)) == ["disk", "p1", "p2"]  # the view read the new table at once
     run(need("mkfs.vfat"), "-F", "32", mnt / "p1")
     run(need("mkfs.ext4"), "-q", "-F", mnt / "p2")

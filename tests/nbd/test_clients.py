@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
 import vhdtool
-from tests.helpers import need, run
+from tests.helpers import digest, need, run
 from tests.nbd.conftest import DATA_PATHS, SIZE, Chain, Serve
 from tests.nbd.libnbd import nbd
 from vhdtool.format.blockdev import RawFile
@@ -83,7 +82,7 @@ def test_libnbd_structured_read_sends_holes(chain: Chain, serve: Serve, options:
 
 
 def test_writes_land_in_the_top_only(chain: Chain, serve: Serve, tmp_path: Path) -> None:
-    sums = {p: hashlib.sha256(p.read_bytes()).digest() for p in (chain.base, chain.mid)}
+    sums = {p: digest(p) for p in (chain.base, chain.mid)}
     thread, uri = serve(chain.top)
     run(
         need("qemu-io"),
@@ -116,7 +115,7 @@ def test_writes_land_in_the_top_only(chain: Chain, serve: Serve, tmp_path: Path)
         # zeroing a run that already reads as zeros allocated nothing in the top
         allocated = [e for e in image.extents(28 * MiB, 2 * MiB) if not e.zero and e.depth == 0]
         assert allocated == [], allocated
-    assert sums == {p: hashlib.sha256(p.read_bytes()).digest() for p in (chain.base, chain.mid)}
+    assert sums == {p: digest(p) for p in (chain.base, chain.mid)}
 
 
 def test_concurrent_connections_write_and_read(chain: Chain, serve: Serve) -> None:

@@ -180,15 +180,21 @@ def test_framing_errors_close_only_that_connection(raw: Path, serve: Serve, tmp_
     assert raw.read_bytes() == before
 
 
-def test_idle_handshakes_time_out(raw: Path, serve: Serve, tmp_path: Path) -> None:
-    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=0.5)
+def greeted_sockets(uri: str, count: int) -> list[socket.socket]:
+    """``count`` connections that read the server's greeting and then say nothing."""
     idle = []
-    for _ in range(8):
+    for _ in range(count):
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(30)
         s.connect(socket_of(uri))
         assert s.recv(8) == b"NBDMAGIC"
         idle.append(s)
+    return idle
+
+
+def test_idle_handshakes_time_out(raw: Path, serve: Serve, tmp_path: Path) -> None:
+    _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=0.5)
+    idle = greeted_sockets(uri, 8)
     for s in idle:  # each is dropped for not finishing its handshake in time
         while s.recv(4096):
             pass
@@ -201,13 +207,7 @@ def test_idle_handshakes_make_way_for_a_real_client(raw: Path, serve: Serve, tmp
     handshake, so a real client that arrives last is served (the deadline is long here: the
     budget, not the deadline, lets it in)."""
     _, uri = serve(RawFile(raw), read_only=True, handshake_timeout=60, max_handshakes=4)
-    idle = []
-    for _ in range(10):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(socket_of(uri))
-        assert s.recv(8) == b"NBDMAGIC"
-        idle.append(s)
+    idle = greeted_sockets(uri, 10)
     with RawClient(socket_of(uri)) as c:
         c.go()
         c.request(p.Cmd.READ, 0, 4096)

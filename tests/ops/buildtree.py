@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from tests.helpers import need, run
+from tests.helpers import digest, need, run, sha256_of
 
 MiB = 1 << 20
 NON_ASCII = "naïve-ünïcødé.txt"
@@ -32,8 +31,8 @@ def make_tree(root: Path, big: int = 50 * MiB) -> dict[str, str]:
     os.link(root / "etc/app/app.conf", root / "hardlink")
     (deep / NON_ASCII).write_text("ünïcødé\n")
     return {
-        "big.bin": hashlib.sha256((root / "big.bin").read_bytes()).hexdigest(),
-        "app.conf": hashlib.sha256(b"config\n").hexdigest(),
+        "big.bin": digest(root / "big.bin"),
+        "app.conf": sha256_of(b"config\n"),
     }
 
 
@@ -70,7 +69,3 @@ def extract_partition(raw: Path) -> Path:
 
 def debugfs(spec: str, request: str) -> str:
     return run(need("debugfs"), "-R", request, spec).stdout
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def qemu_compare(a: Path, fmt_a: str, b: Path, fmt_b: str) -> int:
     return subprocess.run(
         [need("qemu-img"), "compare", "-q", "-f", fmt_a, "-F", fmt_b, a, b], capture_output=True
     ).returncode
+
+
+def ctrl_c_once_started(done: int, total: int) -> None:
+    """A progress callback that delivers a real Ctrl-C (SIGINT to this process) once some work is done."""
+    if done:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def read_all(path: Path) -> bytes:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_clean_error, need, run, vhdtool
-from tests.ops.buildtree import NON_ASCII, debugfs, extract_partition, first_partition, make_tree, sha256_of, to_raw
+from tests.helpers import VHDTOOL, assert_clean_error, need, run, sha256_of, vhdtool
+from tests.ops.buildtree import NON_ASCII, debugfs, extract_partition, first_partition, make_tree, to_raw
 
 MiB = 1 << 20
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C.UTF-8"}
@@ -22,12 +22,18 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     return root, make_tree(root)
 
 
+def build_raw(folder: Path, src: Path, *options: str) -> tuple[Path, Path]:
+    """``vhdtool build`` of ``src`` into folder/out.vhd, which must succeed; the VHD and its raw
+    conversion by qemu-img, for the peers to read."""
+    out = folder / "out.vhd"
+    r = vhdtool("build", out, "--from-dir", src, *options)
+    assert r.returncode == 0, r.stderr
+    return out, to_raw(out)
+
+
 def test_ext4_gpt_read_back_by_debugfs(tmp_path: Path, tree: tuple[Path, dict[str, str]]) -> None:
     src, sums = tree
-    out = tmp_path / "out.vhd"
-    r = vhdtool("build", out, "--from-dir", src, "--fs", "ext4", "--table", "gpt", "--label", "root")
-    assert r.returncode == 0, r.stderr
-    raw = to_raw(out)
+    out, raw = build_raw(tmp_path, src, "--fs", "ext4", "--table", "gpt", "--label", "root")
     assert "No problems found" in run(need("sgdisk"), "-v", raw).stdout
     off, _ = first_partition(raw)
     spec = f"{raw}?offset={off}"
@@ -55,10 +61,7 @@ def test_ext4_gpt_read_back_by_debugfs(tmp_path: Path, tree: tuple[Path, dict[st
 
 def test_vfat_mbr_read_back_by_mtools(tmp_path: Path, tree: tuple[Path, dict[str, str]]) -> None:
     src, sums = tree
-    out = tmp_path / "out.vhd"
-    r = vhdtool("build", out, "--from-dir", src, "--fs", "vfat", "--table", "mbr", "--label", "DATA")
-    assert r.returncode == 0, r.stderr
-    raw = to_raw(out)
+    _, raw = build_raw(tmp_path, src, "--fs", "vfat", "--table", "mbr", "--label", "DATA")
     dump = run(need("sfdisk"), "--dump", raw).stdout
     assert "label: dos" in dump and "start=        2048" in dump
     off, _ = first_partition(raw)
@@ -78,10 +81,7 @@ def test_vfat_mbr_read_back_by_mtools(tmp_path: Path, tree: tuple[Path, dict[str
 
 def test_ntfs_read_back_by_ntfs3g_tools(tmp_path: Path, tree: tuple[Path, dict[str, str]]) -> None:
     src, sums = tree
-    out = tmp_path / "out.vhd"
-    r = vhdtool("build", out, "--from-dir", src, "--fs", "ntfs", "--table", "mbr", "--label", "WIN")
-    assert r.returncode == 0, r.stderr
-    raw = to_raw(out)
+    _, raw = build_raw(tmp_path, src, "--fs", "ntfs", "--table", "mbr", "--label", "WIN")
     assert "type=7" in run(need("sfdisk"), "--dump", raw).stdout
     part = extract_partition(raw)
     assert run(need("ntfsfix"), "-n", part).returncode == 0
@@ -110,7 +110,7 @@ def test_reproducible_builds_are_identical(tmp_path: Path, tree: tuple[Path, dic
         for i in range(2):
             out = tmp_path / f"{fs}{i}.vhd"
             r = subprocess.run(
-                [*_cli(), "build", str(out), "--from-dir", str(src), "--fs", fs, "--reproducible"],
+                [*VHDTOOL, "build", str(out), "--from-dir", str(src), "--fs", fs, "--reproducible"],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -122,11 +122,7 @@ def test_reproducible_builds_are_identical(tmp_path: Path, tree: tuple[Path, dic
 
 
 def test_owner_reset(tmp_path: Path, tree: tuple[Path, dict[str, str]]) -> None:
-    src, _ = tree
-    out = tmp_path / "out.vhd"
-    r = vhdtool("build", out, "--from-dir", src, "--owner", "0:0", "--table", "none")
-    assert r.returncode == 0, r.stderr
-    raw = to_raw(out)
+    _, raw = build_raw(tmp_path, tree[0], "--owner", "0:0", "--table", "none")
     assert "User:     0   Group:     0" in debugfs(str(raw), "stat /bin/tool")
 
 
@@ -160,9 +156,3 @@ def test_fat_dangling_symlink_is_skipped_with_a_warning(tmp_path: Path) -> None:
         ["mdir", "-b", "-i", str(to_raw(out)), "::/"], env=MTOOLS_ENV, capture_output=True, text=True
     ).stdout
     assert "::/a.txt" in listing and "dangling" not in listing
-
-
-def _cli() -> list[str]:
-    from tests.helpers import VHDTOOL
-
-    return VHDTOOL

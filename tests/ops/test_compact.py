@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 import vhdtool
 from tests.helpers import assert_clean_error, need, patch_footer, run
 from tests.helpers import vhdtool as cli
-from tests.ops.oputil import folder_digests, qemu_compare, read_all
+from tests.ops.oputil import ctrl_c_once_started, folder_digests, qemu_compare, read_all
 from vhdtool.format.rules import MiB
 from vhdtool.ops.compact import compact
 
@@ -83,12 +82,8 @@ def test_ctrl_c_keeps_the_content(tmp_path: Path, dynamic: Path) -> None:
             img.pwrite(i * MiB, bytes(2 * MiB))
     expected = read_all(dynamic)
 
-    def interrupt(done: int, total: int) -> None:
-        if done:
-            os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(KeyboardInterrupt):
-        compact(dynamic, progress=interrupt)
+        compact(dynamic, progress=ctrl_c_once_started)
     assert read_all(dynamic) == expected
     assert cli("check", dynamic).returncode in (0, 3)  # at worst space not yet reclaimed
     compact(dynamic)
@@ -99,11 +94,7 @@ def test_refusals_change_nothing(tmp_path: Path, dynamic: Path) -> None:
     vhdtool.create(tmp_path / "f.vhd", size=4 * MiB, type="fixed")
     saved = tmp_path / "saved.vhd"
     saved.write_bytes(dynamic.read_bytes())
-    with open(saved, "r+b") as f:
-        for offset in (0, saved.stat().st_size - 512):
-            f.seek(offset + 84)
-            f.write(b"\x01")
-    patch_footer(saved)
+    patch_footer(saved, saved_state=1)
     before = folder_digests(tmp_path)
     for name in ("f.vhd", "saved.vhd", "missing.vhd"):
         assert_clean_error(cli("compact", name, cwd=tmp_path))

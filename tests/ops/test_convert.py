@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import vhdtool
 from tests.helpers import assert_clean_error, need, qemu_img_size, run, vhdiinfo_size
 from tests.helpers import vhdtool as cli
-from tests.ops.oputil import digest, folder_digests, make_raw, qemu_compare, read_all, sample_raw
+from tests.ops.oputil import ctrl_c_once_started, digest, folder_digests, make_raw, qemu_compare, read_all, sample_raw
 from vhdtool.format.rules import MiB
 from vhdtool.ops.convert import convert
 from vhdtool.ops.map import map_image
@@ -118,12 +117,8 @@ def test_ctrl_c_leaves_no_destination(tmp_path: Path) -> None:
     src = sample_raw(tmp_path / "src.raw")
     before = folder_digests(tmp_path)
 
-    def interrupt(done: int, total: int) -> None:
-        if done:
-            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered mid-copy
-
     with pytest.raises(KeyboardInterrupt):
-        convert(src, tmp_path / "out.vhd", progress=interrupt)
+        convert(src, tmp_path / "out.vhd", progress=ctrl_c_once_started)
     assert folder_digests(tmp_path) == before  # no destination, no temporary file
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import vhdtool
-from tests.helpers import get_bat, make_qemu_image, need, patch_footer, patch_header, qemu_raw, run, set_bat
+from tests.helpers import VHDTOOL, get_bat, make_qemu_image, need, patch_footer, patch_header, qemu_raw, run, set_bat
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import folder_digests
 from vhdtool.format.metadata import read_metadata
@@ -154,12 +153,12 @@ def test_serve_and_mount_refuse_a_corrupt_image(tmp_path: Path, damage: str) -> 
     before = folder_digests(tmp_path)
     env = _state_env(tmp_path)
     served = subprocess.run(
-        [sys.executable, "-m", "vhdtool", "serve", img, "--socket", tmp_path / "s.sock"],
+        [*VHDTOOL, "serve", img, "--socket", tmp_path / "s.sock"],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     _assert_refused(served, img)
     mounted = subprocess.run(
-        [sys.executable, "-m", "vhdtool", "mount", "--raw", img, tmp_path / "m"],
+        [*VHDTOOL, "mount", "--raw", img, tmp_path / "m"],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     _assert_refused(mounted, img)
@@ -171,7 +170,7 @@ def test_serve_and_mount_refuse_a_corrupt_image(tmp_path: Path, damage: str) -> 
     assert "--read-only" in mounted.stderr
     # read-only uses still work: what check calls corrupt can still be looked at and rescued
     served_ro = subprocess.Popen(
-        [sys.executable, "-m", "vhdtool", "serve", "--read-only", img, "--socket", tmp_path / "s.sock"],
+        [*VHDTOOL, "serve", "--read-only", img, "--socket", tmp_path / "s.sock"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:

@@ -8,7 +8,6 @@ killed ones left.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import VHDTOOL, need, run
+from tests.helpers import VHDTOOL, digest, need, run, sha256_of
 from tests.helpers import vhdtool as cli
 
 MiB = 1 << 20
@@ -45,8 +44,7 @@ def _state(image: Path, tmp: Path, want: str) -> str:
         got = subprocess.run([need("debugfs"), "-R", "cat /big.bin", str(raw)], capture_output=True).stdout
     finally:
         raw.unlink()
-    digest = hashlib.sha256(got).hexdigest()
-    if digest == want:
+    if sha256_of(got) == want:
         return "new"
     assert got == b"", "a torn /big.bin"
     return "old"
@@ -56,20 +54,25 @@ STOPS = [(signal.SIGKILL, (0.3, 0.8, 1.2, 1.8, 2.5)), (signal.SIGINT, (0.6, 1.5)
 
 
 @pytest.mark.parametrize(("signum", "delays"), STOPS)
-def test_an_interrupted_cp_leaves_old_or_new(base: Path, tmp_path: Path, signum: int, delays: tuple[float, ...],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_cp_leaves_old_or_new(
+    base: Path, tmp_path: Path, signum: int, delays: tuple[float, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     temp = tmp_path / "t"
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(40 * MiB))
-    want = hashlib.sha256(big.read_bytes()).hexdigest()
+    want = digest(big)
     seen = []
     for delay in delays:
         image = tmp_path / "c.vhd"
         shutil.copyfile(base, image)
-        proc = subprocess.Popen([*VHDTOOL, "cp", str(big), f"{image}:/big.bin"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [*VHDTOOL, "cp", str(big), f"{image}:/big.bin"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(delay)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)

@@ -17,15 +17,11 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import VHDTOOL, assert_clean_error
+from tests.helpers import VHDTOOL, assert_clean_error, digest
 from tests.helpers import vhdtool as cli
 from vhdtool.errors import LockedError
 
 MiB = 1 << 20
-
-
-def _digest(path: Path) -> bytes:
-    return path.read_bytes()
 
 
 @pytest.fixture
@@ -65,7 +61,7 @@ def held() -> Iterator[list[subprocess.Popen[str]]]:
 
 def test_a_reader_keeps_block_movers_and_replacers_out(image: Path, tmp_path: Path, held: list) -> None:
     held.append(_holder(image, writable=False))
-    before = _digest(image)
+    before = digest(image)
     for args in (
         ("compact", image),
         ("resize", image, "+64M"),
@@ -77,7 +73,7 @@ def test_a_reader_keeps_block_movers_and_replacers_out(image: Path, tmp_path: Pa
         done = cli(*args)
         assert_clean_error(done, 1)
         assert "locked" in done.stderr, done.stderr
-    assert _digest(image) == before
+    assert digest(image) == before
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
@@ -189,11 +185,11 @@ def test_build_force_refuses_an_image_in_use(image: Path, tmp_path: Path, held: 
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree" / "a").write_text("a")
     held.append(_holder(image, writable=False))
-    before = _digest(image)
+    before = digest(image)
     done = cli("build", "--force", image, "--from-dir", tmp_path / "tree", "--fs", "ext4", "--table", "none")
     assert_clean_error(done, 1)
     assert "locked" in done.stderr
-    assert _digest(image) == before
+    assert digest(image) == before
     assert sorted(os.listdir(tmp_path)) == ["disk.vhd", "tree"]
 
 

@@ -4,8 +4,6 @@ it with the chain flattened before the merge); refusals change nothing."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 import vhdtool
 from tests.helpers import assert_clean_error
 from tests.helpers import vhdtool as cli
-from tests.ops.oputil import folder_digests, make_chain, qemu_compare, read_all
+from tests.ops.oputil import ctrl_c_once_started, folder_digests, make_chain, qemu_compare, read_all
 from vhdtool.ops.convert import convert
 from vhdtool.ops.merge import merge
 
@@ -71,12 +69,8 @@ def test_ctrl_c_leaves_the_chain_reading_the_same(tmp_path: Path) -> None:
     base, child = make_chain(tmp_path, 1)
     expected = read_all(child)
 
-    def interrupt(done: int, total: int) -> None:
-        if done:
-            os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(KeyboardInterrupt):
-        merge(child, progress=interrupt)
+        merge(child, progress=ctrl_c_once_started)
     assert read_all(child) == expected
     merge(child)
     assert read_all(base) == expected

@@ -10,12 +10,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import vhdtool
-from tests.helpers import assert_clean_error, make_qemu_image, need, patch_header, qemu_raw, run, set_bat
+from tests.helpers import (
+    assert_clean_error,
+    make_qemu_image,
+    need,
+    patch_footer,
+    patch_header,
+    qemu_raw,
+    run,
+    set_bat,
+)
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import digest, folder_digests, read_all
 from vhdtool.format.rules import MiB
@@ -90,42 +100,28 @@ def test_repair_of_a_cut_file_lists_the_zeroed_range(tmp_path: Path) -> None:
     assert got[: 5 * MiB] == want[: 5 * MiB] and got[5 * MiB :] == bytes(len(got) - 5 * MiB)
 
 
-@pytest.mark.parametrize("insane", [{"current_size": 10995840}, {"current_size": 1 << 30}])
-def test_of_two_footers_that_differ_repair_keeps_the_one_that_fits(tmp_path: Path, insane: dict) -> None:
-    """Found by the safety campaign: a trailing footer with a sane checksum but a size no BAT
-    covers, over a good copy at offset 0 (the one qemu reads). Repair rewrote the copy from the
-    footer, and qemu-img could no longer open the disk."""
-    img = _qemu_image(tmp_path / "a.vhd")
-    want = qemu_raw(img, tmp_path)
-    tail = bytearray(img.read_bytes()[-512:])
-    tail[48:56] = insane["current_size"].to_bytes(8, "big")
-    tail[64:68] = bytes(4)
-    tail[64:68] = (~sum(tail) & 0xFFFFFFFF).to_bytes(4, "big")
-    with open(img, "r+b") as f:
-        f.seek(-512, os.SEEK_END)
-        f.write(tail)
-    result = cli("repair", img)
-    assert result.returncode == 0 and "restored the footer" in result.stdout and "from the copy" in result.stdout
-    assert qemu_raw(img, tmp_path) == want and cli("check", img).returncode == 0
-
-
-def test_a_footer_whose_geometry_changes_qemus_size_is_restored_from_the_copy(tmp_path: Path) -> None:
-    """Found by the safety campaign: only the trailing footer's CHS geometry damaged (checksum
-    fixed) of a disk whose creator makes qemu read CHS; repair rewrote the copy from it, and qemu,
-    which reads the copy, then read 0 bytes."""
+@pytest.mark.parametrize(
+    ("make", "damage"),
+    [
+        (_qemu_image, {"current_size": 10995840}),
+        (_qemu_image, {"current_size": 1 << 30}),
+        (make_qemu_image, {"geometry": (0, 2, 0)}),  # creator 'qemu': qemu reads its size from CHS
+    ],
+)
+def test_of_two_footers_that_differ_repair_keeps_the_one_that_fits(
+    tmp_path: Path, make: Callable[[Path], object], damage: dict[str, tuple[int, ...] | int]
+) -> None:
+    """A trailing footer with a sane checksum but a size no BAT covers, or a geometry that changes
+    the size qemu reads, over a good copy at offset 0 (the one qemu reads): repair restores the
+    trailing footer from the copy. Rewriting the copy from the footer instead would leave a disk
+    qemu-img cannot open, or reads 0 bytes from."""
     img = tmp_path / "a.vhd"
-    make_qemu_image(img)  # creator 'qemu'
-
+    make(img)
     want = qemu_raw(img, tmp_path)
-    tail = bytearray(img.read_bytes()[-512:])
-    tail[56:60] = bytes([0, 0, 2, 0])  # 0/2/0
-    tail[64:68] = bytes(4)
-    tail[64:68] = (~sum(tail) & 0xFFFFFFFF).to_bytes(4, "big")
-    with open(img, "r+b") as f:
-        f.seek(-512, os.SEEK_END)
-        f.write(tail)
+    patch_footer(img, trailing_only=True, **damage)
     result = cli("repair", img)
-    assert result.returncode == 0 and "from the copy at offset 0" in result.stdout
+    assert result.returncode == 0 and "restored the footer" in result.stdout, result.stdout
+    assert "from the copy at offset 0" in result.stdout
     assert qemu_raw(img, tmp_path) == want and cli("check", img).returncode == 0
 
 
@@ -147,8 +143,8 @@ def test_reset_id_of_a_copy_leaves_the_originals_children(tmp_path: Path) -> Non
 
 
 def test_relink_refused_halfway_changes_nothing(tmp_path: Path) -> None:
-    """Found by the safety campaign: relink edits the deepest disk first; a corrupt top refused
-    after that left the chain half relinked."""
+    """Relink edits the deepest disk first: a corrupt top must be refused before that, or the
+    chain is left half relinked."""
     base, mid, top = tmp_path / "base.vhd", tmp_path / "mid.vhd", tmp_path / "top.vhd"
     vhdtool.create(base, size=8 * MiB)
     vhdtool.create(mid, parent=base)

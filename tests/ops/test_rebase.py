@@ -4,9 +4,7 @@ rewrite the parent link; chains moved between folders open again after `relink`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 import vhdtool
 from tests.helpers import assert_clean_error, need, run
 from tests.helpers import vhdtool as cli
-from tests.ops.oputil import folder_digests, make_chain, read_all
+from tests.ops.oputil import ctrl_c_once_started, folder_digests, make_chain, read_all
 from vhdtool.ops.convert import convert
 from vhdtool.ops.rebase import rebase
 
@@ -107,12 +105,8 @@ def test_ctrl_c_leaves_the_child_on_its_old_parent(tmp_path: Path) -> None:
     base, mid, top = make_chain(tmp_path, 2)
     expected = read_all(top)
 
-    def interrupt(done: int, total: int) -> None:
-        if done:
-            os.kill(os.getpid(), signal.SIGINT)
-
     with pytest.raises(KeyboardInterrupt):
-        rebase(top, base, progress=interrupt)
+        rebase(top, base, progress=ctrl_c_once_started)
     with vhdtool.open(top) as img:
         assert img.parent is not None and Path(img.parent.path).name == mid.name
     assert read_all(top) == expected

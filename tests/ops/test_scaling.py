@@ -92,9 +92,13 @@ def test_a_chain_over_a_2040_gib_parent_reads_like_the_qcow2_chain(tmp_path: Pat
     _qemu_io(theirs, "raw", [("7", 1800 * GiB + 513, 1)])
     ours = cli("compare", child, theirs)
     peer = run(need("qemu-img"), "compare", "-f", "raw", "-F", "raw", flat, theirs, check=False)
-    assert (ours.returncode, ours.stdout.strip()) == (peer.returncode, peer.stdout.strip()) == (
-        1,
-        f"Content mismatch at offset {1800 * GiB + 512}!",
+    assert (
+        (ours.returncode, ours.stdout.strip())
+        == (peer.returncode, peer.stdout.strip())
+        == (
+            1,
+            f"Content mismatch at offset {1800 * GiB + 512}!",
+        )
     )
 
 

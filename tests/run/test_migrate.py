@@ -16,12 +16,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import vhdtool
-from tests.helpers import VHDTOOL
+from tests.helpers import VHDTOOL, stop_process
 from tests.run.conftest import Env, Guest, build_root_image
 
 TICKER = "i=0; while true; do i=$((i+1)); echo tick $i >> /data; sync; echo tick $i; sleep 0.2; done"
@@ -44,31 +45,26 @@ class Runner:
         ticks = re.findall(r"^tick (\d+)", self.out.read_text(errors="replace"), re.MULTILINE)
         return int(ticks[-1]) if ticks else 0
 
-    def wait_for(self, what: str, seconds: float = 120) -> None:
+    def _wait(self, done: Callable[[], bool], seconds: float, stuck: Callable[[], str]) -> None:
+        """Until ``done``; fails when the runner exits first, or after ``seconds`` saying ``stuck()``."""
         end = time.monotonic() + seconds
-        while what not in self.text():
+        while not done():
             assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}: {self.text()[-800:]}"
-            assert time.monotonic() < end, f"{self.name}: no {what!r} within {seconds} s: {self.text()[-800:]}"
+            assert time.monotonic() < end, f"{self.name}{stuck()}: {self.text()[-800:]}"
             time.sleep(0.1)
 
+    def wait_for(self, what: str, seconds: float = 120) -> None:
+        self._wait(lambda: what in self.text(), seconds, lambda: f": no {what!r} within {seconds} s")
+
     def wait_ticking_past(self, tick: int, seconds: float = 60) -> None:
-        end = time.monotonic() + seconds
-        while self.last_tick() <= tick:
-            assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}: {self.text()[-800:]}"
-            assert time.monotonic() < end, f"{self.name} stuck at tick {self.last_tick()}: {self.text()[-800:]}"
-            time.sleep(0.1)
+        self._wait(lambda: self.last_tick() > tick, seconds, lambda: f" stuck at tick {self.last_tick()}")
 
     def exit_code(self, seconds: float = 30) -> int:
         return self.proc.wait(seconds)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
 
 
 def incoming(
@@ -85,6 +81,16 @@ def incoming(
     runner = Runner(env, name, *images, *env.boot_args(guest), "-m", "256M", "--incoming", address, *extra)
     runner.wait_for("waiting for a migration")
     return runner, image
+
+
+def move(env: Env, source: Runner, dest: Runner, address: str) -> subprocess.CompletedProcess[str]:
+    """`vhdtool migrate` of ``source``'s guest to ``dest`` waiting at ``address``, which must
+    succeed: the source runner exits 0 and the guest ticks on at the destination."""
+    moved = env.vhdtool("migrate", source.name, "--to", address)
+    assert moved.returncode == 0, moved.stderr
+    assert source.exit_code() == 0
+    dest.wait_ticking_past(source.last_tick() + 2)
+    return moved
 
 
 def console_ticks(*runners: Runner) -> list[int]:
@@ -170,11 +176,8 @@ def test_a_ticking_guest_moves_twice_over_unix_and_tcp_and_its_last_disk_holds_e
         port = free_port_pair()
         second, second_image = incoming(env, guest, "second", size, f"tcp:127.0.0.1:{port}", data_size=data_size)
         runners.append(second)
-        again = env.vhdtool("migrate", "first", "--to", f"tcp:127.0.0.1:{port}")
-        assert again.returncode == 0, again.stderr
+        again = move(env, first, second, f"tcp:127.0.0.1:{port}")
         assert re.match(rf"first: moved to tcp:127.0.0.1:{port} in [\d.]+ s, downtime \d+ ms", again.stdout)
-        assert first.exit_code() == 0
-        second.wait_ticking_past(first.last_tick() + 2)
         second.stop()
     finally:
         for runner in runners:
@@ -267,10 +270,7 @@ def test_a_migration_failing_at_each_phase_leaves_the_guest_running_here_with_no
         # and then the guest still moves, every tick with it
         dest, final_image = incoming(env, guest, "final", size, address, "--agent")
         runners.append(dest)
-        moved = env.vhdtool("migrate", "src", "--to", address)
-        assert moved.returncode == 0, moved.stderr
-        assert source.exit_code() == 0
-        dest.wait_ticking_past(source.last_tick() + 2)
+        move(env, source, dest, address)
         dest.stop()
     finally:
         for runner in runners:

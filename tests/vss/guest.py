@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,11 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import stop_process
+from tests.helpers import VHDTOOL, need, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
-
-VHDTOOL = [sys.executable, "-m", "vhdtool"]
 
 HOOK = """#!/bin/busybox sh
 [ "$1" = freeze ] && [ -e /slow ] && /bin/busybox sleep 5
@@ -43,8 +42,7 @@ INIT = (
 
 def add_qga(root: Path) -> None:
     """Copy the host's qemu-ga and every library it links into a guest root folder."""
-    qga = shutil.which("qemu-ga") or shutil.which("qemu-ga", path="/usr/sbin:/usr/bin")
-    assert qga, "qemu-ga is not installed: run fixtures/setup.sh (qemu-guest-agent)"
+    qga = need("qemu-ga")  # Debian's qemu-guest-agent
     for d in ("usr/sbin", "run", "var/run", "tmp", "etc/qemu"):
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copy(qga, root / "usr/sbin/qemu-ga")
@@ -97,6 +95,31 @@ class RunningGuest:
                 return True
             time.sleep(0.3)
         return self.ticks() > more_than
+
+
+def kill_snapshot_mid_freeze(args: list[str], env: dict[str, str]) -> set[Path]:
+    """Start `vhdtool snapshot create ARGS --quiesce required`, wait until it has written its
+    group's record (just before the watchdog arms and the freeze begins), and kill -9 it inside
+    the 5 s freeze hook, which the caller armed with /slow. Returns the records there were before."""
+    records = Path(env["VHDTOOL_SNAPSHOT_DIR"])
+    records.mkdir(exist_ok=True)
+    earlier = set(records.glob("*.json"))
+    proc = subprocess.Popen(
+        [*VHDTOOL, "snapshot", "create", *args, "--quiesce", "required"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        end = time.monotonic() + 60
+        while set(records.glob("*.json")) == earlier and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(1.5)  # well inside the hook's 5 s
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return earlier
 
 
 @contextmanager

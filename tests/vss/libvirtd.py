@@ -43,7 +43,7 @@ def running_libvirtd(log_dir: Path) -> Iterator[str]:
         yield URI
         return
     conf = QEMU_CONF.read_text() if QEMU_CONF.exists() else ""
-    assert '\nuser = "root"' in f"\n{conf}", f"{QEMU_CONF} lacks user = \"root\": run fixtures/setup.sh"
+    assert '\nuser = "root"' in f"\n{conf}", f'{QEMU_CONF} lacks user = "root": run fixtures/setup.sh'
     started: list[subprocess.Popen[bytes]] = []
     try:
         if subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).returncode != 0:

@@ -11,13 +11,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import vhdtool
-from tests.helpers import VHDTOOL, assert_clean_error
+from tests.helpers import VHDTOOL, assert_clean_error, wait_until
 from tests.helpers import vhdtool as run_vhdtool
 from vhdtool.vss.plugin import FreezeState, RunState
 from vhdtool.vss.plugins.simulated import SimulatedHypervisor
@@ -136,15 +135,6 @@ def test_preferred_pauses_a_guest_whose_freeze_fails(env: Path) -> None:
     assert "freeze failed" in doc["guests"][2]["note"]
 
 
-def wait_for(predicate, seconds: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def states(folder: Path, guests: int) -> list[tuple[RunState, FreezeState]]:
     with sim(folder, guests) as hv:
         return [(s.run, s.freeze) for s in (hv.status(f"sim-{i}", 1) for i in range(guests))]
@@ -159,16 +149,16 @@ def test_watchdog_thaws_after_coordinator_is_killed(env: Path) -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         frozen = [(RunState.RUNNING, FreezeState.FROZEN)] * 4
-        assert wait_for(lambda: states(env, 4) == frozen), "guests never froze"
+        assert wait_until(lambda: states(env, 4) == frozen), "guests never froze"
         assert len(vhd_files(env)) == 8  # the new layers exist while frozen
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         thawed = [(RunState.RUNNING, FreezeState.THAWED)] * 4
-        assert wait_for(lambda: states(env, 4) == thawed and len(vhd_files(env)) == 4), proc.stderr.read()
+        assert wait_until(lambda: states(env, 4) == thawed and len(vhd_files(env)) == 4), proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()
-    assert wait_for(lambda: not list((env / "records").glob("*.json")))
+    assert wait_until(lambda: not list((env / "records").glob("*.json")))
     assert_untouched(env, 4)
 
 
@@ -181,7 +171,7 @@ def test_watchdog_takes_over_a_thaw_that_failed(env: Path) -> None:
     doc = json.loads(result.stdout)
     assert "sim-2" in doc["watchdog"]
     assert all(len(g["disks"]) == 1 for g in doc["guests"])  # the snapshot itself was taken
-    assert wait_for(lambda: states(env, 3) == [(RunState.RUNNING, FreezeState.THAWED)] * 3)
+    assert wait_until(lambda: states(env, 3) == [(RunState.RUNNING, FreezeState.THAWED)] * 3)
 
 
 def test_scale_512_guests_in_one_group(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import libvirt  # noqa: F401 - a missing binding is a failed setup (fixtures/set
 import pytest
 
 import vhdtool
+from tests.helpers import VHDTOOL
 from vhdtool.vss.coordinator import Quiesce, SnapshotError, SnapshotOptions, create_snapshot
 from vhdtool.vss.plugin import Disk, HypervisorError, RunState
 from vhdtool.vss.plugins.libvirt import LibvirtHypervisor
@@ -99,7 +100,6 @@ def test_nbd_disks_are_layered_only_when_vhdtool_serves_them(
     hv: LibvirtHypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import subprocess
-    import sys
 
     monkeypatch.setenv("VHDTOOL_STATE_DIR", str(tmp_path / "state"))
     served, stranger = tmp_path / "served.sock", tmp_path / "stranger.sock"
@@ -107,7 +107,7 @@ def test_nbd_disks_are_layered_only_when_vhdtool_serves_them(
     hv.conn.createXML(NBD_DOMAIN.format(name="nbd-other", socket=stranger), 0)
     (other,) = hv.list_disks("nbd-other")
     assert not other.layerable and "not served by vhdtool" in other.path
-    server = subprocess.Popen([sys.executable, "-m", "vhdtool", "serve", tmp_path / "web.vhd", "--socket", served],
+    server = subprocess.Popen([*VHDTOOL, "serve", tmp_path / "web.vhd", "--socket", served],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         assert server.stdout is not None and server.stdout.readline()  # listening, registered

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import need
-from tests.vss.guest import VHDTOOL, booted_guest, build_image
+from tests.helpers import need, wait_until
+from tests.vss.guest import VHDTOOL, booted_guest, build_image, kill_snapshot_mid_freeze
 from tests.vss.libvirtd import Domain, booted, file_disk, nbd_disk, running_libvirtd, session_tag
 from vhdtool.vss import control, served
 
@@ -188,28 +188,15 @@ def test_watchdog_thaws_after_the_coordinator_is_killed(lab: Lab, which: str) ->
     kept, source = files(lab.folder), domain.disk_source()
     served_before = lab.served_layer()
     records = Path(lab.env["VHDTOOL_SNAPSHOT_DIR"])
-    records.mkdir(exist_ok=True)
-    earlier = set(records.glob("*.json"))
     domain.run("touch", "/slow")
     try:
-        proc = subprocess.Popen(
-            [*VHDTOOL, "snapshot", "create", "--hypervisor", "libvirt", "--hypervisor-opt", f"uri={lab.uri}",
-             "--guest", domain.name, "--quiesce", "required"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=lab.env,
-        )  # fmt: skip
-        end = time.monotonic() + 60
-        while set(records.glob("*.json")) == earlier and proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.05)  # the record is written just before the watchdog arms and the freeze
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        time.sleep(1.5)  # inside the 5 s freeze hook
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        earlier = kill_snapshot_mid_freeze(
+            ["--hypervisor", "libvirt", "--hypervisor-opt", f"uri={lab.uri}", "--guest", domain.name], lab.env
+        )
         assert_thawed_and_ticking(domain)
     finally:
         domain.run("rm", "-f", "/slow")
-    end = time.monotonic() + 60
-    while (set(records.glob("*.json")) != earlier or files(lab.folder) != kept) and time.monotonic() < end:
-        time.sleep(0.2)
+    wait_until(lambda: set(records.glob("*.json")) == earlier and files(lab.folder) == kept, 60, 0.2)
     assert set(records.glob("*.json")) == earlier, "the watchdog left the group's record"
     assert files(lab.folder) == kept and domain.disk_source() == source and lab.served_layer() == served_before
 
@@ -278,4 +265,3 @@ def test_bare_name_with_two_connections_is_refused(lab: Lab) -> None:
                         "--hypervisor-opt", "uri=qemu+unix:///system", "--guest", lab.file.name)  # fmt: skip
     assert done.returncode == 64 and f"no guest named {lab.file.name!r}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-

@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import VHDTOOL, assert_clean_error
+from tests.helpers import VHDTOOL, assert_clean_error, wait_until
 from tests.helpers import vhdtool as run_vhdtool
 from vhdtool.errors import UsageError
 from vhdtool.vss.mixed import plan_group
@@ -43,15 +41,6 @@ def sim_states(folder: Path) -> list[tuple[RunState, FreezeState, str]]:
 
 def untouched(folder: Path) -> list[tuple[RunState, FreezeState, str]]:
     return [(RunState.RUNNING, FreezeState.THAWED, str(folder / "sim" / f"sim-{i}.vhd")) for i in range(2)]
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 60) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def test_plugin_prefixes_pick_guests_and_options() -> None:
@@ -91,14 +80,14 @@ def test_watchdog_rescues_a_mixed_group(env: Path) -> None:
     cmd = [*VHDTOOL, *group(env, "hang=0:freeze"), "--freeze-timeout", "120"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: sim_states(env)[1][1] is FreezeState.FROZEN), "sim-1 never froze"
+        assert wait_until(lambda: sim_states(env)[1][1] is FreezeState.FROZEN), "sim-1 never froze"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert wait_for(lambda: sim_states(env) == untouched(env)), proc.stderr.read() if proc.stderr else ""
+        assert wait_until(lambda: sim_states(env) == untouched(env)), proc.stderr.read() if proc.stderr else ""
     finally:
         proc.kill()
         proc.wait()
-    assert wait_for(lambda: len(list((env / "sim").glob("*.vhd"))) == 2 and not list((env / "records").glob("*")))
+    assert wait_until(lambda: len(list((env / "sim").glob("*.vhd"))) == 2 and not list((env / "records").glob("*")))
 
 
 def test_bad_mixed_requests_are_usage_errors(env: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import need
-from tests.vss.guest import VHDTOOL, RunningGuest, booted_guest
+from tests.helpers import need, wait_until
+from tests.vss.guest import VHDTOOL, RunningGuest, booted_guest, kill_snapshot_mid_freeze
 from vhdtool.vss.plugin import FreezeState, RunState
 from vhdtool.vss.plugins.runner import RunnerHypervisor
 from vhdtool.vss.qga import GuestAgent
@@ -131,25 +130,11 @@ def test_freeze_past_its_deadline_thaws_and_leaves_no_layer(guest: RunningGuest)
 def test_coordinator_killed_mid_freeze_is_rescued_by_the_watchdog(guest: RunningGuest) -> None:
     kept = layers(guest)
     records = Path(guest.env["VHDTOOL_SNAPSHOT_DIR"])
-    earlier = set(records.glob("*.json"))
     agent_exec(guest, "touch", "/slow")
     try:
-        proc = subprocess.Popen(
-            [*VHDTOOL, "snapshot", "create", "--guest", guest.name, "--quiesce", "required"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=guest.env,
-        )  # fmt: skip
-        end = time.monotonic() + 60
-        while set(records.glob("*.json")) == earlier and proc.poll() is None and time.monotonic() < end:
-            time.sleep(0.05)  # the record is written just before the watchdog arms and the freeze
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        time.sleep(1.5)  # well inside the 5 s freeze hook
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        earlier = kill_snapshot_mid_freeze(["--guest", guest.name], guest.env)
         # the agent takes one client at a time: touch it only once the watchdog is done
         assert_thawed_running_ticking(guest, kept)
     finally:
         agent_exec(guest, "rm", "-f", "/slow")
-    end = time.monotonic() + 30
-    while set(records.glob("*.json")) != earlier and time.monotonic() < end:
-        time.sleep(0.2)
-    assert set(records.glob("*.json")) == earlier, "the watchdog left the group's record"
+    assert wait_until(lambda: set(records.glob("*.json")) == earlier, 30, 0.2), "the watchdog left the group's record"

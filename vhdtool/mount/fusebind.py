@@ -52,7 +52,7 @@ def keep_thread_state() -> None:
 
     ctypes runs a callback on a thread Python did not start inside PyGILState_Ensure/Release,
     which make a thread state for the call and delete it after (with its 16 KiB frame stack,
-    mmap'ed and munmap'ed each time: 6-7% of the server's CPU on 1 MiB reads, by perf). One
+    mmap'ed and munmap'ed each time, a cost perf shows on every read). One
     Ensure never released keeps it for the thread's life; libfuse's workers live as long as
     the mount (max_idle_threads = max_threads), and the process ends with them.
     """
