@@ -72,19 +72,26 @@ def rebase(child: str, parent: str, unsafe: bool, children: tuple[str, ...], qui
     is_flag=True,
     help="Refuse unless each parent reads as the original the old locators name (a copied chain).",
 )
+@click.option(
+    "--chain",
+    "whole_chain",
+    is_flag=True,
+    help="Relink every disk below CHILD too, not only those whose links are broken (a copied chain).",
+)
 @options.JSON
-def relink(child: str, parent: str | None, check_content: bool, as_json: bool) -> None:
+def relink(child: str, parent: str | None, check_content: bool, whole_chain: bool, as_json: bool) -> None:
     """Repair the parent locators of a moved, renamed or copied chain.
 
-    Each parent is found through PARENT, the locators, or by UUID among the VHDs in the child's
-    folder; every disk of the chain gets a relative and an absolute locator, and records its
-    parent's current time stamp (a copy's new file times then raise no warning). In place: new
-    locator data is written past the end, then one header write switches to it, so an
-    interrupted relink leaves each disk with its old or its new locators.
+    CHILD's parent is found through PARENT, the locators, or by UUID among the VHDs in the
+    child's folder; CHILD gets a relative and an absolute locator and records its parent's current
+    time stamp (a copy's new file times then raise no warning). A disk below CHILD is rewritten
+    only when its own locators no longer find its parent, or with --chain. In place: new locator
+    data is written past the end, then one header write switches to it, so an interrupted relink
+    leaves each disk with its old or its new locators.
     """
     from vhdtool.ops.relink import relink as relink_chain
 
-    done = relink_chain(child, parent, check_content=check_content)
+    done = relink_chain(child, parent, check_content=check_content, whole_chain=whole_chain)
     if as_json:
         render.print_json(done.as_json())
         return
