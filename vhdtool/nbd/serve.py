@@ -3,7 +3,7 @@
 With ``snapshot`` a temporary differencing child of the image takes the writes and is deleted at
 exit, so the image itself never changes (qemu's -snapshot, done with a VHD layer).
 
-A writable server on a unix socket registers itself (``vhdtool.vss.served``) and takes layer
+A writable server on a unix socket registers itself (``vhdtool.nbd.served``) and takes layer
 switches there, so that the snapshot coordinator can give a libvirt guest whose disk is this
 socket a VHD snapshot, as it gives the runner's guests.
 """
@@ -109,7 +109,7 @@ async def _serve(
                 uri = await server.listen_unix(socket_path)
                 _set_access(socket_path, *access)
                 if register:
-                    from vhdtool.vss.served import registered
+                    from vhdtool.nbd.served import registered
 
                     await stack.enter_async_context(registered(server, socket_path, image))
             else:

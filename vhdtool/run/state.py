@@ -38,10 +38,10 @@ For a guest named NAME it holds:
   (``NAME/runner.qmp``), so ``qmp`` is free for others.
 
 The write layer of a running disk is switched by asking the runner process, whose NBD server
-feeds the disk: its ``control`` socket is a ``vhdtool.vss.control.LayerControl`` endpoint — one
+feeds the disk: its ``control`` socket is a ``vhdtool.nbd.layercontrol.LayerControl`` endpoint — one
 JSON request per line, ``{"op": "layers"}`` (where each export writes now) and ``{"op": "switch",
 "export": "vda", "layer": PATH}`` (to a new differencing child of the current top, opened over
-the device already served, or back to the previous top); ``vhdtool.vss.control.call`` is a
+the device already served, or back to the previous top); ``vhdtool.nbd.layercontrol.call`` is a
 client. Where a disk writes now is asked there, not kept in the entry.
 
 Everything is removed when the guest stops. A runner killed with -9 leaves its files behind
