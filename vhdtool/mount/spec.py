@@ -16,7 +16,7 @@ from vhdtool.disk.partitions import read_table, select
 from vhdtool.errors import UsageError
 from vhdtool.mount import drivers, fusebind, registry
 from vhdtool.mount.rawtree import DISK
-from vhdtool.ops.undo import undo_path
+from vhdtool.ops.overlay import undo_path
 
 UNDO = "undo"
 DIRECT = "direct"

@@ -64,6 +64,7 @@ from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.folders import state_dir
+from vhdtool.ops.overlay import remove_scratch_folder
 
 VERSION = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -156,8 +157,8 @@ def _remove_files(base: str, name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(entry_path)
     shutil.rmtree(folder, ignore_errors=True)
-    if isinstance(scratch, str) and os.path.basename(scratch).startswith("vhdtool-run-"):
-        shutil.rmtree(scratch, ignore_errors=True)
+    if isinstance(scratch, str):
+        remove_scratch_folder(scratch)  # only a folder named as a scratch folder
 
 
 def _clean_if_stale(base: str, name: str) -> bool:

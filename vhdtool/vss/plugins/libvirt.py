@@ -36,7 +36,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from vhdtool.nbd import served
-from vhdtool.vss import control, layers
+from vhdtool.ops.overlay import snapshot_layer_path
+from vhdtool.vss import control
 from vhdtool.vss.plugin import (
     AgentUnavailable,
     Disk,
@@ -185,7 +186,7 @@ class LibvirtHypervisor(Hypervisor):
         if self._served(guest, disk.id) is not None:
             return super().layer_path(guest, disk, group)
         # named like a VHD layer (a later snapshot's overlay drops the earlier group from the name)
-        return f"{os.path.splitext(layers.layer_path(disk.path, group))[0]}.qcow2"
+        return f"{os.path.splitext(snapshot_layer_path(disk.path, group))[0]}.qcow2"
 
     def layer_cost(self, guest: str, disk: Disk) -> int:
         if self._served(guest, disk.id) is not None:
