@@ -21,7 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from vhdtool.folders import state_dir
+from vhdtool.folders import record_names, state_dir
 from vhdtool.format.lock import held_elsewhere
 from vhdtool.nbd.layercontrol import LayerControl
 from vhdtool.nbd.server import NbdServer
@@ -92,13 +92,9 @@ def _lock(path: str) -> int:
 def entries() -> list[Served]:
     """The live servers on record; stale entries are removed on the way."""
     base = folder()
-    try:
-        names = sorted(n for n in os.listdir(base) if n.endswith(".json"))
-    except FileNotFoundError:
-        return []
     found = []
-    for name in names:
-        stem = os.path.join(base, name[: -len(".json")])
+    for name in record_names(base):
+        stem = os.path.join(base, name)
         if not held_elsewhere(f"{stem}.lock"):
             for leftover in (f"{stem}.json", f"{stem}.lock", f"{stem}.control.sock"):
                 with contextlib.suppress(FileNotFoundError):
