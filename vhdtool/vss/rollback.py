@@ -70,14 +70,14 @@ def roll_back(
     layer is kept); ``switch_back`` and ``release`` raise when they fail; ``timeout`` is the
     deadline of each parallel step, in seconds.
     """
-    layers = {nl.key: nl for nl in layers}
-    where = {key: writes_to_new(nl) for key, nl in layers.items()}
+    by_key = {nl.key: nl for nl in layers}
+    where = {key: writes_to_new(nl) for key, nl in by_key.items()}
     kept = {key for key, on_new in where.items() if on_new is None}
     back = [key for key, on_new in where.items() if on_new]
-    undone = run_all(back, lambda key: switch_back(layers[key]), timeout)
+    undone = run_all(back, lambda key: switch_back(by_key[key]), timeout)
     released = run_all(list(guests), release, timeout)
     kept |= set(undone.failures()) | set(undone.unfinished()) | in_doubt()
-    for key, nl in layers.items():
+    for key, nl in by_key.items():
         if key not in kept:
             remove_layer(nl.layer)
     stuck = {name: str(e) for name, e in released.failures().items()}
