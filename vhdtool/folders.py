@@ -9,7 +9,8 @@
   it. ``$VHDTOOL_SNAPSHOT_DIR``, else ``$VHDTOOL_STATE_DIR/snapshots``, else
   ``$XDG_DATA_HOME/vhdtool/snapshots`` (``~/.local/share/...``).
 
-Nothing here creates a folder: each user makes its own, with the mode it needs.
+Nothing here creates a folder: each user makes its own, with the mode it needs. Each keeps its
+records as ``NAME.json`` files; ``record_names`` lists them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ def runtime_dir() -> str:
     if os.environ.get("XDG_RUNTIME_DIR"):
         return os.path.join(os.environ["XDG_RUNTIME_DIR"], "vhdtool")
     return os.path.join(tempfile.gettempdir(), f"vhdtool-{os.getuid()}")
+
+
+def record_names(folder: str) -> list[str]:
+    """The NAMEs of the ``NAME.json`` records in ``folder``, sorted; none when it does not exist."""
+    try:
+        return sorted(n[: -len(".json")] for n in os.listdir(folder) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
 
 
 def snapshot_dir() -> str:

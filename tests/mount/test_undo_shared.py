@@ -79,3 +79,24 @@ def test_an_unrelated_file_in_the_undo_disks_place_is_refused(image_of, mnt: Pat
     assert_clean_error(refused, 64)
     assert "not a differencing child" in refused.stderr
     assert digest(image) == before and registry.records() == []
+
+
+def test_a_mount_elsewhere_is_refused_while_the_file_commands_undo_disk_waits(
+    image_of, mnt: Path, tmp_path: Path
+) -> None:
+    """Two undo disks over one image: committing either would change the other's parent."""
+    image = image_of("ext4")
+    note = tmp_path / "note.txt"
+    note.write_text("pending\n")
+    ok("cp", "--undo", note, f"{image}:/note.txt")
+    undo = Path(f"{image}.undo.vhd")
+    before = digest(image), digest(undo)
+    folder = tmp_path / "undo"
+    folder.mkdir()
+    refused = vhdtool("mount", "--undo-dir", folder, image, mnt)
+    assert_clean_error(refused, 64)
+    assert "mount without --undo-dir" in refused.stderr
+    assert list(folder.iterdir()) == [] and (digest(image), digest(undo)) == before
+    ok("mount", image, mnt)  # the undo disk beside it is carried on
+    assert (mnt / "note.txt").read_text() == "pending\n"
+    ok("umount", "--discard", mnt)

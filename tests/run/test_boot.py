@@ -130,7 +130,7 @@ def qmp_status(path: str) -> str:
 
 
 def test_a_background_guest_is_listed_reached_switched_and_stopped_cleanly(env: Env, guest: Guest) -> None:
-    from vhdtool.vss.control import call
+    from vhdtool.nbd.layercontrol import call
 
     image = build_root_image(env, "reader", CONSOLE_READER)
     log = env.tmp / "console.log"

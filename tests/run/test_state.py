@@ -62,10 +62,11 @@ def test_an_explicit_name_in_use_is_refused(folder: Path, other_runner: subproce
         state.claim("../evil", "other.vhd")
 
 
+@pytest.mark.parametrize("scratch_name", ["vhdtool-scratch-abc", "vhdtool-run-abc"])  # this version's, an earlier one's
 def test_the_entry_of_a_killed_runner_is_cleaned_by_the_next_look(
-    folder: Path, other_runner: subprocess.Popen[str], tmp_path: Path
+    folder: Path, other_runner: subprocess.Popen[str], tmp_path: Path, scratch_name: str
 ) -> None:
-    scratch = tmp_path / "vhdtool-run-abc"
+    scratch = tmp_path / scratch_name
     scratch.mkdir()
     (folder / "disk" / "nbd.sock").touch()
     doc = json.loads((folder / "disk.json").read_text())

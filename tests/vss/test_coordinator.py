@@ -85,7 +85,7 @@ def test_group_snapshot_makes_real_layers_and_records_them(env: Path) -> None:
     again = json.loads(snapshot(env, 3).stdout)
     second = again["guests"][1]["disks"][0]
     assert second["snapshot"] == active
-    assert Path(second["active"]).name == f"sim-1.{again['group']}.vhd"
+    assert Path(second["active"]).name == f"sim-1.vhd.{again['group']}.vhd"
 
 
 @pytest.mark.parametrize(

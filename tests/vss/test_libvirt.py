@@ -47,11 +47,11 @@ def test_lists_guests_and_their_vhd_disks(hv: LibvirtHypervisor, tmp_path: Path)
     assert hv.probe_agent("web", 1)
     st = hv.status("web", 1)
     assert st.run is RunState.RUNNING and st.active_layers == {"vda": disk.path}
-    assert hv.layer_path("web", disk, "G").endswith("/web.G.qcow2")
-    # a snapshot of an overlay names its own after the disk again, not web.<g1>.<g2>.qcow2
+    assert hv.layer_path("web", disk, "G").endswith("/web.vhd.G.qcow2")
+    # a snapshot of an overlay names its own after the disk again, not web.vhd.<g1>.<g2>.qcow2
     first = hv.layer_path("web", disk, "20261203T102210Z-eb40")
     second = hv.layer_path("web", Disk("vda", first), "20261203T102215Z-b8e9")
-    assert os.path.basename(second) == "web.20261203T102215Z-b8e9.qcow2"
+    assert os.path.basename(second) == "web.vhd.20261203T102215Z-b8e9.qcow2"
 
 
 def test_freeze_thaw_pause_resume(hv: LibvirtHypervisor) -> None:
@@ -113,7 +113,7 @@ def test_nbd_disks_are_layered_only_when_vhdtool_serves_them(
         assert server.stdout is not None and server.stdout.readline()  # listening, registered
         (disk,) = hv.list_disks("nbd-served")
         assert disk.layerable and disk.path == str(tmp_path / "web.vhd")
-        assert hv.layer_path("nbd-served", disk, "G").endswith("/web.G.vhd")  # a VHD layer, not qcow2
+        assert hv.layer_path("nbd-served", disk, "G").endswith("/web.vhd.G.vhd")  # a VHD layer, not qcow2
         assert hv.status("nbd-served", 1).active_layers == {"vda": disk.path}
     finally:
         server.terminate()

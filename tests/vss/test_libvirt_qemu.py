@@ -22,7 +22,8 @@ import pytest
 from tests.helpers import need, wait_until
 from tests.vss.guest import VHDTOOL, booted_guest, build_image, kill_snapshot_mid_freeze
 from tests.vss.libvirtd import Domain, booted, file_disk, nbd_disk, running_libvirtd, session_tag
-from vhdtool.vss import control, served
+from vhdtool.nbd import served
+from vhdtool.vss import control
 
 pytestmark = pytest.mark.boot
 

@@ -16,7 +16,7 @@ from vhdtool.disk.partitions import read_table, select
 from vhdtool.errors import UsageError
 from vhdtool.mount import drivers, fusebind, registry
 from vhdtool.mount.rawtree import DISK
-from vhdtool.ops.undo import undo_path
+from vhdtool.ops.overlay import undo_path
 
 UNDO = "undo"
 DIRECT = "direct"
@@ -90,6 +90,13 @@ def prepare(
         )
     if undo_file is not None and os.path.exists(undo_file):
         _check_undo_disk(undo_file, image)  # the file commands' --undo left it: this mount goes on with it
+    beside = undo_path(image)
+    if undo_file is not None and undo_file != beside and os.path.exists(beside):
+        # a second undo disk over the image: committing either would change the other's parent
+        raise UsageError(
+            f"{beside}: the file commands' --undo changes wait there; mount without --undo-dir to "
+            "carry on with them (its umount commits or discards them)"
+        )
     if raw:
         return MountSpec(image, mountpoint, mode, undo_file, raw=True)
     return MountSpec(

@@ -30,7 +30,7 @@ class Target:
 
     def __init__(self, spec: MountSpec) -> None:
         from vhdtool.format.chain import open_image
-        from vhdtool.ops.create import create
+        from vhdtool.ops.overlay import create_overlay
 
         self.spec = spec
         self.made_undo = False
@@ -39,7 +39,7 @@ class Target:
             assert spec.undo is not None
             _refuse_corrupt(spec.image)  # an undo disk exists to be committed into the image
             if not os.path.exists(spec.undo):  # one there already holds the file commands' --undo writes
-                create(spec.undo, parent=spec.image)  # refuses a file made in between
+                create_overlay(spec.image, spec.undo)  # refuses a file made in between
                 self.made_undo = True
             try:
                 self.image: ImageBase = open_image(spec.undo, writable=True)

@@ -1,9 +1,10 @@
 """`vhdtool serve`: export one image chain over NBD until SIGINT or SIGTERM.
 
-With ``snapshot`` a temporary differencing child of the image takes the writes and is deleted at
-exit, so the image itself never changes (qemu's -snapshot, done with a VHD layer).
+With ``snapshot`` a throw-away overlay of the image (``vhdtool.ops.overlay``, in a scratch folder)
+takes the writes and is deleted at exit, so the image itself never changes (qemu's -snapshot,
+done with a VHD layer).
 
-A writable server on a unix socket registers itself (``vhdtool.vss.served``) and takes layer
+A writable server on a unix socket registers itself (``vhdtool.nbd.served``) and takes layer
 switches there, so that the snapshot coordinator can give a libvirt guest whose disk is this
 socket a VHD snapshot, as it gives the runner's guests.
 """
@@ -14,10 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 
 from vhdtool.errors import UsageError, VhdError
@@ -70,20 +69,19 @@ def _group_id(group: str) -> int:
 @contextlib.contextmanager
 def _open_layers(image: str, read_only: bool, snapshot: bool) -> Iterator[BlockDevice]:
     from vhdtool.format.chain import open_image
-    from vhdtool.ops.create import create
+    from vhdtool.ops import overlay
 
-    workdir = None
+    scratch = None
     try:
         path = image
         if snapshot:
-            workdir = tempfile.mkdtemp(prefix="vhdtool-snapshot-")
-            path = os.path.join(workdir, os.path.basename(image) + ".snapshot.vhd")
-            create(path, parent=os.path.abspath(image))
+            scratch = overlay.make_scratch_folder()
+            path = overlay.create_overlay(os.path.abspath(image), overlay.scratch_path(image, scratch))
         with open_image(path, writable=snapshot or not read_only) as device:
             yield device
     finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if scratch is not None:
+            overlay.remove_scratch_folder(scratch)
 
 
 async def _serve(
@@ -109,7 +107,7 @@ async def _serve(
                 uri = await server.listen_unix(socket_path)
                 _set_access(socket_path, *access)
                 if register:
-                    from vhdtool.vss.served import registered
+                    from vhdtool.nbd.served import registered
 
                     await stack.enter_async_context(registered(server, socket_path, image))
             else:

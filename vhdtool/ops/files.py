@@ -6,7 +6,7 @@ and for writes a read-only fsck must pass before only the changed 64 KiB grains 
 into the top of the image's chain. Bad paths and failing tools therefore never touch the image.
 The write-back goes into a copy of the image that replaces it in one rename (``shadow``), so an
 interrupted command (Ctrl-C, kill -9, a power cut) leaves the old filesystem or the new one.
-With ``undo=True`` writes go instead into the image's undo disk (``ops.undo``: the one ``vhdtool
+With ``undo=True`` writes go instead into the image's undo disk (``ops.overlay``: the one ``vhdtool
 mount`` uses), created on first use and read through by later commands that pass it too.
 
 ext and FAT need neither root nor FUSE. NTFS reads (and copying a single file in) use ntfs-3g's
@@ -31,12 +31,11 @@ from vhdtool.disk.partitions import partition_view, read_table, select
 from vhdtool.disk.table import Partition
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.format.chain import open_image
-from vhdtool.ops.create import create
 from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.extract import extract, write_back
 from vhdtool.ops.growth import allocated_bytes, watched
+from vhdtool.ops.overlay import create_overlay, undo_path
 from vhdtool.ops.shadow import shadow_copy
-from vhdtool.ops.undo import undo_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +83,7 @@ def open_volume(image: str, *, write: bool, partition: int | None = None, undo: 
         target = undo_path(image)
         if not os.path.exists(target):
             if write:
-                create(target, parent=image)
+                create_overlay(image, target)
                 made_undo = True
             else:
                 target = image

@@ -1,8 +1,8 @@
 """A guest's disks as the runner opens and closes them.
 
-Each image is opened writable with its whole chain; with ``--snapshot`` a throw-away
-differencing child of it, in a scratch folder, is opened instead, so the image itself never
-changes. The NBD server serves each disk as export ``vda``, ``vdb``, ...
+Each image is opened writable with its whole chain; with ``--snapshot`` its throw-away overlay
+(``vhdtool.ops.overlay``; the guest's disks share one scratch folder) is opened instead, so the
+image itself never changes. The NBD server serves each disk as export ``vda``, ``vdb``, ...
 
 While the guest runs, a snapshot may put new write layers on top of a disk (the layer control
 endpoint opens each over the device served before it), so at the end the device to close is
@@ -13,8 +13,6 @@ Opening and closing are blocking calls; the runner makes them in a worker thread
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,6 +20,7 @@ from vhdtool.errors import UsageError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.sparse import SparseImage
+from vhdtool.ops import overlay
 
 Image = FixedImage | SparseImage
 
@@ -45,17 +44,15 @@ class GuestDisk:
 def open_disks(images: list[str], snapshot: bool) -> tuple[list[GuestDisk], str | None]:
     """Open every image; returns the disks and the scratch folder of --snapshot (None without)."""
     from vhdtool.format.chain import open_image
-    from vhdtool.ops.create import create
 
-    scratch = tempfile.mkdtemp(prefix="vhdtool-run-") if snapshot else None
+    scratch = overlay.make_scratch_folder() if snapshot else None
     disks: list[GuestDisk] = []
     try:
         for index, image in enumerate(images):
             name, path = disk_id(index), os.path.abspath(image)
             target = path
             if scratch is not None:
-                target = os.path.join(scratch, f"{name}-{os.path.basename(path)}")
-                create(target, parent=path)
+                target = overlay.create_overlay(path, overlay.scratch_path(path, scratch, name))
             disks.append(GuestDisk(name, path, open_image(target, writable=True)))
     except BaseException:
         close_disks(disks, {}, scratch)
@@ -73,7 +70,7 @@ def close_disks(disks: list[GuestDisk], serving: Mapping[str, BlockDevice], scra
             (close_chain or disk.device.close_chain)()
     finally:
         if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+            overlay.remove_scratch_folder(scratch)
 
 
 def first_sector(device: BlockDevice) -> bytes:

@@ -14,7 +14,7 @@ LAYERS_TIMEOUT = 2.0
 def _active_layers(entry: state.Entry) -> dict[str, str]:
     """Ask the runner where each disk writes now (a snapshot may have added layers); an entry's
     images when it does not answer in time."""
-    from vhdtool.vss.control import call
+    from vhdtool.nbd.layercontrol import call
 
     try:
         return {str(k): str(v) for k, v in call(entry.control, {"op": "layers"}, LAYERS_TIMEOUT)["layers"].items()}

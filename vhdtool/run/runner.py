@@ -273,7 +273,7 @@ class _Run:
 
     async def _start_servers(self, cleanup: contextlib.AsyncExitStack) -> None:
         from vhdtool.nbd import NbdServer
-        from vhdtool.vss.control import LayerControl
+        from vhdtool.nbd.layercontrol import LayerControl
 
         assert self.claim is not None
         _log_to_stderr()

@@ -38,10 +38,10 @@ For a guest named NAME it holds:
   (``NAME/runner.qmp``), so ``qmp`` is free for others.
 
 The write layer of a running disk is switched by asking the runner process, whose NBD server
-feeds the disk: its ``control`` socket is a ``vhdtool.vss.control.LayerControl`` endpoint — one
+feeds the disk: its ``control`` socket is a ``vhdtool.nbd.layercontrol.LayerControl`` endpoint — one
 JSON request per line, ``{"op": "layers"}`` (where each export writes now) and ``{"op": "switch",
 "export": "vda", "layer": PATH}`` (to a new differencing child of the current top, opened over
-the device already served, or back to the previous top); ``vhdtool.vss.control.call`` is a
+the device already served, or back to the previous top); ``vhdtool.nbd.layercontrol.call`` is a
 client. Where a disk writes now is asked there, not kept in the entry.
 
 Everything is removed when the guest stops. A runner killed with -9 leaves its files behind
@@ -64,6 +64,7 @@ from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
 from vhdtool.folders import state_dir
+from vhdtool.ops.overlay import remove_scratch_folder
 
 VERSION = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -156,8 +157,8 @@ def _remove_files(base: str, name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(entry_path)
     shutil.rmtree(folder, ignore_errors=True)
-    if isinstance(scratch, str) and os.path.basename(scratch).startswith("vhdtool-run-"):
-        shutil.rmtree(scratch, ignore_errors=True)
+    if isinstance(scratch, str):
+        remove_scratch_folder(scratch)  # only a folder named as a scratch folder
 
 
 def _clean_if_stale(base: str, name: str) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vhdtool.errors import UsageError, VhdError
-from vhdtool.folders import snapshot_dir
+from vhdtool.folders import record_names, snapshot_dir
 from vhdtool.vss.report import Report
 
 PREPARED = "prepared"
@@ -77,14 +77,10 @@ def load(group: str, where: str | None = None) -> Record:
 def records(where: str | None = None) -> list[Record]:
     """Every group on record, oldest first; unreadable files are skipped."""
     base = where or folder()
-    try:
-        names = sorted(n for n in os.listdir(base) if n.endswith(".json"))
-    except FileNotFoundError:
-        return []
     found = []
-    for name in names:
+    for name in record_names(base):
         try:
-            found.append(load(name[: -len(".json")], base))
+            found.append(load(name, base))
         except VhdError:
             continue
     return found

@@ -29,6 +29,7 @@ from vhdtool.vss.layers import check_space, new_group_id, remove_layer, settle_p
 from vhdtool.vss.parallel import Batch, run_all
 from vhdtool.vss.plugin import Disk, Hypervisor, HypervisorError, OperationTimeout
 from vhdtool.vss.report import DiskResult, GuestResult, Report
+from vhdtool.vss.rollback import NewLayer, roll_back
 from vhdtool.vss.watchdog import WatchdogHandle
 
 WATCHDOG_GRACE = 30.0
@@ -308,31 +309,38 @@ class _Group:
             self.watchdog.hand_over()
 
     def _roll_back(self, abort: _Abort) -> None:
-        """Undo the group: switch back, thaw or resume everyone, remove the new layers."""
+        """Undo the group (``rollback.roll_back``): switch back, thaw or resume everyone, remove
+        the new layers."""
         self.aborting.set()
         self.report.error = str(abort)
         switching = abort.switching
         if switching is not None:  # a switch about to finish is cheaper to undo than to doubt
             switching.wait(time.monotonic() + SWITCH_GRACE)
         with self._lock:
-            back = sorted(self.switched)
-        undone = run_all(
-            back,
-            lambda key: self.hv.switch_disk(key[0], self._disk(*key), self._disk(*key).path, self.opts.thaw_timeout),
-            self.opts.thaw_timeout,
-        )
-        # thaw every guest a freeze or pause was issued for, finished or not: thaw is idempotent
-        thawed = run_all(list(self.members), self._release_one, self.opts.thaw_timeout)
-        self.report.freeze_window_ms = round((thawed.last_finish() - self.first_freeze) * 1000)
-        still_on_new = set(undone.failures()) | set(undone.unfinished())
-        if switching is not None:
+            back = set(self.switched)
+
+        def in_doubt() -> set[tuple[str, str]]:
+            if switching is None:
+                return set()
             # a switch still running was not undone: once it ends (a thaw may have cut it off)
             # its disk either stayed on the old top or now writes to the new layer, which must
             # then be kept
             switching.wait(time.monotonic() + self.opts.thaw_timeout)
             with self._lock:
-                still_on_new |= self.switched - set(back)
-            still_on_new |= {(n, d.id) for n in switching.unfinished() for d in self.members[n].disks}
+                late = self.switched - back
+            return late | {(n, d.id) for n in switching.unfinished() for d in self.members[n].disks}
+
+        # thaw every guest a freeze or pause was issued for, finished or not: thaw is idempotent
+        done = roll_back(
+            [NewLayer(m.name, d, m.layers[d.id]) for m in self.members.values() for d in m.disks],
+            list(self.members),
+            writes_to_new=lambda nl: nl.key in back,
+            switch_back=lambda nl: self.hv.switch_disk(nl.guest, nl.disk, nl.disk.path, self.opts.thaw_timeout),
+            release=self._release_one,
+            timeout=self.opts.thaw_timeout,
+            in_doubt=in_doubt,
+        )
+        self.report.freeze_window_ms = round((done.released_at - self.first_freeze) * 1000)
         for m in self.members.values():
             quiesce_error = abort.freezing.failures().get(m.name)
             if quiesce_error is not None:
@@ -342,13 +350,10 @@ class _Group:
             m.result.quiesced = False
             m.result.disks = []
             for d in m.disks:
-                if (m.name, d.id) in still_on_new:
+                if (m.name, d.id) in done.kept:
                     m.result.error = f"disk {d.id} may still write to {m.layers[d.id]}; kept"
-                else:
-                    remove_layer(m.layers[d.id])
-        stuck = {**{n: str(e) for n, e in thawed.failures().items()}, **dict.fromkeys(thawed.unfinished(), "no answer")}
-        if stuck or still_on_new:
-            self._hand_over(stuck or {n: "disk still on its new layer" for n, _ in still_on_new})
+        if done.stuck or done.kept:
+            self._hand_over(done.stuck or {n: "disk still on its new layer" for n, _ in done.kept})
             return
         catalogue.remove(self.report.group, self.catalogue_dir)
         if self.watchdog:

@@ -1,17 +1,15 @@
-"""The files a snapshot adds: naming new write layers, checking room for them, creating and
-removing them.
+"""The files a snapshot adds: group IDs, checking room for the new write layers, and what
+happens to those layers around the switch.
 
 A snapshot leaves a disk's current top image where it is — it becomes the point-in-time image —
-and puts a new differencing child beside it (same folder, so the child's relative parent locator
-survives moving the folder), named after the group: ``disk.vhd`` -> ``disk.<group>.vhd``. A later
-snapshot of that child names its layer after the original stem again, not ``disk.<g1>.<g2>.vhd``.
+and puts a new differencing child beside it: an overlay (``vhdtool.ops.overlay``, which names
+and creates it) tagged with the group, ``disk.vhd`` -> ``disk.vhd.<group>.vhd``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import secrets
 import time
 from collections import defaultdict
@@ -19,9 +17,6 @@ from collections.abc import Iterable
 
 from vhdtool.errors import VhdError
 from vhdtool.format.rules import DEFAULT_BLOCK_SIZE, human_size
-
-GROUP_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{4}")
-_SUFFIX_RE = re.compile(r"\." + GROUP_RE.pattern + "$")
 
 RESERVE = 64 << 20
 """Free space each filesystem must keep beyond the new layers' own size, so that guests can go on
@@ -39,14 +34,6 @@ def new_group_id(now: float | None = None) -> str:
     """A sortable, readable group ID: UTC time and four random hex digits."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     return f"{stamp}-{secrets.token_hex(2)}"
-
-
-def layer_path(top: str, group: str) -> str:
-    """Where the new write layer over ``top`` goes for snapshot group ``group``."""
-    folder, name = os.path.split(os.path.abspath(top))
-    stem, ext = os.path.splitext(name)
-    stem = _SUFFIX_RE.sub("", stem)
-    return os.path.join(folder, f"{stem}.{group}{ext or '.vhd'}")
 
 
 def layer_cost(top: str) -> int:
@@ -79,14 +66,6 @@ def check_space(layers: Iterable[tuple[str, int]], reserve: int = RESERVE) -> No
                 f"{where[dev]}: {human_size(free)} free, the new layers need {human_size(total)} "
                 f"plus {human_size(reserve)} for the guests to keep writing"
             )
-
-
-def create_layer(top: str, path: str) -> str:
-    """Create a differencing child of ``top`` at ``path`` (never over an existing file)."""
-    from vhdtool.ops.create import create
-
-    create(path, parent=top)
-    return path
 
 
 def remove_layer(path: str) -> bool:

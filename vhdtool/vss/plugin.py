@@ -147,9 +147,9 @@ class Hypervisor(ABC):
 
     def layer_path(self, guest: str, disk: Disk, group: str) -> str:
         """Where the new write layer of ``disk`` goes for snapshot group ``group``."""
-        from vhdtool.vss.layers import layer_path
+        from vhdtool.ops.overlay import snapshot_layer_path
 
-        return layer_path(disk.path, group)
+        return snapshot_layer_path(disk.path, group)
 
     def layer_cost(self, guest: str, disk: Disk) -> int:
         """Bytes the new layer takes when created (for the space check)."""
@@ -160,9 +160,9 @@ class Hypervisor(ABC):
     def new_layer(self, guest: str, disk: Disk, path: str) -> str:
         """Create the new write layer for ``disk`` at ``path`` (a VHD differencing child by
         default); a plugin whose hypervisor makes its own overlays overrides this."""
-        from vhdtool.vss.layers import create_layer
+        from vhdtool.ops.overlay import create_overlay
 
-        return create_layer(disk.path, path)
+        return create_overlay(disk.path, path)
 
     def rescue_options(self) -> dict[str, str] | None:
         """Options with which a new instance in another process reaches the same guests, or

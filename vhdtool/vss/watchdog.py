@@ -31,13 +31,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from vhdtool.errors import VhdError
 from vhdtool.vss import catalogue
-from vhdtool.vss.layers import remove_layer
 from vhdtool.vss.plugin import Disk, Hypervisor
+from vhdtool.vss.rollback import NewLayer, roll_back
 
 RESCUE_FOR = 600.0
 """How long the watchdog keeps trying to thaw a guest that does not answer."""
@@ -137,64 +138,70 @@ def _log(message: str) -> None:
         print(f"vhdtool watchdog: {message}", file=sys.stderr, flush=True)
 
 
-def _retry(what: str, fn: Any, give_up_at: float) -> bool:
+def _retry(what: str, fn: Callable[[], None], give_up_at: float) -> None:
+    """Call ``fn`` until it succeeds; past ``give_up_at``, log and raise its last error."""
     delay = 0.2
     while True:
         try:
             fn()
-            return True
+            return
         except Exception as e:  # keep trying whatever the plugin raises: a frozen guest is worse
             if time.monotonic() + delay >= give_up_at:
                 _log(f"{what} failed, giving up: {e}")
-                return False
+                raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
 def rescue(hv: Hypervisor, plan: _Plan, committed: bool) -> bool:
     """Put every guest of the plan back to running and thawed; unless committed, undo the
-    snapshot. True when every step succeeded."""
+    snapshot (``rollback.roll_back``). True when every step succeeded."""
     give_up_at = time.monotonic() + RESCUE_FOR
-    ok = True
-    still_used: set[str] = set()
-    if not committed:
-        for g in plan.guests:
-            for d in g["disks"]:
-                disk = Disk(d["id"], d["path"])
-                try:
-                    active = hv.status(g["name"], ATTEMPT_TIMEOUT).active_layers.get(d["id"])
-                except Exception as e:
-                    _log(f"{g['name']}: cannot tell where disk {d['id']} writes ({e}); keeping {d['layer']}")
-                    still_used.add(d["layer"])
-                    ok = False
-                    continue
-                if active is not None and os.path.realpath(active) == os.path.realpath(d["layer"]):
-                    switched = _retry(
-                        f"{g['name']}: switching disk {d['id']} back",
-                        lambda g=g, disk=disk, d=d: hv.switch_disk(g["name"], disk, d["path"], ATTEMPT_TIMEOUT),
-                        give_up_at,
-                    )
-                    if not switched:
-                        still_used.add(d["layer"])
-                        ok = False
-    for g in plan.guests:
-        name = g["name"]
-        done = True
-        if g["mode"] == "freeze":
-            done = _retry(f"{name}: thaw", lambda name=name: hv.thaw(name, ATTEMPT_TIMEOUT), give_up_at)
+    modes = {g["name"]: g["mode"] for g in plan.guests}
+    layers = [] if committed else [
+        NewLayer(g["name"], Disk(d["id"], d["path"]), d["layer"]) for g in plan.guests for d in g["disks"]
+    ]  # fmt: skip
+
+    def writes_to_new(nl: NewLayer) -> bool | None:
+        try:
+            active = hv.status(nl.guest, ATTEMPT_TIMEOUT).active_layers.get(nl.disk.id)
+        except Exception as e:
+            _log(f"{nl.guest}: cannot tell where disk {nl.disk.id} writes ({e}); keeping {nl.layer}")
+            return None
+        return active is not None and os.path.realpath(active) == os.path.realpath(nl.layer)
+
+    def switch_back(nl: NewLayer) -> None:
+        what = f"{nl.guest}: switching disk {nl.disk.id} back"
+        _retry(what, lambda: hv.switch_disk(nl.guest, nl.disk, nl.disk.path, ATTEMPT_TIMEOUT), give_up_at)
+
+    def release(name: str) -> None:
+        failed: Exception | None = None
+        if modes[name] == "freeze":
+            try:
+                _retry(f"{name}: thaw", lambda: hv.thaw(name, ATTEMPT_TIMEOUT), give_up_at)
+            except Exception as e:
+                failed = e
         # a guest planned for a freeze may have been paused instead (--quiesce preferred): resume
         # is idempotent, so every guest gets one
-        done = _retry(f"{name}: resume", lambda name=name: hv.resume(name, ATTEMPT_TIMEOUT), give_up_at) and done
-        ok = ok and done
-        _log(f"{name}: thawed and running" if done else f"{name}: could not be thawed or resumed")
-    if not committed:
-        for g in plan.guests:
-            for d in g["disks"]:
-                if d["layer"] not in still_used:
-                    remove_layer(d["layer"])
-        if not still_used:
-            catalogue.remove(plan.group, plan.catalogue_dir)
-    return ok
+        try:
+            _retry(f"{name}: resume", lambda: hv.resume(name, ATTEMPT_TIMEOUT), give_up_at)
+        except Exception as e:
+            failed = failed or e
+        _log(f"{name}: thawed and running" if failed is None else f"{name}: could not be thawed or resumed")
+        if failed is not None:
+            raise failed
+
+    done = roll_back(
+        layers,
+        list(modes),
+        writes_to_new=writes_to_new,
+        switch_back=switch_back,
+        release=release,
+        timeout=max(give_up_at - time.monotonic(), 0.0) + ATTEMPT_TIMEOUT,
+    )
+    if not committed and not done.kept:
+        catalogue.remove(plan.group, plan.catalogue_dir)
+    return not done.kept and not done.stuck
 
 
 def _read_line(fd: int, buffer: bytes) -> tuple[bytes | None, bytes]:

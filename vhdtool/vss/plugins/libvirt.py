@@ -7,7 +7,7 @@ layer depends on the disk:
 
 - A disk whose source is a unix socket of a ``vhdtool serve`` (``<disk type='network'><source
   protocol='nbd'><host transport='unix' socket='S'/>``): the server that registered ``S``
-  (``vhdtool.vss.served``) switches its write layer to a new VHD differencing child, the same
+  (``vhdtool.nbd.served``) switches its write layer to a new VHD differencing child, the same
   atomic switch the runner makes. The point-in-time image and the new layer are VHDs; QEMU and
   libvirt see the same socket throughout. Roll-back is the server switching back.
 - A file disk (``<disk type='file'>``): a libvirt disk-only external snapshot: libvirt and QEMU
@@ -35,7 +35,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from vhdtool.vss import control, layers, served
+from vhdtool.nbd import served
+from vhdtool.ops.overlay import snapshot_layer_path
+from vhdtool.vss import control
 from vhdtool.vss.plugin import (
     AgentUnavailable,
     Disk,
@@ -184,7 +186,7 @@ class LibvirtHypervisor(Hypervisor):
         if self._served(guest, disk.id) is not None:
             return super().layer_path(guest, disk, group)
         # named like a VHD layer (a later snapshot's overlay drops the earlier group from the name)
-        return f"{os.path.splitext(layers.layer_path(disk.path, group))[0]}.qcow2"
+        return f"{os.path.splitext(snapshot_layer_path(disk.path, group))[0]}.qcow2"
 
     def layer_cost(self, guest: str, disk: Disk) -> int:
         if self._served(guest, disk.id) is not None:

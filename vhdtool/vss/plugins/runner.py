@@ -2,7 +2,7 @@
 
 Quiesce goes through the QEMU guest agent channel (``vhdtool run --agent``), pause and resume
 through QMP, and the layer switch through the runner's own disk servers: each runner process
-hosts a ``vhdtool.vss.control.LayerControl`` endpoint next to its NBD server, which opens the new
+hosts a ``vhdtool.nbd.layercontrol.LayerControl`` endpoint next to its NBD server, which opens the new
 differencing child over the device it serves and switches atomically.
 
 The agent socket takes one client at a time, so the plugin keeps one agent connection per guest
@@ -18,6 +18,7 @@ import threading
 from collections.abc import Mapping
 from typing import ClassVar
 
+from vhdtool.folders import state_dir
 from vhdtool.run import state
 from vhdtool.vss import control
 from vhdtool.vss.plugin import (
@@ -42,7 +43,7 @@ class RunnerHypervisor(Hypervisor):
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
         super().__init__(options)
-        self.state_dir = os.path.abspath(self.options.get("state") or state.state_dir())
+        self.state_dir = os.path.abspath(self.options.get("state") or state_dir())
         self._agents: dict[str, GuestAgent] = {}
         self._lock = threading.Lock()
 

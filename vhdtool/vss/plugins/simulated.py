@@ -20,13 +20,14 @@ is still running waits for it and then thaws.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 from vhdtool.errors import UsageError
@@ -156,8 +157,10 @@ class SimulatedHypervisor(Hypervisor):
         except KeyError:
             raise HypervisorError(f"simulated: no guest {name!r}") from None
 
-    def _command(self, guest: _SimGuest, phase: str, timeout: float) -> None:
-        """Wait for the guest's previous command, then play this one's latency and faults."""
+    @contextlib.contextmanager
+    def _command(self, guest: _SimGuest, phase: str, timeout: float) -> Iterator[None]:
+        """Wait for the guest's previous command, play this one's latency and faults, let the
+        caller change the guest, and save it."""
         if not guest.lock.acquire(timeout=max(timeout, 0.001)):
             raise OperationTimeout(f"{guest.name}: {phase}: still busy after {timeout:g}s")
         try:
@@ -169,9 +172,10 @@ class SimulatedHypervisor(Hypervisor):
                 time.sleep(delay)
             if (guest.index, phase) in self.fail:
                 raise HypervisorError(f"{guest.name}: {phase} failed (simulated fault)")
-        except BaseException:
+            yield
+            self._save(guest)
+        finally:
             guest.lock.release()
-            raise
 
     def list_guests(self) -> list[Guest]:
         return [Guest(g.name, f"simulated in {self.folder}") for g in self.guests.values()]
@@ -188,12 +192,8 @@ class SimulatedHypervisor(Hypervisor):
         if (g.index, "agent") in self.fail:
             raise AgentUnavailable(f"{guest}: no guest agent")
         g.cancel.clear()
-        self._command(g, "freeze", timeout)
-        try:
+        with self._command(g, "freeze", timeout):
             g.freeze = FreezeState.FROZEN
-            self._save(g)
-        finally:
-            g.lock.release()
         return 1
 
     def thaw(self, guest: str, timeout: float) -> None:
@@ -202,33 +202,21 @@ class SimulatedHypervisor(Hypervisor):
             return  # nothing was frozen without an agent
         if (g.index, "thaw") not in self.hang:
             g.cancel.set()  # a hung command is cut off, as a stuck agent would be
-        self._command(g, "thaw", timeout)
-        try:
+        with self._command(g, "thaw", timeout):
             g.freeze = FreezeState.THAWED
-            self._save(g)
-        finally:
-            g.lock.release()
 
     def pause(self, guest: str, timeout: float) -> None:
         g = self._guest(guest)
         g.cancel.clear()
-        self._command(g, "pause", timeout)
-        try:
+        with self._command(g, "pause", timeout):
             g.run = RunState.PAUSED
-            self._save(g)
-        finally:
-            g.lock.release()
 
     def resume(self, guest: str, timeout: float) -> None:
         g = self._guest(guest)
         if (g.index, "resume") not in self.hang:
             g.cancel.set()
-        self._command(g, "resume", timeout)
-        try:
+        with self._command(g, "resume", timeout):
             g.run = RunState.RUNNING
-            self._save(g)
-        finally:
-            g.lock.release()
 
     def switch_disk(self, guest: str, disk: Disk, layer: str, timeout: float) -> None:
         g = self._guest(guest)
@@ -236,12 +224,8 @@ class SimulatedHypervisor(Hypervisor):
             raise HypervisorError(f"{guest}: no disk {disk.id}")
         if not os.path.isfile(layer):
             raise HypervisorError(f"{guest}: new layer {layer} does not exist")
-        self._command(g, "switch", timeout)
-        try:
+        with self._command(g, "switch", timeout):
             g.active[disk.id] = layer
-            self._save(g)
-        finally:
-            g.lock.release()
 
     def status(self, guest: str, timeout: float) -> GuestStatus:
         g = self._guest(guest)

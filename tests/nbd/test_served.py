@@ -17,7 +17,7 @@ import pytest
 import vhdtool
 from tests.helpers import VHDTOOL, assert_clean_error
 from tests.helpers import vhdtool as run_vhdtool
-from vhdtool.vss import control, served
+from vhdtool.nbd import layercontrol, served
 
 
 @pytest.fixture
@@ -47,10 +47,10 @@ def test_a_writable_server_registers_and_switches_layers(state: Path, tmp_path: 
         entry = served.find(str(sock))
         assert entry is not None and entry.pid == proc.pid and entry.image == str(image) and entry.exports == ("",)
         vhdtool.create(layer, parent=image)
-        control.call(entry.control, {"op": "switch", "export": "", "layer": str(layer)}, 10)
-        assert control.call(entry.control, {"op": "layers"}, 10)["layers"] == {"": str(layer)}
-        control.call(entry.control, {"op": "switch", "export": "", "layer": str(image)}, 10)  # and back
-        assert control.call(entry.control, {"op": "layers"}, 10)["layers"] == {"": str(image)}
+        layercontrol.call(entry.control, {"op": "switch", "export": "", "layer": str(layer)}, 10)
+        assert layercontrol.call(entry.control, {"op": "layers"}, 10)["layers"] == {"": str(layer)}
+        layercontrol.call(entry.control, {"op": "switch", "export": "", "layer": str(image)}, 10)  # and back
+        assert layercontrol.call(entry.control, {"op": "layers"}, 10)["layers"] == {"": str(image)}
     assert served.find(str(sock)) is None and os.listdir(state / "serve") == []
 
 

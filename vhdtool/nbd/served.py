@@ -2,14 +2,14 @@
 disk whose source is a unix socket (a libvirt ``<disk type='network'>`` over NBD) and ask that
 server to switch the disk's write layer, as the runner's own disk servers do.
 
-Folder: ``serve/`` in the runner's state folder (``vhdtool.run.state.state_dir()``). A server
+Folder: ``serve/`` in the state folder (``vhdtool.folders.state_dir()``). A server
 of process id P keeps there, for its whole life:
 
 - ``P.lock`` — an exclusive ``flock`` held by the serving process; the kernel drops it however
   the process ends, so a free lock means a stale entry (skipped, and removed by whoever finds it);
 - ``P.json`` — ``{"version": 1, "pid": P, "socket": NBD_SOCKET, "control": CONTROL_SOCKET,
   "image": IMAGE, "exports": [NAME…]}``, written atomically once clients can connect;
-- ``P.control.sock`` — its ``vhdtool.vss.control.LayerControl`` endpoint (mode 0600).
+- ``P.control.sock`` — its ``vhdtool.nbd.layercontrol.LayerControl`` endpoint (mode 0600).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from vhdtool.folders import record_names, state_dir
 from vhdtool.format.lock import held_elsewhere
+from vhdtool.nbd.layercontrol import LayerControl
 from vhdtool.nbd.server import NbdServer
-from vhdtool.run.state import state_dir
-from vhdtool.vss.control import LayerControl
 
 VERSION = 1
 
@@ -92,13 +92,9 @@ def _lock(path: str) -> int:
 def entries() -> list[Served]:
     """The live servers on record; stale entries are removed on the way."""
     base = folder()
-    try:
-        names = sorted(n for n in os.listdir(base) if n.endswith(".json"))
-    except FileNotFoundError:
-        return []
     found = []
-    for name in names:
-        stem = os.path.join(base, name[: -len(".json")])
+    for name in record_names(base):
+        stem = os.path.join(base, name)
         if not held_elsewhere(f"{stem}.lock"):
             for leftover in (f"{stem}.json", f"{stem}.lock", f"{stem}.control.sock"):
                 with contextlib.suppress(FileNotFoundError):
