@@ -7,7 +7,15 @@ import pytest
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.rules import Geometry, GiB, KiB, MiB
-from vhdtool.format.structs import Footer, build_footer, build_header, parse_footer, parse_header, vhd_checksum
+from vhdtool.format.structs import (
+    EMPTY_LOCATOR_ENTRY,
+    Footer,
+    build_footer,
+    build_header,
+    parse_footer,
+    parse_header,
+    vhd_checksum,
+)
 
 
 @pytest.mark.parametrize(
@@ -129,13 +137,6 @@ def test_footer_roundtrip_and_checksum() -> None:
 
 
 def test_header_roundtrip() -> None:
-    empty = {
-        "platform_code": bytes(4),
-        "platform_data_space": 0,
-        "platform_data_length": 0,
-        "reserved": 0,
-        "platform_data_offset": 0,
-    }
     raw = build_header(
         {
             "cookie": b"cxsparse",
@@ -148,7 +149,7 @@ def test_header_roundtrip() -> None:
             "parent_timestamp": 0,
             "reserved1": 0,
             "parent_unicode_name": bytes(512),
-            "parent_locators": [empty] * 8,
+            "parent_locators": [EMPTY_LOCATOR_ENTRY] * 8,
         }
     )
     assert len(raw) == 1024
