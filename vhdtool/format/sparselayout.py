@@ -50,6 +50,11 @@ def table_entries(size: int, block_size: int) -> int:
     return -(-size // block_size)
 
 
+def table_covers(entries: int, block_size: int, size: int) -> bool:
+    """Whether a BAT of ``entries`` blocks of ``block_size`` bytes describes a disk of ``size`` bytes."""
+    return entries * block_size >= size
+
+
 def table_bytes(entries: int) -> int:
     """Bytes the BAT takes in the file: its entries padded to a sector."""
     return round_up(entries * BAT_ENTRY_BYTES)

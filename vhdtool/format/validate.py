@@ -27,6 +27,7 @@ from vhdtool.format.sparselayout import (
     metadata_end,
     metadata_ranges,
     stored_blocks,
+    table_covers,
     valid_block_size,
 )
 from vhdtool.format.structs import (
@@ -270,7 +271,7 @@ def _check_header(meta: ImageMetadata, report: CheckReport) -> None:
     problem = block_size_problem(meta)
     if problem:
         report.add(CORRUPTION, "block-size", f"{meta.path}: {problem}")
-    elif len(meta.bat) * meta.block_size < meta.virtual_size:
+    elif not table_covers(len(meta.bat), meta.block_size, meta.virtual_size):
         report.add(
             CORRUPTION,
             "bat-too-small",
@@ -341,7 +342,7 @@ def _block_size_from_spacing(meta: ImageMetadata) -> int | None:
 def fits_layout(meta: ImageMetadata, bs: int) -> bool:
     """With block size ``bs``, the BAT covers the disk and every allocated block lies inside the
     data, clear of metadata and of every other block."""
-    if len(meta.bat) * bs < meta.virtual_size:
+    if not table_covers(len(meta.bat), bs, meta.virtual_size):
         return False
     span = BlockLayout(bs).span
     starts = [start for start, _ in stored_blocks(meta)]

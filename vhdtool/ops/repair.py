@@ -52,6 +52,7 @@ from vhdtool.format.sparselayout import (
     metadata_ranges,
     round_up,
     stored_blocks,
+    table_covers,
     valid_block_size,
 )
 from vhdtool.format.structs import FEATURE_RESERVED, FOOTER_SIZE, HEADER_COOKIE, UNALLOCATED, build_footer
@@ -220,7 +221,12 @@ def _footer_problem(meta: ImageMetadata, fields: Container) -> str | None:
         return f"current size {size} is not a multiple of 512"
     if size > rules.MAX_DYNAMIC_SIZE:
         return f"current size {size} exceeds 2040 GiB"
-    if meta.is_sparse and meta.bat is not None and meta.block_size > 0 and len(meta.bat) * meta.block_size < size:
+    if (
+        meta.is_sparse
+        and meta.bat is not None
+        and meta.block_size > 0
+        and not table_covers(len(meta.bat), meta.block_size, size)
+    ):
         return f"current size {size} is more than the BAT covers"
     return None
 
@@ -282,7 +288,7 @@ def _header_problem(meta: ImageMetadata) -> str | None:
     bs = int(h.block_size)
     if not valid_block_size(bs):
         return f"block size {bs} is not valid"
-    if int(h.max_table_entries) * bs < meta.virtual_size:
+    if not table_covers(int(h.max_table_entries), bs, meta.virtual_size):
         return f"BAT of {h.max_table_entries} entries does not cover the disk"
     if int(h.table_offset) < HEADER_OFFSET + SECTOR or int(h.table_offset) % SECTOR:
         return f"BAT offset {h.table_offset} is not valid"
