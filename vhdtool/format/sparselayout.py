@@ -148,3 +148,20 @@ def stored_blocks(meta: ImageMetadata) -> list[tuple[int, int]]:
     assert meta.bat is not None
     bat = meta.bat
     return sorted((bat[index] * SECTOR, index) for index in allocated_indexes(bat))
+
+
+def free_ranges(meta: ImageMetadata, span: int, blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) of the space between the metadata ranges and ``blocks`` ((file offset, index),
+    as ``stored_blocks`` gives them) that nothing owns and that holds a whole block span (smaller
+    gaps are alignment): where packing can put blocks. (What check calls a leak is only such
+    space past the last metadata range: below it, metadata no step moves keeps the file from
+    shrinking.)"""
+    taken = sorted([(r.offset, r.end) for r in metadata_ranges(meta)] + [(b, b + span) for b, _ in blocks])
+    gaps = []
+    pos = 0
+    for start, stop in taken:
+        gap_start = round_up(pos)
+        if start - gap_start >= span:
+            gaps.append((gap_start, start))
+        pos = max(pos, stop)
+    return gaps

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from vhdtool.format import rules
 from vhdtool.format.rewrite import MetadataEditor
-from vhdtool.format.sparselayout import BlockLayout, metadata_end, metadata_ranges, round_up, stored_blocks
+from vhdtool.format.sparselayout import BlockLayout, free_ranges, metadata_end, round_up, stored_blocks
 
 BATCH_BYTES = 64 * rules.MiB
 """Bytes of blocks moved between two syncs."""
@@ -52,8 +52,7 @@ def pack(
     span = layout.span
     old_size = os.fstat(fd).st_size
     blocks = stored_blocks(meta)
-    taken = sorted([(r.offset, r.end) for r in metadata_ranges(meta)] + [(start, start + span) for start, _ in blocks])
-    gaps = _gaps(taken, span)
+    gaps = free_ranges(meta, span, blocks)
     moved = 0
     batch: dict[int, int] = {}
     batch_bytes = 0
@@ -88,15 +87,3 @@ def _commit(editor: MetadataEditor, batch: dict[int, int]) -> int:
     editor.set_bat(batch)
     editor.sync()
     return len(batch)
-
-
-def _gaps(taken: list[tuple[int, int]], span: int) -> list[tuple[int, int]]:
-    """Free (start, end) ranges between taken ones, sector aligned, at least one block long."""
-    gaps = []
-    pos = 0
-    for start, end in taken:
-        gap_start = round_up(pos)
-        if start - gap_start >= span:
-            gaps.append((gap_start, start))
-        pos = max(pos, end)
-    return gaps
