@@ -11,17 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vhdtool.format.structs import build_footer, build_header
+from vhdtool.format.structs import EMPTY_LOCATOR_ENTRY, build_footer, build_header
 
 SECTOR = 512
-EMPTY_LOCATOR = {
-    "platform_code": bytes(4),
-    "platform_data_space": 0,
-    "platform_data_length": 0,
-    "reserved": 0,
-    "platform_data_offset": 0,
-}
-"""A parent locator slot that locates nothing (all zeros)."""
 
 
 @dataclass
@@ -84,7 +76,7 @@ def build(path: Path, layout: Layout, blocks: dict[int, bytes], bitmaps: dict[in
             )
         )
         area += data + bytes(-len(data) % SECTOR)
-    slots = [EMPTY_LOCATOR] * 8
+    slots = [EMPTY_LOCATOR_ENTRY] * 8
     for slot, entry in loc_entries:
         slots[slot] = entry
     name = layout.parent_name.encode("utf-16-be")

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.imagefactory import EMPTY_LOCATOR
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.rules import Geometry, GiB, KiB, MiB
-from vhdtool.format.structs import Footer, build_footer, build_header, parse_footer, parse_header, vhd_checksum
+from vhdtool.format.structs import (
+    EMPTY_LOCATOR_ENTRY,
+    Footer,
+    build_footer,
+    build_header,
+    parse_footer,
+    parse_header,
+    vhd_checksum,
+)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +149,7 @@ def test_header_roundtrip() -> None:
             "parent_timestamp": 0,
             "reserved1": 0,
             "parent_unicode_name": bytes(512),
-            "parent_locators": [EMPTY_LOCATOR] * 8,
+            "parent_locators": [EMPTY_LOCATOR_ENTRY] * 8,
         }
     )
     assert len(raw) == 1024

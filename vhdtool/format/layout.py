@@ -16,27 +16,23 @@ from dataclasses import dataclass
 
 from vhdtool.errors import LockedError, UsageError, VhdError
 from vhdtool.format import rules
-from vhdtool.format.locators import encode_locator_data, header_parent_name, relative_windows_path
+from vhdtool.format.locators import header_parent_name, locator_area
 from vhdtool.format.lock import lock_image
+from vhdtool.format.sparselayout import BAT_ENTRY_BYTES, BAT_OFFSET, HEADER_OFFSET, table_bytes, table_entries
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
     DISK_TYPE_FIXED,
+    EMPTY_LOCATOR_ENTRY,
     FEATURE_RESERVED,
     FOOTER_COOKIE,
-    FOOTER_SIZE,
     HEADER_COOKIE,
-    HEADER_SIZE,
     LOCATOR_SLOTS,
     NO_DATA_OFFSET,
-    SECTOR,
     build_footer,
     build_header,
 )
 from vhdtool.leftovers import temp_beside
-
-HEADER_OFFSET = FOOTER_SIZE
-BAT_OFFSET = HEADER_OFFSET + HEADER_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,60 +77,36 @@ def footer_fields(
     }
 
 
-def _round_up(n: int, to: int) -> int:
-    return -(-n // to) * to
+@dataclass(frozen=True, slots=True)
+class SparseImageSpec:
+    """What a new dynamic (no parent) or differencing image is."""
+
+    size: int
+    block_size: int
+    unique_id: bytes
+    timestamp: int
+    parent: ParentLink | None = None
+    creator: rules.Creator = rules.VHDTOOL_CREATOR
 
 
-def _locator_entries(child_path: str, parent: ParentLink, first_offset: int) -> tuple[list[dict], bytes]:
-    """A relative (W2ru) and an absolute (W2ku) locator, and the bytes of their data area."""
-    entries, area = [], bytearray()
-    targets = [
-        (b"W2ru", relative_windows_path(parent.path, child_path)),
-        (b"W2ku", os.path.abspath(parent.path)),
-    ]
-    for code, text in targets:
-        data = encode_locator_data(code, text)
-        space = _round_up(max(len(data), 1), SECTOR)
-        entries.append(
-            {
-                "platform_code": code,
-                "platform_data_space": space,  # bytes, as Windows and VirtualBox write it
-                "platform_data_length": len(data),
-                "reserved": 0,
-                "platform_data_offset": first_offset + len(area),
-            }
-        )
-        area += data + bytes(space - len(data))
-    empty = {
-        "platform_code": bytes(4),
-        "platform_data_space": 0,
-        "platform_data_length": 0,
-        "reserved": 0,
-        "platform_data_offset": 0,
-    }
-    entries += [empty] * (LOCATOR_SLOTS - len(entries))
-    return entries, bytes(area)
-
-
-def sparse_image_bytes(
-    path: str,
-    size: int,
-    block_size: int,
-    unique_id: bytes,
-    timestamp: int,
-    parent: ParentLink | None = None,
-    creator: rules.Creator = rules.VHDTOOL_CREATOR,
-) -> tuple[bytes, bytes]:
+def sparse_image_bytes(path: str, spec: SparseImageSpec) -> tuple[bytes, bytes]:
     """The metadata of an empty dynamic/differencing image: (bytes from offset 0, trailing footer)."""
-    entries = -(-size // block_size)
-    bat_bytes = _round_up(entries * 4, SECTOR)
+    parent = spec.parent
+    entries = table_entries(spec.size, spec.block_size)
+    bat_bytes = table_bytes(entries)
     disk_type = DISK_TYPE_DIFFERENCING if parent else DISK_TYPE_DYNAMIC
     footer = build_footer(
         footer_fields(
-            disk_type, size, HEADER_OFFSET, unique_id, timestamp, parent.geometry if parent else None, creator
+            disk_type,
+            spec.size,
+            HEADER_OFFSET,
+            spec.unique_id,
+            spec.timestamp,
+            parent.geometry if parent else None,
+            spec.creator,
         )
     )
-    locators, locator_area = _locator_entries(path, parent, BAT_OFFSET + bat_bytes) if parent else ([], b"")
+    area = locator_area(path, parent.path) if parent else None
     header = build_header(
         {
             "cookie": HEADER_COOKIE,
@@ -142,27 +114,17 @@ def sparse_image_bytes(
             "table_offset": BAT_OFFSET,
             "header_version": 0x00010000,
             "max_table_entries": entries,
-            "block_size": block_size,
+            "block_size": spec.block_size,
             "checksum": 0,
             "parent_unique_id": parent.unique_id if parent else bytes(16),
             "parent_timestamp": parent.timestamp if parent else 0,
             "reserved1": 0,
             "parent_unicode_name": header_parent_name(parent.path) if parent else bytes(512),
-            "parent_locators": locators
-            or [
-                {
-                    "platform_code": bytes(4),
-                    "platform_data_space": 0,
-                    "platform_data_length": 0,
-                    "reserved": 0,
-                    "platform_data_offset": 0,
-                }
-            ]
-            * LOCATOR_SLOTS,
+            "parent_locators": area.entries(BAT_OFFSET + bat_bytes) if area else [EMPTY_LOCATOR_ENTRY] * LOCATOR_SLOTS,
         }
     )
-    bat = b"\xff" * (entries * 4) + bytes(bat_bytes - entries * 4)
-    return footer + header + bat + locator_area, footer
+    bat = b"\xff" * (entries * BAT_ENTRY_BYTES) + bytes(bat_bytes - entries * BAT_ENTRY_BYTES)
+    return footer + header + bat + (area.data if area else b""), footer
 
 
 def _refuse_existing(path: str, overwrite: bool) -> None:
@@ -201,19 +163,13 @@ def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             raise VhdError(f"{path}: cannot create {tmp}: {e.strerror}") from None
-        try:
+        with removed_on_failure(tmp, f"{path}: cannot write {tmp}"):
             try:
                 writer(fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             rename_into_place(tmp, path)
-        except OSError as e:
-            _unlink_quietly(tmp)
-            raise VhdError(f"{path}: cannot write {tmp}: {e.strerror}") from None
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
     finally:
         if held is not None:
             os.close(held)
@@ -262,6 +218,20 @@ def sync_folder(folder: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def removed_on_failure(tmp: str, message: str) -> Iterator[None]:
+    """Remove the half-written ``tmp`` when the block fails; an OSError becomes a VhdError that
+    starts with ``message``."""
+    try:
+        yield
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise VhdError(f"{message}: {e.strerror or e}") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -286,7 +256,7 @@ def create_sparse(
     parent: ParentLink | None = None,
     overwrite: bool = False,
 ) -> None:
-    head, footer = sparse_image_bytes(path, size, block_size, unique_id, timestamp, parent)
+    head, footer = sparse_image_bytes(path, SparseImageSpec(size, block_size, unique_id, timestamp, parent))
 
     def write(fd: int) -> None:
         os.pwrite(fd, head, 0)

@@ -11,7 +11,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from vhdtool.format.structs import SECTOR
+from vhdtool.format.rules import SECTOR
+from vhdtool.format.sparselayout import round_up
+from vhdtool.format.structs import EMPTY_LOCATOR_ENTRY, LOCATOR_SLOTS
 
 RELATIVE_CODES = (b"W2ru", b"Wi2r")
 ABSOLUTE_CODES = (b"W2ku", b"Wi2k", b"MacX")
@@ -132,3 +134,41 @@ def relative_windows_path(parent_path: str, child_path: str) -> str:
     rel = os.path.relpath(os.path.abspath(parent_path), os.path.dirname(os.path.abspath(child_path)))
     rel = rel.replace("/", "\\")
     return rel if rel.startswith("..") else ".\\" + rel
+
+
+@dataclass(frozen=True, slots=True)
+class LocatorArea:
+    """The locators a child gets: a relative (W2ru) and an absolute (W2ku) path to its parent, as
+    Windows writes them, and the bytes of their data, each padded to whole sectors."""
+
+    data: bytes
+    slots: tuple[tuple[bytes, int, int, int], ...]
+    """(code, offset in ``data``, data length, data space in bytes) of each locator."""
+
+    def entries(self, at: int) -> list[dict]:
+        """The header's eight locator entries when ``data`` is stored at file offset ``at``."""
+        used = [
+            {
+                "platform_code": code,
+                "platform_data_space": space,  # bytes, as Windows and VirtualBox write it
+                "platform_data_length": length,
+                "reserved": 0,
+                "platform_data_offset": at + offset,
+            }
+            for code, offset, length, space in self.slots
+        ]
+        return used + [EMPTY_LOCATOR_ENTRY] * (LOCATOR_SLOTS - len(used))
+
+
+def locator_area(child_path: str, parent_path: str) -> LocatorArea:
+    """The one builder of new parent locators (``create`` and ``relink`` share it)."""
+    data, slots = bytearray(), []
+    for code, text in (
+        (b"W2ru", relative_windows_path(parent_path, child_path)),
+        (b"W2ku", os.path.abspath(parent_path)),
+    ):
+        encoded = encode_locator_data(code, text)
+        space = round_up(max(len(encoded), 1))
+        slots.append((code, len(data), len(encoded), space))
+        data += encoded + bytes(space - len(encoded))
+    return LocatorArea(bytes(data), tuple(slots))

@@ -25,6 +25,7 @@ from vhdtool.format.locators import (
     decode_locator_data,
     decode_parent_name,
 )
+from vhdtool.format.sparselayout import BlockLayout, metadata_end, valid_block_size
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
     DISK_TYPE_DYNAMIC,
@@ -34,7 +35,6 @@ from vhdtool.format.structs import (
     FOOTER_SIZE,
     HEADER_COOKIE,
     HEADER_SIZE,
-    SECTOR,
     parse_footer,
     parse_header,
 )
@@ -262,16 +262,12 @@ def _torn_tail(meta: ImageMetadata) -> int | None:
     """Where the referenced data ends, when the trailing footer is missing but nothing else is:
     every block lies inside the file and the unreferenced tail is no longer than one growth of
     the file reserves (plus a block in flight). Else None (the image is damaged)."""
-    bs = meta.block_size
-    if bs < SECTOR or bs & (bs - 1):
+    if not valid_block_size(meta.block_size):
         return None
-    span = rules.bitmap_bytes(bs) + bs
-    end = int(meta.header.table_offset) + -(-len(meta.bat) * 4 // SECTOR) * SECTOR
-    end = max(end, int(meta.footer.data_offset) + HEADER_SIZE)
-    for loc in meta.locators:
-        end = max(end, loc.data_offset + max(loc.data_space, loc.data_length))
+    span = BlockLayout(meta.block_size).span
+    end = metadata_end(meta)
     for start, stop in allocated_runs(meta.bat):
-        end = max(end, max(meta.bat[start:stop]) * SECTOR + span)
+        end = max(end, BlockLayout.start(max(meta.bat[start:stop])) + span)
     if end > meta.file_size or meta.file_size - end > TORN_TAIL_LIMIT + 2 * span:
         return None
     return end

@@ -10,6 +10,10 @@ build on these few steps, each of which leaves a readable image if the process d
 - ``set_header``: one 1024-byte write with a fresh checksum.
 - ``set_footer``: the trailing footer (the one readers trust) first, then the copy at offset 0.
 - ``truncate``: the footer is written at the new end, synced, then the file is cut after it.
+- ``copy_block`` / ``append_copy``: a block's bytes copied into free space (or past the end);
+  the caller syncs before any BAT entry points at the copy, so until then it is a leak.
+- ``put_footer`` / ``put_footer_copy``: a footer written where a repair decided it belongs;
+  ``zero`` clears bytes that are about to become (or just stopped being) part of the disk.
 
 The editor works on a file descriptor its caller opened (and locked); it keeps ``meta`` up to date
 so that a sequence of steps sees its own changes.
@@ -25,11 +29,12 @@ from construct import Container
 
 from vhdtool.format.blockdev import pwrite_all
 from vhdtool.format.metadata import ImageMetadata, read_footers
-from vhdtool.format.structs import FOOTER_SIZE, SECTOR, build_footer, build_header
+from vhdtool.format.rules import SECTOR
+from vhdtool.format.sparselayout import BAT_ENTRY_BYTES, round_up, table_bytes
+from vhdtool.format.structs import FOOTER_SIZE, build_footer, build_header
 
-
-def round_up(n: int, to: int = SECTOR) -> int:
-    return -(-n // to) * to
+ZERO_CHUNK = 4 << 20
+"""Bytes of zeros written at a time."""
 
 
 class MetadataEditor:
@@ -91,6 +96,14 @@ class MetadataEditor:
         raw = b"".join(v.to_bytes(4, "big") for v in values)
         pwrite_all(self.fd, int(self.header.table_offset) + 4 * first, raw)
 
+    def extend_bat(self, old_entries: int, entries: int) -> None:
+        """Mark the table's new entries old_entries..entries (and its padding) unallocated, before
+        the header counts them."""
+        assert self.header is not None
+        table = int(self.header.table_offset)
+        start, end = table + BAT_ENTRY_BYTES * old_entries, table + table_bytes(entries)
+        pwrite_all(self.fd, start, b"\xff" * (end - start))
+
     def set_header(self, **fields: Any) -> None:
         assert self.header is not None
         self.header.update(fields)
@@ -116,4 +129,29 @@ class MetadataEditor:
         os.ftruncate(self.fd, new_end + FOOTER_SIZE)
         self.end = new_end
 
+    def cut(self, length: int) -> None:
+        """Cut the file to ``length`` bytes (the caller has put a footer at its end)."""
+        os.ftruncate(self.fd, length)
 
+    # -- moving bytes --------------------------------------------------------------------------
+
+    def copy_block(self, source: int, target: int, length: int) -> None:
+        """Copy ``length`` bytes of a block from file offset ``source`` to ``target``."""
+        pwrite_all(self.fd, target, os.pread(self.fd, length, source))
+
+    def append_copy(self, source: int, length: int) -> int:
+        """Copy ``length`` bytes at ``source`` past the current end (footer first); return where."""
+        return self.append(os.pread(self.fd, length, source))
+
+    def zero(self, offset: int, length: int) -> None:
+        """Write ``length`` zero bytes at ``offset``."""
+        for start in range(offset, offset + length, ZERO_CHUNK):
+            pwrite_all(self.fd, start, bytes(min(ZERO_CHUNK, offset + length - start)))
+
+    def put_footer(self, offset: int, fields: Mapping[str, Any]) -> None:
+        """Write a footer of ``fields`` at ``offset`` (where a repair found it belongs)."""
+        pwrite_all(self.fd, offset, build_footer(fields))
+
+    def put_footer_copy(self, fields: Mapping[str, Any]) -> None:
+        """Write the footer copy at offset 0 of a dynamic or differencing image."""
+        pwrite_all(self.fd, 0, build_footer(fields))

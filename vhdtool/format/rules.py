@@ -29,10 +29,6 @@ MAX_BLOCK_SIZE = 256 * MiB
 VHD_EPOCH = 946684800
 """2000-01-01 00:00:00 UTC as a Unix time: VHD timestamps count seconds from here."""
 
-CREATOR_APPLICATION = b"vhdt"
-CREATOR_VERSION = 0x00010000
-CREATOR_HOST_OS = b"Wi2k"
-
 
 @dataclass(frozen=True, slots=True)
 class Creator:
@@ -43,7 +39,8 @@ class Creator:
     host_os: bytes
 
 
-VHDTOOL_CREATOR = Creator(CREATOR_APPLICATION, CREATOR_VERSION, CREATOR_HOST_OS)
+VHDTOOL_CREATOR = Creator(b"vhdt", 0x00010000, b"Wi2k")
+"""What vhdtool writes: its own application code, version 1.0, and the host OS Windows readers expect."""
 HYPER_V_CREATOR = Creator(b"win ", 0x000A0000, b"Wi2k")
 """What Hyper-V's New-VHD writes on Windows 10 and Server 2016 or later."""
 

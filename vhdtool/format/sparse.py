@@ -24,8 +24,9 @@ from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read,
 from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import TORN_TAIL_LIMIT, ImageMetadata
+from vhdtool.format.sparselayout import valid_block_size
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
-from vhdtool.format.validate import block_size_problem, plausible_block_size
+from vhdtool.format.validate import block_size_problem
 
 GROWTH_BYTES = 32 * rules.MiB
 """How much room the trailing footer is moved out by at a time when blocks are allocated."""
@@ -120,7 +121,7 @@ class SparseImage(ImageBase):
 
     def _unreadable(self, meta: ImageMetadata, bs: int) -> str | None:
         """Why the blocks cannot be found at all: a block size or BAT that cannot describe the disk."""
-        if not plausible_block_size(bs):
+        if not valid_block_size(bs):
             return f"block size {bs} in the dynamic header is not valid"
         if len(meta.bat) * bs < self.size:
             return (

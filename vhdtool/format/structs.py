@@ -64,6 +64,14 @@ ParentLocatorEntry = Struct(
 )
 assert ParentLocatorEntry.sizeof() == 24
 LOCATOR_SLOTS = 8
+EMPTY_LOCATOR_ENTRY = {
+    "platform_code": bytes(4),
+    "platform_data_space": 0,
+    "platform_data_length": 0,
+    "reserved": 0,
+    "platform_data_offset": 0,
+}
+"""The fields of an unused locator slot (all zero)."""
 
 DynamicHeader = Struct(
     "cookie" / Bytes(8),
@@ -90,27 +98,32 @@ def vhd_checksum(raw: bytes | bytearray, field_at: int) -> int:
     return (~total) & 0xFFFFFFFF
 
 
+def _parse_checked(struct: Struct, raw: bytes, checksum_at: int) -> tuple[Container, bool]:
+    fields = struct.parse(raw)
+    return fields, fields.checksum == vhd_checksum(raw, checksum_at)
+
+
+def _build_checked(struct: Struct, fields: dict[str, Any] | Container, checksum_at: int) -> bytes:
+    raw = bytearray(struct.build({**fields, "checksum": 0}))
+    raw[checksum_at : checksum_at + 4] = vhd_checksum(raw, checksum_at).to_bytes(4, "big")
+    return bytes(raw)
+
+
 def parse_footer(raw: bytes) -> tuple[Container, bool]:
     """Parse 512 footer bytes; return the fields and whether the checksum matches."""
-    footer = Footer.parse(raw)
-    return footer, footer.checksum == vhd_checksum(raw, FOOTER_CHECKSUM_AT)
+    return _parse_checked(Footer, raw, FOOTER_CHECKSUM_AT)
 
 
 def build_footer(fields: dict[str, Any] | Container) -> bytes:
     """Build 512 footer bytes with a correct checksum."""
-    raw = bytearray(Footer.build({**fields, "checksum": 0}))
-    raw[FOOTER_CHECKSUM_AT : FOOTER_CHECKSUM_AT + 4] = vhd_checksum(raw, FOOTER_CHECKSUM_AT).to_bytes(4, "big")
-    return bytes(raw)
+    return _build_checked(Footer, fields, FOOTER_CHECKSUM_AT)
 
 
 def parse_header(raw: bytes) -> tuple[Container, bool]:
     """Parse 1024 dynamic-header bytes; return the fields and whether the checksum matches."""
-    header = DynamicHeader.parse(raw)
-    return header, header.checksum == vhd_checksum(raw, HEADER_CHECKSUM_AT)
+    return _parse_checked(DynamicHeader, raw, HEADER_CHECKSUM_AT)
 
 
 def build_header(fields: dict[str, Any] | Container) -> bytes:
     """Build 1024 dynamic-header bytes with a correct checksum."""
-    raw = bytearray(DynamicHeader.build({**fields, "checksum": 0}))
-    raw[HEADER_CHECKSUM_AT : HEADER_CHECKSUM_AT + 4] = vhd_checksum(raw, HEADER_CHECKSUM_AT).to_bytes(4, "big")
-    return bytes(raw)
+    return _build_checked(DynamicHeader, fields, HEADER_CHECKSUM_AT)

@@ -20,12 +20,19 @@ from vhdtool.errors import CorruptImageError, RefusedError
 from vhdtool.format import rules
 from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.metadata import ImageMetadata
+from vhdtool.format.rules import SECTOR
+from vhdtool.format.sparselayout import (
+    DATA_ALIGNMENT,
+    BlockLayout,
+    metadata_end,
+    metadata_ranges,
+    stored_blocks,
+    table_covers,
+    valid_block_size,
+)
 from vhdtool.format.structs import (
     DISK_TYPE_DYNAMIC,
     FEATURE_RESERVED,
-    FOOTER_SIZE,
-    HEADER_SIZE,
-    SECTOR,
     build_footer,
 )
 
@@ -283,17 +290,13 @@ def _check_header(meta: ImageMetadata, report: CheckReport) -> None:
     problem = block_size_problem(meta)
     if problem:
         report.add(CORRUPTION, "block-size", f"{meta.path}: {problem}")
-    elif len(meta.bat) * meta.block_size < meta.virtual_size:
+    elif not table_covers(len(meta.bat), meta.block_size, meta.virtual_size):
         report.add(
             CORRUPTION,
             "bat-too-small",
             f"{meta.path}: the dynamic header's Max Table Entries field ({len(meta.bat)}) x block size "
             f"{meta.block_size} does not cover the current size of {meta.virtual_size} bytes",
         )
-
-
-def plausible_block_size(bs: int) -> bool:
-    return SECTOR <= bs <= rules.MAX_BLOCK_SIZE and not bs & (bs - 1)
 
 
 def block_size_problem(meta: ImageMetadata) -> str | None:
@@ -305,12 +308,12 @@ def block_size_problem(meta: ImageMetadata) -> str | None:
     the BAT: judged by a wrong block size, every block looks bad.
     """
     bs = meta.block_size
-    if plausible_block_size(bs) and (fits_layout(meta, bs) or not meta.bat):
+    if valid_block_size(bs) and (fits_layout(meta, bs) or not meta.bat):
         return None
     inferred = infer_block_size(meta)
-    if plausible_block_size(bs) and (inferred is None or inferred[0] == bs):
+    if valid_block_size(bs) and (inferred is None or inferred[0] == bs):
         return None  # the blocks are what is wrong, not the field: the block checks say which
-    what = "is not a valid block size" if not plausible_block_size(bs) else "does not fit the image"
+    what = "is not a valid block size" if not valid_block_size(bs) else "does not fit the image"
     problem = f"the dynamic header's Block Size field ({bs:#x} = {bs}) {what}"
     if inferred is None:
         return problem + "; the block size cannot be inferred from the layout"
@@ -341,7 +344,7 @@ def _block_size_from_table(meta: ImageMetadata) -> int | None:
 
 
 def _block_size_from_spacing(meta: ImageMetadata) -> int | None:
-    starts = sorted({meta.bat[i] * SECTOR for i in allocated_indexes(meta.bat)})
+    starts = sorted({start for start, _ in stored_blocks(meta)})
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     if not gaps:
         return None
@@ -349,7 +352,8 @@ def _block_size_from_spacing(meta: ImageMetadata) -> int | None:
     top = 1 << (step.bit_length() - 1)
     for bs in (top, top >> 1):
         # block data follows its bitmap, which layouts pad to a sector (qemu, vhdtool) or 4 KiB (Windows)
-        if plausible_block_size(bs) and rules.bitmap_bytes(bs) <= step - bs <= rules.bitmap_bytes(bs) + 4096:
+        span = BlockLayout(bs).span
+        if valid_block_size(bs) and span <= step <= span + DATA_ALIGNMENT:
             return bs
     return None
 
@@ -357,46 +361,34 @@ def _block_size_from_spacing(meta: ImageMetadata) -> int | None:
 def fits_layout(meta: ImageMetadata, bs: int) -> bool:
     """With block size ``bs``, the BAT covers the disk and every allocated block lies inside the
     data, clear of metadata and of every other block."""
-    if len(meta.bat) * bs < meta.virtual_size:
+    if not table_covers(len(meta.bat), bs, meta.virtual_size):
         return False
-    span = rules.bitmap_bytes(bs) + bs
-    starts = sorted(meta.bat[i] * SECTOR for i in allocated_indexes(meta.bat))
+    span = BlockLayout(bs).span
+    starts = [start for start, _ in stored_blocks(meta)]
     if not starts:
         return True
     if starts[-1] + span > meta.footer_offset:
         return False
     if any(b < a + span for a, b in itertools.pairwise(starts)):
         return False
-    for m_off, m_len, _ in _metadata_ranges(meta):
-        if bisect.bisect_right(starts, m_off - span) < bisect.bisect_left(starts, m_off + m_len):
+    for r in metadata_ranges(meta):
+        if bisect.bisect_right(starts, r.offset - span) < bisect.bisect_left(starts, r.end):
             return False
     return True
-
-
-def _metadata_ranges(meta: ImageMetadata) -> list[tuple[int, int, str]]:
-    h = meta.header
-    ranges = [(0, FOOTER_SIZE, "footer copy"), (int(meta.footer.data_offset), HEADER_SIZE, "dynamic header")]
-    bat_bytes = -(-len(meta.bat) * 4 // SECTOR) * SECTOR
-    ranges.append((int(h.table_offset), bat_bytes, "BAT"))
-    for loc in meta.locators:
-        if loc.data_offset and loc.data_space:
-            ranges.append((loc.data_offset, max(loc.data_space, loc.data_length), f"parent locator {loc.slot}"))
-    return ranges
 
 
 def _check_blocks(meta: ImageMetadata, report: CheckReport, bitmaps: bool) -> None:
     bs = meta.block_size
     if report.count_of("block-size"):
         return  # judged by a wrong block size every block looks bad: the field is named instead
-    bitmap_size = rules.bitmap_bytes(bs)
-    span = bitmap_size + bs
+    layout = BlockLayout(bs)
+    span = layout.span
     limit = meta.footer_offset
     report.total_blocks = len(meta.bat)
-    used: list[tuple[int, int, str]] = [(o, n, what) for o, n, what in _metadata_ranges(meta)]
     blocks: list[tuple[int, int]] = []
     for index in allocated_indexes(meta.bat):
         report.allocated_blocks += 1
-        start = meta.bat[index] * SECTOR
+        start = layout.start(meta.bat[index])
         if start + span > limit:
             if report.listing("bat-outside"):
                 report.add(
@@ -414,8 +406,8 @@ def _check_blocks(meta: ImageMetadata, report: CheckReport, bitmaps: bool) -> No
     blocks.sort()
     # overlaps with metadata: the blocks starting in (m_off - span, m_off + m_len), found by bisection
     starts = [start for start, _ in blocks]
-    for m_off, m_len, what in used:
-        lo, hi = bisect.bisect_right(starts, m_off - span), bisect.bisect_left(starts, m_off + m_len)
+    for r in metadata_ranges(meta):
+        lo, hi = bisect.bisect_right(starts, r.offset - span), bisect.bisect_left(starts, r.end)
         for k in range(lo, hi):
             if not report.listing("bat-overlap-metadata"):
                 report.count_only(CORRUPTION, "bat-overlap-metadata", hi - k)
@@ -424,7 +416,7 @@ def _check_blocks(meta: ImageMetadata, report: CheckReport, bitmaps: bool) -> No
             report.add(
                 CORRUPTION,
                 "bat-overlap-metadata",
-                f"{meta.path}: block {index} at offset {start} overlaps the {what}",
+                f"{meta.path}: block {index} at offset {start} overlaps the {r.what}",
                 block=index,
                 offset=start,
             )
@@ -444,14 +436,13 @@ def _check_blocks(meta: ImageMetadata, report: CheckReport, bitmaps: bool) -> No
             report.count_only(CORRUPTION, "bat-overlap")
     _find_leaks(meta, report, blocks, span)
     if bitmaps:
-        _check_bitmaps(meta, report, blocks, bitmap_size)
+        _check_bitmaps(meta, report, blocks)
 
 
 def _find_leaks(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[int, int]], span: int) -> None:
     """Space between blocks (or after the last one) that no BAT entry owns and that is at least
     one block long: what a crash between footer and BAT writes leaves. Smaller gaps are alignment."""
-    metadata_end = max(o + n for o, n, _ in _metadata_ranges(meta))
-    pos = metadata_end
+    pos = metadata_end(meta)
     gaps = []
     for start, _ in blocks:
         if start - pos >= span:
@@ -471,7 +462,7 @@ def _find_leaks(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[int
         )
 
 
-def _check_bitmaps(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[int, int]], bitmap_size: int) -> None:
+def _check_bitmaps(meta: ImageMetadata, report: CheckReport, blocks: list[tuple[int, int]]) -> None:
     if meta.disk_type != DISK_TYPE_DYNAMIC or not blocks:
         return
     sectors = meta.block_size // SECTOR

@@ -3,9 +3,8 @@ other formats in and out go through qemu-img (``ops.foreign``).
 
 Only runs some layer holds data for are read (a raw source is walked with SEEK_DATA/SEEK_HOLE,
 a VHD by its BATs), in pieces of up to 4 MiB; pieces that are all zeros are not written, so a
-raw output is a sparse file and a dynamic VHD gets no block for them. A dynamic VHD is laid out
-directly (footer copy, header, BAT, then the blocks in disk order, then the footer) rather than
-through block allocation, which would rewrite the footer once per block.
+raw output is a sparse file and a dynamic VHD gets no block for them. Where each piece goes in
+a VHD output is ``format.streamwriter``'s business (blocks laid out in disk order, in one pass).
 
 The output is written to a temporary file beside the destination and renamed into place: an
 interrupted convert leaves no destination at all.
@@ -14,17 +13,16 @@ interrupted convert leaves no destination at all.
 from __future__ import annotations
 
 import os
-import sys
-from array import array
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice
-from vhdtool.format.layout import BAT_OFFSET, footer_fields, new_unique_id, sparse_image_bytes, write_new_file
-from vhdtool.format.rewrite import pwrite_all, round_up
-from vhdtool.format.structs import DISK_TYPE_FIXED, NO_DATA_OFFSET, SECTOR, UNALLOCATED, build_footer
+from vhdtool.format.layout import new_unique_id, write_new_file
+from vhdtool.format.rules import SECTOR
+from vhdtool.format.sparselayout import round_up
+from vhdtool.format.streamwriter import DynamicWriter, FixedWriter
 from vhdtool.ops import foreign
 from vhdtool.ops.datapath import (
     Meter,
@@ -38,7 +36,6 @@ from vhdtool.ops.sources import Piece, SourceReader
 from vhdtool.ops.targets import TARGETS
 
 OUTPUT_FORMATS = ("vhd", "raw", *foreign.FORMATS)
-DATA_ALIGNMENT = 4096
 VHD_TYPES = ("dynamic", "fixed")
 
 
@@ -135,25 +132,23 @@ def convert(
         rules.validate_block_size(block_size)
     if isinstance(source, BlockDevice):
         _refuse_same_file(source.path, destination)
-        return _convert(
-            source, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
-            creator,
-        )
-    source = os.fspath(source)
-    _refuse_same_file(source, destination)
-    other = source_format if source_format in foreign.FORMATS else None
-    if source_format is None:
-        other = foreign.source_format(source)
-    if other is not None:
-        return _from_foreign(source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit)
-    dev = open_device(source, source_format)
+        dev, owned = source, False
+    else:
+        source = os.fspath(source)
+        _refuse_same_file(source, destination)
+        other = source_format if source_format in foreign.FORMATS else None
+        if source_format is None:
+            other = foreign.source_format(source)
+        if other is not None:
+            return _from_foreign(source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit)
+        dev, owned = open_device(source, source_format), True
     try:
         return _convert(
-            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
-            creator,
+            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit, creator
         )
     finally:
-        close_device(dev)
+        if owned:
+            close_device(dev)
 
 
 def _from_foreign(
@@ -209,8 +204,9 @@ def _convert(
     size = src.size
     if fmt in foreign.FORMATS:
         foreign.export(src, destination, fmt, overwrite, progress)
-        return Converted(src.path, destination, fmt, None, size, os.stat(destination).st_blocks * 512,
-                         os.path.getsize(destination))
+        return Converted(
+            src.path, destination, fmt, None, size, os.stat(destination).st_blocks * 512, os.path.getsize(destination)
+        )
     if fmt == "vhd":
         # a VHD holds whole sectors (Azure: whole MiB); the tail reads as zeros, as in qemu-img
         size = round_up(src.size, size_unit)
@@ -248,13 +244,14 @@ def _write(
             os.ftruncate(fd, size)
             _copy_pieces(reader, fd, meter)
         elif disk_type == "fixed":
-            os.ftruncate(fd, size)
+            fixed = FixedWriter(fd, size, uid, stamp, creator)
             _copy_pieces(reader, fd, meter)
-            footer = footer_fields(DISK_TYPE_FIXED, size, NO_DATA_OFFSET, uid, stamp, creator=creator)
-            pwrite_all(fd, size, build_footer(footer))
+            fixed.finish()
         else:
             assert block_size is not None
-            _write_dynamic(reader, fd, destination, size, block_size, uid, stamp, meter, creator)
+            dynamic = DynamicWriter(fd, destination, size, block_size, uid, stamp, creator)
+            _copy_in_order(reader, dynamic, meter)
+            dynamic.finish()
 
     write_new_file(destination, write, overwrite)
     return Converted(
@@ -284,50 +281,13 @@ def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
             meter.add(piece.length)
 
 
-def _write_dynamic(
-    reader: SourceReader,
-    fd: int,
-    destination: str,
-    size: int,
-    block_size: int,
-    uid: bytes,
-    stamp: int,
-    meter: Meter,
-    creator: rules.Creator = rules.VHDTOOL_CREATOR,
-) -> None:
-    """Blocks are laid out in disk order as their first non-zero piece comes; workers check the
-    pieces ahead, the copies go out from here (in file order, so the layout is reproducible).
-
-    Each block's data starts on a 4 KiB boundary of the file (its bitmap just before), as Windows
-    lays blocks out: page-aligned data is what lets copy_file_range move whole pages when such
-    an image is converted back to raw.
-    """
-    head, footer = sparse_image_bytes(destination, size, block_size, uid, stamp, creator=creator)
-    entries = -(-size // block_size)
-    bat = array("I", [UNALLOCATED]) * entries
-    bitmap_size = rules.bitmap_bytes(block_size)
-    # every sector present (as qemu writes it): what a block holds is exactly what was written
-    sectors = block_size // SECTOR
-    bitmap = b"\xff" * (sectors // 8) + (bytes([(0xFF00 >> (sectors % 8)) & 0xFF]) if sectors % 8 else b"")
-    bitmap += bytes(bitmap_size - len(bitmap))
-    cursor = round_up(len(head))
+def _copy_in_order(reader: SourceReader, writer: DynamicWriter, meter: Meter) -> None:
+    """Workers check the pieces ahead; the copies go out from here in disk order, so that blocks
+    are laid out in disk order and the layout is reproducible."""
     with worker_pool() as pool:
         for scanned in in_order(pool, reader.scan, reader.pieces):
-            piece = scanned.piece
-            meter.add(piece.length)
+            meter.add(scanned.piece.length)
             if scanned.zero:
                 continue
-            block, in_block = divmod(piece.offset, block_size)
-            if bat[block] == UNALLOCATED:
-                start = round_up(cursor + bitmap_size, DATA_ALIGNMENT) - bitmap_size
-                bat[block] = start // SECTOR
-                pwrite_all(fd, start, bitmap)
-                cursor = start + bitmap_size + block_size
-            reader.copy(scanned, fd, bat[block] * SECTOR + bitmap_size + in_block)
-            meter.written += piece.length
-    if sys.byteorder == "little":
-        bat.byteswap()
-    table = bytearray(head)
-    table[BAT_OFFSET : BAT_OFFSET + 4 * entries] = bat.tobytes()
-    pwrite_all(fd, 0, table)
-    pwrite_all(fd, cursor, footer)
+            reader.copy(scanned, writer.fd, writer.place(scanned.piece.offset))
+            meter.written += scanned.piece.length

@@ -23,10 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vhdtool.format import rules
-from vhdtool.format.batruns import allocated_indexes
-from vhdtool.format.metadata import ImageMetadata
-from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
-from vhdtool.format.structs import FOOTER_SIZE, HEADER_SIZE, SECTOR
+from vhdtool.format.rewrite import MetadataEditor
+from vhdtool.format.sparselayout import BlockLayout, free_ranges, metadata_end, round_up, stored_blocks
 
 BATCH_BYTES = 64 * rules.MiB
 """Bytes of blocks moved between two syncs."""
@@ -37,27 +35,6 @@ class Packed:
     moved_blocks: int
     old_file_size: int
     new_file_size: int
-
-
-def metadata_ranges(meta: ImageMetadata) -> list[tuple[int, int]]:
-    """(offset, end) of everything that is not a block: footer copy, header, BAT, locator data."""
-    assert meta.header is not None and meta.bat is not None
-    ranges = [(0, FOOTER_SIZE)]
-    header = int(meta.footer.data_offset)
-    ranges.append((header, header + HEADER_SIZE))
-    table = int(meta.header.table_offset)
-    ranges.append((table, table + round_up(4 * len(meta.bat))))
-    for loc in meta.locators:
-        if loc.data_offset and (loc.data_space or loc.data_length):
-            ranges.append((loc.data_offset, loc.data_offset + round_up(max(loc.data_space, loc.data_length))))
-    return ranges
-
-
-def live_blocks(meta: ImageMetadata) -> list[tuple[int, int]]:
-    """(file offset, block index) of the allocated blocks, lowest offset first."""
-    assert meta.bat is not None
-    bat = meta.bat
-    return sorted((bat[index] * SECTOR, index) for index in allocated_indexes(bat))
 
 
 def pack(
@@ -71,11 +48,11 @@ def pack(
     file is cut after whatever is highest now (the image stays valid, a second run continues).
     """
     meta, fd = editor.meta, editor.fd
-    span = rules.bitmap_bytes(block_size) + block_size
+    layout = BlockLayout(block_size)
+    span = layout.span
     old_size = os.fstat(fd).st_size
-    blocks = live_blocks(meta)
-    taken = sorted(metadata_ranges(meta) + [(start, start + span) for start, _ in blocks])
-    gaps = _gaps(taken, span)
+    blocks = stored_blocks(meta)
+    gaps = free_ranges(meta, span, blocks)
     moved = 0
     batch: dict[int, int] = {}
     batch_bytes = 0
@@ -84,9 +61,8 @@ def pack(
         gap_start, gap_end = gaps[0]
         if gap_start >= start:
             break
-        data = os.pread(fd, span, start)
-        pwrite_all(fd, gap_start, data)
-        batch[index] = gap_start // SECTOR
+        editor.copy_block(start, gap_start, span)
+        batch[index] = layout.entry_for(gap_start)
         batch_bytes += span
         blocks.pop()
         bisect.insort(blocks, (gap_start, index))
@@ -97,7 +73,7 @@ def pack(
             moved += _commit(editor, batch)
             batch, batch_bytes = {}, 0
     moved += _commit(editor, batch)
-    end = max([e for _, e in metadata_ranges(meta)] + [start + span for start, _ in blocks])
+    end = max([metadata_end(meta)] + [start + span for start, _ in blocks])
     if round_up(end) < editor.end:
         editor.truncate(end)
     editor.sync()
@@ -111,15 +87,3 @@ def _commit(editor: MetadataEditor, batch: dict[int, int]) -> int:
     editor.set_bat(batch)
     editor.sync()
     return len(batch)
-
-
-def _gaps(taken: list[tuple[int, int]], span: int) -> list[tuple[int, int]]:
-    """Free (start, end) ranges between taken ones, sector aligned, at least one block long."""
-    gaps = []
-    pos = 0
-    for start, end in taken:
-        gap_start = round_up(pos)
-        if start - gap_start >= span:
-            gaps.append((gap_start, start))
-        pos = max(pos, end)
-    return gaps

@@ -41,26 +41,27 @@ from construct import Container
 
 from vhdtool.errors import CorruptImageError, IoError
 from vhdtool.format import rules
-from vhdtool.format.batruns import allocated_indexes
 from vhdtool.format.layout import sync_folder
 from vhdtool.format.metadata import FooterRead, ImageMetadata, read_metadata
-from vhdtool.format.rewrite import MetadataEditor, pwrite_all, round_up
-from vhdtool.format.structs import (
-    FEATURE_RESERVED,
-    FOOTER_SIZE,
-    HEADER_COOKIE,
-    HEADER_SIZE,
-    SECTOR,
-    UNALLOCATED,
-    build_footer,
-    build_header,
+from vhdtool.format.rewrite import MetadataEditor
+from vhdtool.format.rules import SECTOR
+from vhdtool.format.sparselayout import (
+    HEADER_OFFSET,
+    BlockLayout,
+    metadata_end,
+    metadata_ranges,
+    round_up,
+    stored_blocks,
+    table_covers,
+    valid_block_size,
 )
+from vhdtool.format.structs import FEATURE_RESERVED, FOOTER_SIZE, HEADER_COOKIE, UNALLOCATED, build_footer
 from vhdtool.format.validate import block_size_problem, infer_block_size, validate_structure
 from vhdtool.leftovers import temp_beside
 from vhdtool.ops.check import CHECK_ERROR, CORRUPTION, LEAK, CheckReport, Finding, check_image
 from vhdtool.ops.editing import edit_image, file_stamp, restamp_children
 from vhdtool.ops.interrupts import deferred_interrupts
-from vhdtool.ops.packing import metadata_ranges, pack
+from vhdtool.ops.packing import pack
 
 BACKUP_MAGIC = b"VHDTOOL-REPAIR-BACKUP 1\n"
 
@@ -159,11 +160,11 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
         elif "footer-checksum" in codes:
             result.actions.append(f"recomputed the checksum of the footer at offset {at}")
         if not dry_run:
-            pwrite_all(editor.fd, at, build_footer(footer))
+            editor.put_footer(at, footer)
             editor.sync()
             if meta.torn_tail is not None and at + FOOTER_SIZE < meta.file_size:
                 # an interrupted growth: past the restored footer nothing is referenced
-                os.ftruncate(editor.fd, at + FOOTER_SIZE)
+                editor.cut(at + FOOTER_SIZE)
                 editor.sync()
                 result.actions.append(f"cut {meta.file_size - at - FOOTER_SIZE} unreferenced bytes after it")
     if "fixed-truncated" in codes:
@@ -178,7 +179,7 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
     if meta.is_sparse and (codes & copy_codes or (not from_copy and rewrite_trailing)):
         result.actions.append("rewrote the footer copy at offset 0 from the footer")
         if not dry_run:
-            pwrite_all(editor.fd, 0, build_footer(footer))
+            editor.put_footer_copy(footer)
             editor.sync()
     if "block-size" in codes:
         _fix_block_size(editor, result, dry_run)
@@ -189,7 +190,7 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
         else:
             result.actions.append("recomputed the dynamic header checksum")
             if not dry_run:
-                pwrite_all(editor.fd, int(footer.data_offset), build_header(meta.header))
+                editor.set_header()  # the fields as they are, under a fresh checksum
                 editor.sync()
 
 
@@ -220,7 +221,12 @@ def _footer_problem(meta: ImageMetadata, fields: Container) -> str | None:
         return f"current size {size} is not a multiple of 512"
     if size > rules.MAX_DYNAMIC_SIZE:
         return f"current size {size} exceeds 2040 GiB"
-    if meta.is_sparse and meta.bat is not None and meta.block_size > 0 and len(meta.bat) * meta.block_size < size:
+    if (
+        meta.is_sparse
+        and meta.bat is not None
+        and meta.block_size > 0
+        and not table_covers(len(meta.bat), meta.block_size, size)
+    ):
         return f"current size {size} is more than the BAT covers"
     return None
 
@@ -253,9 +259,9 @@ def _move_fixed_footer(editor: MetadataEditor, footer: Container, result: Repair
     )
     if dry_run:
         return
-    pwrite_all(editor.fd, size, build_footer(footer))
+    editor.put_footer(size, footer)
     editor.sync()
-    pwrite_all(editor.fd, old, bytes(min(FOOTER_SIZE, size - old)))
+    editor.zero(old, min(FOOTER_SIZE, size - old))
     editor.sync()
 
 
@@ -269,10 +275,8 @@ def _trailing_position(meta: ImageMetadata) -> int:
     last = meta.file_size - FOOTER_SIZE
     if not meta.is_sparse:
         return max(last, meta.virtual_size)
-    span = rules.bitmap_bytes(meta.block_size) + meta.block_size
-    ends = [end for _, end in metadata_ranges(meta)]
-    bat = meta.bat
-    ends += [bat[i] * SECTOR + span for i in allocated_indexes(bat) if bat[i] * SECTOR < last]
+    span = BlockLayout(meta.block_size).span
+    ends = [metadata_end(meta)] + [start + span for start, _ in stored_blocks(meta) if start < last]
     return max(round_up(max(ends)), last)
 
 
@@ -282,11 +286,11 @@ def _header_problem(meta: ImageMetadata) -> str | None:
     if h is None or bytes(h.cookie) != HEADER_COOKIE:
         return "no 'cxsparse' cookie"
     bs = int(h.block_size)
-    if bs < SECTOR or bs & (bs - 1) or bs > 256 * rules.MiB:
+    if not valid_block_size(bs):
         return f"block size {bs} is not valid"
-    if int(h.max_table_entries) * bs < meta.virtual_size:
+    if not table_covers(int(h.max_table_entries), bs, meta.virtual_size):
         return f"BAT of {h.max_table_entries} entries does not cover the disk"
-    if int(h.table_offset) < FOOTER_SIZE + HEADER_SIZE // 2 or int(h.table_offset) % SECTOR:
+    if int(h.table_offset) < HEADER_OFFSET + SECTOR or int(h.table_offset) % SECTOR:
         return f"BAT offset {h.table_offset} is not valid"
     return None
 
@@ -363,16 +367,15 @@ def cut_blocks(meta: ImageMetadata) -> list[tuple[int, int, int]]:
     after them and the missing part reads as zeros, or from the parent."""
     if meta.trailing is not None or meta.torn_tail is not None or not meta.is_sparse:
         return []
-    bs = meta.block_size
-    bitmap = rules.bitmap_bytes(bs)
+    layout = BlockLayout(meta.block_size)
+    bs = layout.block_size
     out = []
-    for index, entry in enumerate(meta.bat):
-        start = entry * SECTOR
-        if entry == UNALLOCATED or start >= meta.file_size - FOOTER_SIZE or start + bitmap + bs <= meta.file_size:
+    for start, index in stored_blocks(meta):
+        if start >= meta.file_size - FOOTER_SIZE or start + layout.span <= meta.file_size:
             continue
-        kept = max(0, meta.file_size - start - bitmap)
+        kept = max(0, meta.file_size - start - layout.bitmap_size)
         out.append((index, index * bs + kept, (index + 1) * bs))
-    return out
+    return sorted(out)
 
 
 def _plan_dry_run(
@@ -424,7 +427,7 @@ def _refuse_clearing_everything(meta: ImageMetadata, plan: BlockPlan) -> None:
     """Every block that starts inside the file bad at once is not damage in the blocks but in
     what they are judged by (block size, BAT offset, footer): stop rather than throw the disk's
     data away. Entries pointing past the end of the file hold nothing; clearing them loses nothing."""
-    inside = {i for i, entry in enumerate(meta.bat or ()) if entry != UNALLOCATED and entry * SECTOR < meta.file_size}
+    inside = {index for start, index in stored_blocks(meta) if start < meta.file_size} if meta.bat else set()
     if len(inside) >= 2 and inside <= plan.cleared.keys():
         raise CorruptImageError(
             f"{meta.path}: all {len(inside)} blocks stored in the file look bad, which points at damage in "
@@ -459,7 +462,7 @@ def write_backup(path: str, editor: MetadataEditor) -> str:
     size = meta.file_size
     ranges = [(0, min(FOOTER_SIZE, size)), (max(0, size - FOOTER_SIZE), min(FOOTER_SIZE, size))]
     if meta.is_sparse:
-        ranges += [(start, end - start) for start, end in metadata_ranges(meta)]
+        ranges += [(r.offset, r.length) for r in metadata_ranges(meta)]
     ranges = sorted({(o, min(n, size - o)) for o, n in ranges if 0 <= o < size})
     base = path + ".repair-backup"
     doc = {"path": os.path.abspath(path), "file-size": size, "ranges": [[o, n] for o, n in ranges]}

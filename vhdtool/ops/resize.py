@@ -32,14 +32,15 @@ from typing import Any
 
 from vhdtool.errors import IoError, RefusedError, UsageError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice, pwrite_all
+from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.chain import open_image
 from vhdtool.format.fallocate import insert_range
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.metadata import read_metadata
-from vhdtool.format.rewrite import MetadataEditor, round_up
+from vhdtool.format.rewrite import MetadataEditor
 from vhdtool.format.sparse import SparseImage
-from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, FOOTER_SIZE, HEADER_SIZE, SECTOR, UNALLOCATED
+from vhdtool.format.sparselayout import BlockLayout, stored_blocks, table_bytes
+from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, FOOTER_SIZE, HEADER_SIZE, UNALLOCATED
 from vhdtool.ops.compact import refuse_saved_state
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces
 from vhdtool.ops.family import refuse_if_children
@@ -156,9 +157,7 @@ def _resize_fixed(editor: MetadataEditor, old: int, new: int, fields: dict[str, 
     editor.set_footer(**fields)
     editor.sync()
     # what was the footer (and anything after the old disk) is now disk space that must read zeros
-    zero_end = min(new, old_end + FOOTER_SIZE)
-    for start in range(old, zero_end, CHUNK):
-        pwrite_all(editor.fd, start, bytes(min(CHUNK, zero_end - start)))
+    editor.zero(old, min(new, old_end + FOOTER_SIZE) - old)
     editor.sync()
 
 
@@ -198,14 +197,11 @@ def _drop_blocks_from(editor: MetadataEditor, image: SparseImage, first: int) ->
 def _zero_block_tail(editor: MetadataEditor, image: SparseImage, end: int) -> None:
     """Zero what the block holding offset ``end`` stores from ``end`` on (nothing if allocated
     blocks end there), and sync."""
-    bs = image.block_size
-    last = end // bs
-    if not end % bs or last >= len(image.bat) or image.bat[last] == UNALLOCATED:
+    layout = BlockLayout(image.block_size)
+    last, in_block = divmod(end, layout.block_size)
+    if not in_block or last >= len(image.bat) or image.bat[last] == UNALLOCATED:
         return
-    tail = (last + 1) * bs - end
-    offset = image.bat[last] * SECTOR + rules.bitmap_bytes(bs) + end % bs
-    for start in range(0, tail, CHUNK):
-        pwrite_all(editor.fd, offset + start, bytes(min(CHUNK, tail - start)))
+    editor.zero(layout.data_offset(image.bat[last], in_block), layout.block_size - in_block)
     editor.sync()
 
 
@@ -215,19 +211,17 @@ def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
     assert editor.header is not None
     table = int(editor.header.table_offset)
     old_entries = len(image.bat)
-    new_end = table + round_up(4 * needed)
+    new_end = table + table_bytes(needed)
     header_at = int(editor.footer.data_offset)
     if table < header_at + HEADER_SIZE and header_at < new_end:
         raise UsageError(f"{image.path}: the dynamic header follows the BAT; the table cannot grow in place")
-    span = rules.bitmap_bytes(image.block_size) + image.block_size
-    in_way = sorted(
-        (entry * SECTOR, i) for i, entry in enumerate(image.bat) if entry != UNALLOCATED and entry * SECTOR < new_end
-    )
+    layout = BlockLayout(image.block_size)
+    in_way = [(start, index) for start, index in stored_blocks(image.meta) if start < new_end]
     old_end = editor.end
     try:
         if editor.end < new_end:
             editor.reserve(new_end - editor.end)  # nothing new may land where the table will grow
-        moves = {index: editor.append(os.pread(editor.fd, span, start)) // SECTOR for start, index in in_way}
+        moves = {index: layout.entry_for(editor.append_copy(start, layout.span)) for start, index in in_way}
     except OSError:
         # nothing points past the old end yet: give the room back rather than leave it leaked
         with contextlib.suppress(OSError):
@@ -237,7 +231,7 @@ def _grow_bat(editor: MetadataEditor, image: SparseImage, needed: int) -> int:
         editor.sync()  # the copies first, then the entries pointing at them
         editor.set_bat(moves)
         editor.sync()
-    pwrite_all(editor.fd, table + 4 * old_entries, b"\xff" * (new_end - table - 4 * old_entries))
+    editor.extend_bat(old_entries, needed)
     editor.sync()  # the new entries read 'unallocated' before the header counts them
     editor.set_header(max_table_entries=needed)
     image.bat.extend([UNALLOCATED] * (needed - old_entries))

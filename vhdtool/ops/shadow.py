@@ -17,9 +17,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from vhdtool.errors import VhdError
 from vhdtool.format.blockdev import file_extents, pwrite_all
-from vhdtool.format.layout import sync_and_rename_into_place
+from vhdtool.format.layout import removed_on_failure, sync_and_rename_into_place
 from vhdtool.leftovers import temp_beside
 
 CHUNK = 8 << 20
@@ -30,16 +29,10 @@ def shadow_copy(path: str) -> Iterator[str]:
     """Yield the path of a copy of ``path``; on a clean exit it replaces ``path`` (durably), on
     an exception it is removed and ``path`` is untouched."""
     tmp = temp_beside(path)
-    try:
+    with removed_on_failure(tmp, f"{path}: cannot write its copy {tmp}"):
         _copy_sparse(path, tmp)
         yield tmp
         sync_and_rename_into_place(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        raise VhdError(f"{path}: cannot write its copy {tmp}: {e.strerror or e}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def _copy_sparse(src: str, dst: str) -> None:
@@ -74,8 +67,3 @@ def _copy_range(sfd: int, dfd: int, offset: int, length: int) -> None:
             pwrite_all(dfd, offset + done, data)
             n = len(data)
         done += n
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
