@@ -258,22 +258,23 @@ def map_command(path: str, fmt: str | None, as_json: bool, quiet: bool) -> None:
 
     A child whose parent is missing is mapped as far as it goes (the rest: 'the missing parent').
     """
-    from vhdtool.ops.map import map_inspect
+    from vhdtool.ops.map import map_inspect, map_json
 
     with _progress("mapping", not (quiet or as_json)) as progress:
         entries, warnings = map_inspect(path, fmt, progress)
     for w in warnings:
         render.warning(w)
     if as_json:
-        render.print_json_lines([e.as_json() for e in entries])
+        render.print_json_lines([map_json(e) for e in entries])
         return
     # qemu-img map's human format: fixed columns, whole paths (a table would truncate them); C's %#x prints 0 as 0
     print(f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File")
     for e in entries:
         if e.parent_missing:
-            print(f"{e.start:#x}".ljust(16) + f"{e.length:#x}".ljust(16) + "-".ljust(16) + "(the missing parent)")
+            print(f"{e.offset:#x}".ljust(16) + f"{e.length:#x}".ljust(16) + "-".ljust(16) + "(the missing parent)")
         elif not e.zero:
-            print("".join(f"{n:#x}".ljust(16) if n else "0".ljust(16) for n in (e.start, e.length, e.offset)) + e.file)
+            columns = (e.offset, e.length, e.file_offset)
+            print("".join(f"{n:#x}".ljust(16) if n else "0".ljust(16) for n in columns) + (e.path or ""))
 
 
 @cli.command()

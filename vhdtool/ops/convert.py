@@ -21,7 +21,7 @@ from typing import Any
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.blockdev import BlockDevice, Placement
 from vhdtool.format.layout import BAT_OFFSET, footer_fields, new_unique_id, sparse_image_bytes, write_new_file
 from vhdtool.format.rewrite import pwrite_all, round_up
 from vhdtool.format.structs import DISK_TYPE_FIXED, NO_DATA_OFFSET, SECTOR, UNALLOCATED, build_footer
@@ -34,7 +34,7 @@ from vhdtool.ops.datapath import (
     worker_pool,
 )
 from vhdtool.ops.devices import close_device, open_device
-from vhdtool.ops.sources import Piece, SourceReader
+from vhdtool.ops.sources import SourceReader
 from vhdtool.ops.targets import TARGETS
 
 OUTPUT_FORMATS = ("vhd", "raw", *foreign.FORMATS)
@@ -271,7 +271,7 @@ def _write(
 def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
     """Write every non-zero piece at its own offset (raw and fixed layouts), on worker threads."""
 
-    def copy(piece: Piece) -> int:
+    def copy(piece: Placement) -> int:
         scanned = reader.scan(piece)
         if scanned.zero:
             return 0
