@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from vhdtool.errors import IoError, ReadOnlyError, UsageError, VhdError, io_error
 
@@ -161,25 +161,36 @@ def check_range(dev: BlockDevice, offset: int, length: int) -> None:
         raise VhdError(f"{dev.path}: request [{offset}, {offset + length}) lies outside the disk of {dev.size} bytes")
 
 
-def merge_extents(runs: Iterator[Extent]) -> Iterator[Extent]:
-    """Join adjacent runs of the same kind (and same source), as qemu-img map does."""
-    pending: Extent | None = None
+Run = TypeVar("Run", Extent, Placement)
+
+
+def join_runs(runs: Iterable[Run], joined: Callable[[Run, Run], Run | None]) -> Iterator[Run]:
+    """Runs with each one that ``joined(pending, next)`` can extend joined into it (it returns
+    the joined run, or None where the two stay apart); empty runs are left out."""
+    pending: Run | None = None
     for run in runs:
         if run.length == 0:
             continue
-        if (
-            pending is not None
-            and pending.end == run.offset
-            and pending.zero == run.zero
-            and (run.zero or (pending.depth == run.depth and pending.source == run.source))
-        ):
-            pending = Extent(pending.offset, pending.length + run.length, run.zero, run.depth, run.source)
-            continue
         if pending is not None:
+            grown = joined(pending, run)
+            if grown is not None:
+                pending = grown
+                continue
             yield pending
         pending = run
     if pending is not None:
         yield pending
+
+
+def _joined_extent(a: Extent, b: Extent) -> Extent | None:
+    if a.end != b.offset or a.zero != b.zero or not (b.zero or (a.depth == b.depth and a.source == b.source)):
+        return None
+    return Extent(a.offset, a.length + b.length, b.zero, b.depth, b.source)
+
+
+def merge_extents(runs: Iterable[Extent]) -> Iterator[Extent]:
+    """Join adjacent runs of the same kind (and same source), as qemu-img map does."""
+    return join_runs(runs, _joined_extent)
 
 
 def pwrite_all(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
-from vhdtool.format.blockdev import BlockDevice, Extent, NotPlaceable, Placement, file_extents
+from vhdtool.format.blockdev import BlockDevice, Extent, NotPlaceable, Placement, file_extents, join_runs
 
 __all__ = ["NotPlaceable", "Placement", "held_extents", "joined", "place"]
 
@@ -28,22 +28,15 @@ def place(dev: BlockDevice, offset: int = 0, length: int | None = None) -> Itera
 def joined(runs: Iterable[Placement]) -> Iterator[Placement]:
     """Adjacent runs of the same kind joined: zero runs of the same layer, and data runs that
     follow each other both on the disk and in the same file (as qemu-img map joins them)."""
-    pending: Placement | None = None
-    for run in runs:
-        if pending is not None and _continues(pending, run):
-            pending = replace(pending, length=pending.length + run.length)
-            continue
-        if pending is not None:
-            yield pending
-        pending = run
-    if pending is not None:
-        yield pending
+    return join_runs(runs, _joined)
 
 
-def _continues(last: Placement, run: Placement) -> bool:
+def _joined(last: Placement, run: Placement) -> Placement | None:
     if last.end != run.offset or last.zero != run.zero or last.depth != run.depth or last.fd != run.fd:
-        return False
-    return run.zero or last.file_offset + last.length == run.file_offset
+        return None
+    if not run.zero and last.file_offset + last.length != run.file_offset:
+        return None
+    return replace(last, length=last.length + run.length)
 
 
 def held_extents(dev: BlockDevice, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
