@@ -24,7 +24,7 @@ import os
 import threading
 from dataclasses import dataclass
 
-from vhdtool.errors import IoError, io_error
+from vhdtool.errors import SourceChangedError, io_error
 from vhdtool.format.blockdev import BlockDevice, Extent, Placement, file_extents
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces, write_out
 from vhdtool.ops.map import map_device
@@ -34,10 +34,6 @@ PROBE = 4096
 """Bytes of a piece read first to check it for zeros (one page)."""
 SCAN = 256 << 10
 """Bytes read at a time to check the rest of a piece that starts with zeros."""
-
-
-class SourceChangedError(IoError):
-    """A source file shrank while it was being copied."""
 
 
 @dataclass(frozen=True, slots=True)
