@@ -55,7 +55,8 @@ class Placement:
     file_offset: int = 0
     path: str | None = None
     fd: int = -1
-    """The layer's open file descriptor, -1 for zero runs."""
+    """The layer's open file descriptor; -1 for zero runs (and for data a copy reads through
+    the device because it lies in no file)."""
     parent_missing: bool = False
     """The run is left to a parent that cannot be found: what it reads is unknown."""
 

@@ -23,6 +23,9 @@ class ImageBase(DeviceBase):
         self.parent: Any = parent
         self._fd = fd
 
+    def fileno(self) -> int:
+        return self._fd
+
     def chain(self) -> Iterator[ImageBase]:
         """This image, then its parent, grandparent, ... (the top first)."""
         image: ImageBase | None = self

@@ -155,9 +155,6 @@ class SparseImage(ImageBase):
         self._end = self._footer_at = at
         self.warnings = [w for w in self.warnings if "footer at the end is missing" not in w]
 
-    def fileno(self) -> int:
-        return self._fd
-
     def place_own(self, offset: int, length: int, depth: int) -> Iterator[Placement]:
         """Within each block the data follows the sector bitmap; a run is split where blocks are
         not contiguous in the file."""
