@@ -58,6 +58,10 @@ class IoError(VhdError):
     """Reading or writing the file failed (EIO, ENOSPC, ...): the message names the file."""
 
 
+class SourceChangedError(IoError):
+    """A source file shrank while it was being copied."""
+
+
 def io_error(path: str, action: str, error: OSError) -> IoError:
     """The one wording of a failed file operation: 'PATH: read failed: Input/output error'.
     A factory for ``raise ... from`` in an except clause, so the data path pays nothing when

@@ -166,11 +166,11 @@ def map_table(entries: list[Any]) -> None:
     rows = [f"{'Offset':<16}{'Length':<16}{'Mapped to':<16}File"]
     for e in entries:
         if e.parent_missing:
-            rows.append(f"{e.start:#x}".ljust(16) + f"{e.length:#x}".ljust(16) + "-".ljust(16) + "(the missing parent)")
+            missing = "-".ljust(16) + "(the missing parent)"
+            rows.append(f"{e.offset:#x}".ljust(16) + f"{e.length:#x}".ljust(16) + missing)
         elif not e.zero:
-            rows.append(
-                "".join(f"{n:#x}".ljust(16) if n else "0".ljust(16) for n in (e.start, e.length, e.offset)) + e.file
-            )
+            columns = (e.offset, e.length, e.file_offset)
+            rows.append("".join(f"{n:#x}".ljust(16) if n else "0".ljust(16) for n in columns) + (e.path or ""))
     sys.stdout.write("".join(row + "\n" for row in rows))
     sys.stdout.flush()
 

@@ -105,7 +105,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     yield start
     for thread, device in started:
         thread.stop()
-        getattr(device, "close_chain", device.close)()
+        device.close_chain()
 
 
 def socket_of(uri: str) -> str:

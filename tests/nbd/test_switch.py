@@ -6,7 +6,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,42 +14,34 @@ import vhdtool
 from tests.nbd.conftest import SIZE, Chain, Serve
 from tests.nbd.libnbd import nbd
 from vhdtool.errors import UsageError
-from vhdtool.format.blockdev import Extent, RawFile
+from vhdtool.format.blockdev import RawFile
+from vhdtool.format.filter import Filter
 from vhdtool.format.layers import open_over
 
 MiB = 1 << 20
 
 
-class Recorded:
+class Recorded(Filter):
     """A RawFile whose writes and flushes are logged, and whose writes can be held at a gate:
-    lets a test hold a request in flight while it switches layers."""
+    lets a test hold a request in flight while it switches layers. Everything else passes
+    through to the file, as a filter forwards what it leaves out."""
 
     def __init__(self, name: str, path: Path, log: list[tuple[str, str, int]], gate: threading.Event) -> None:
+        super().__init__(RawFile(path, writable=True), owns_lower=True)
         self.name = name
-        self.file = RawFile(path, writable=True)
-        self.size, self.path, self.writable = self.file.size, self.file.path, True
         self.log = log
         self.gate = gate
         self.entered = threading.Event()
 
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.file.pread(offset, length)
-
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.entered.set()
         assert self.gate.wait(60), "test gate never opened"
-        self.file.pwrite(offset, data)
+        self.lower.pwrite(offset, data)
         self.log.append((self.name, "pwrite", offset))
 
     def flush(self) -> None:
-        self.file.flush()
+        self.lower.flush()
         self.log.append((self.name, "flush", 0))
-
-    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
-        return self.file.extents(offset, length)
-
-    def close(self) -> None:
-        self.file.close()
 
 
 @pytest.fixture
@@ -146,7 +137,7 @@ def test_snapshot_flow_on_a_vhd_chain(chain: Chain, serve: Serve, tmp_path: Path
     h.shutdown()
     thread.stop()
     child.close()
-    old.close_chain()  # type: ignore[attr-defined]  # (closing twice is harmless: the fixture does too)
+    old.close_chain()  # (closing twice is harmless: the fixture does too)
     with vhdtool.open(chain.top) as top:
         assert top.pread(10 * MiB, 500000) == b"A" * 300000 + chain.expected[10 * MiB + 300000 : 10 * MiB + 500000]
     with vhdtool.open(child_path) as image:

@@ -38,7 +38,7 @@ def test_dynamic_output_has_no_block_for_zeros(tmp_path: Path) -> None:
     with vhdtool.open(vhd) as img:
         # 2 MiB blocks: 1-4 MiB data -> blocks 0,1; 13 MiB -> block 6; the tail -> block 11
         assert [i for i, e in enumerate(img.bat) if e != 0xFFFFFFFF] == [0, 1, 6, 11]
-    assert all(e.zero for e in map_image(vhd) if 8 * MiB <= e.start < 12 * MiB)
+    assert all(e.zero for e in map_image(vhd) if 8 * MiB <= e.offset < 12 * MiB)
 
 
 @pytest.mark.parametrize(

@@ -95,14 +95,14 @@ def map_command(path: str, fmt: str | None, as_json: bool, quiet: bool) -> None:
 
     A child whose parent is missing is mapped as far as it goes (the rest: 'the missing parent').
     """
-    from vhdtool.ops.map import map_inspect
+    from vhdtool.ops.map import map_inspect, map_json
 
     with options.progress("mapping", not (quiet or as_json)) as progress:
         entries, warnings = map_inspect(path, fmt, progress)
     for w in warnings:
         render.warning(w)
     if as_json:
-        render.print_json_lines([e.as_json() for e in entries])
+        render.print_json_lines([map_json(e) for e in entries])
         return
     render.map_table(entries)
 

@@ -1,21 +1,25 @@
 """BlockDevice windows and compositions: a partition as a disk, and a disk assembled from pieces.
 
 ``PartitionView`` is nbdkit's offset filter: a range of a lower device, every request shifted
-and clipped; it never closes the device below. ``Composite`` places devices side by side on a
-larger empty disk (a partition table written as bytes, a filesystem built in its own sparse
-file): ``build`` converts one into a VHD without ever assembling a whole-disk raw file.
+and clipped, everything else (trim, placement of its bytes in files) passed through; it never
+closes the device below. ``Composite`` places devices side by side on a larger empty disk (a
+partition table written as bytes, a filesystem built in its own sparse file): ``build``
+converts one into a VHD without ever assembling a whole-disk raw file. Its pieces belong to
+the caller too.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from vhdtool.errors import ReadOnlyError, UsageError
-from vhdtool.format.blockdev import BlockDevice, Extent, check_range, merge_extents
+from vhdtool.format.blockdev import BlockDevice, DeviceBase, Extent, Placement, check_range, merge_extents
+from vhdtool.format.filter import Filter
 
 
-class PartitionView:
+class PartitionView(Filter):
     """The bytes [offset, offset + size) of ``dev`` as a BlockDevice of its own."""
 
     def __init__(self, dev: BlockDevice, offset: int, size: int, name: str | None = None) -> None:
@@ -23,42 +27,59 @@ class PartitionView:
             raise UsageError(
                 f"{dev.path}: window [{offset}, {offset + size}) lies outside the disk of {dev.size} bytes"
             )
-        self.dev = dev
+        super().__init__(dev)
         self.offset = offset
         self.size = size
         self.path = name or f"{dev.path}@{offset}"
-        self.writable = dev.writable
 
     def pread(self, offset: int, length: int) -> bytes:
         check_range(self, offset, length)
-        return self.dev.pread(self.offset + offset, length)
+        return self.lower.pread(self.offset + offset, length)
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if not self.writable:
             raise ReadOnlyError(f"{self.path}: opened read-only")
         check_range(self, offset, len(data))
-        self.dev.pwrite(self.offset + offset, data)
-
-    def flush(self) -> None:
-        self.dev.flush()
+        self.lower.pwrite(self.offset + offset, data)
 
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         length = self.size - offset if length is None else length
         check_range(self, offset, length)
-        for e in self.dev.extents(self.offset + offset, length):
+        for e in self.lower.extents(self.offset + offset, length):
             start = max(e.offset, self.offset + offset)
             end = min(e.end, self.offset + offset + length)
             if end > start:
                 yield Extent(start - self.offset, end - start, e.zero, e.depth, e.source)
 
-    def close(self) -> None:
-        """The lower device belongs to the caller: nothing to release here."""
+    def zero(self, offset: int, length: int) -> None:
+        check_range(self, offset, length)
+        self.lower.zero(self.offset + offset, length)
+
+    def trim(self, offset: int, length: int) -> None:
+        check_range(self, offset, length)
+        self.lower.trim(self.offset + offset, length)
+
+    def place(self, offset: int = 0, length: int | None = None) -> Iterator[Placement]:
+        length = self.size - offset if length is None else length
+        check_range(self, offset, length)
+        for p in self.lower.place(self.offset + offset, length):
+            yield replace(p, offset=p.offset - self.offset)
 
 
-class BytesDevice:
-    """A small read-only device held in memory (a partition table, a boot sector)."""
+class ReadOnlyDevice(DeviceBase):
+    """A device assembled in memory or from pieces: never written, nothing to flush."""
 
     writable = False
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        raise ReadOnlyError(f"{self.path}: read-only")
+
+    def flush(self) -> None:
+        pass
+
+
+class BytesDevice(ReadOnlyDevice):
+    """A small read-only device held in memory (a partition table, a boot sector)."""
 
     def __init__(self, data: bytes, name: str = "<bytes>") -> None:
         self._data = bytes(data)
@@ -69,26 +90,15 @@ class BytesDevice:
         check_range(self, offset, length)
         return self._data[offset : offset + length]
 
-    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        raise ReadOnlyError(f"{self.path}: read-only")
-
-    def flush(self) -> None:
-        pass
-
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         length = self.size - offset if length is None else length
         check_range(self, offset, length)
         if length:
             yield Extent(offset, length, False, 0, self.path)
 
-    def close(self) -> None:
-        pass
 
-
-class Composite:
+class Composite(ReadOnlyDevice):
     """A read-only disk of ``size`` bytes made of non-overlapping pieces; gaps read as zeros."""
-
-    writable = False
 
     def __init__(self, size: int, pieces: Sequence[tuple[int, BlockDevice]], name: str = "<composite>") -> None:
         self.size = size
@@ -133,12 +143,6 @@ class Composite:
             out += bytes(n) if dev is None else dev.pread(inner, n)
         return bytes(out)
 
-    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        raise ReadOnlyError(f"{self.path}: read-only")
-
-    def flush(self) -> None:
-        pass
-
     def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
         length = self.size - offset if length is None else length
         check_range(self, offset, length)
@@ -152,6 +156,3 @@ class Composite:
                     yield Extent(pos + e.offset - inner, e.length, e.zero, e.depth, e.source)
 
         return merge_extents(runs())
-
-    def close(self) -> None:
-        """Pieces belong to the caller."""

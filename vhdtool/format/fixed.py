@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator
 
 from vhdtool.errors import CorruptImageError, ReadOnlyError
-from vhdtool.format.blockdev import Extent, check_range, clip_read, file_extents, pwrite_all
+from vhdtool.format.blockdev import WholeFile, check_range, clip_read, pwrite_all
 from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import ImageMetadata
 
 
-class FixedImage(ImageBase):
+class FixedImage(ImageBase, WholeFile):
     """A fixed VHD as a BlockDevice: reads and writes go straight to the file."""
 
     def __init__(self, meta: ImageMetadata, fd: int, writable: bool) -> None:
-        self.meta = meta
-        self.warnings: list[str] = list(meta.warnings)
-        self.path = meta.path
-        self.size = meta.virtual_size
-        self.writable = writable
-        self.parent = None
-        self._fd = fd
-        self._lock = threading.Lock()
+        super().__init__(meta, fd, writable)
         if meta.footer_offset < self.size:
             raise CorruptImageError(
                 f"{self.path}: fixed disk of {self.size} bytes needs a file of at least {self.size + 511} "
                 f"bytes, this one has {meta.file_size}"
             )
-
-    def fileno(self) -> int:
-        return self._fd
 
     def _pread(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, clip_read(self, offset, length), offset)
@@ -52,11 +40,5 @@ class FixedImage(ImageBase):
         check_range(self, offset, length)
         punch_hole(self._fd, offset, length)
 
-    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
-        end = self.size if length is None else offset + length
-        return file_extents(self._fd, offset, end, self.path)
-
     def _close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close_file()

@@ -6,17 +6,25 @@ from collections.abc import Iterator
 from typing import Any
 
 from vhdtool.errors import ReadOnlyError, io_error
+from vhdtool.format.blockdev import BlockDevice, DeviceBase, Placement, place_layers
 from vhdtool.format.metadata import ImageMetadata
 
 
-class ImageBase:
-    """Context manager, warnings collected while opening, and the parent chain."""
+class ImageBase(DeviceBase):
+    """Warnings collected while opening, the parent chain, and what every image can do: trim
+    when writable, place its bytes when every layer below can, close the parents it opened."""
 
-    meta: ImageMetadata
-    parent: Any
-    path: str
-    writable: bool
-    warnings: list[str]
+    def __init__(self, meta: ImageMetadata, fd: int, writable: bool, parent: BlockDevice | None = None) -> None:
+        self.meta = meta
+        self.warnings: list[str] = list(meta.warnings)
+        self.path = meta.path
+        self.size = meta.virtual_size
+        self.writable = writable
+        self.parent: Any = parent
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
 
     def chain(self) -> Iterator[ImageBase]:
         """This image, then its parent, grandparent, ... (the top first)."""
@@ -24,6 +32,17 @@ class ImageBase:
         while image is not None:
             yield image
             image = image.parent if isinstance(image.parent, ImageBase) else None
+
+    def layers(self) -> list[BlockDevice]:
+        below = self.parent.layers() if self.parent is not None else []
+        return [self, *below]
+
+    @property
+    def can_place(self) -> bool:
+        return self.parent is None or bool(self.parent.can_place)
+
+    def place(self, offset: int = 0, length: int | None = None) -> Iterator[Placement]:
+        return place_layers(self, offset, length)
 
     def all_warnings(self) -> list[str]:
         return [w for image in self.chain() for w in image.warnings]
@@ -49,6 +68,10 @@ class ImageBase:
             self._flush()
         except OSError as e:
             raise io_error(self.path, "flush", e) from None
+
+    @property
+    def can_trim(self) -> bool:
+        return self.writable
 
     def trim(self, offset: int, length: int) -> None:
         """Discard a range (NBD TRIM, FUSE punch-hole): afterwards it may read as zeros."""
@@ -88,17 +111,6 @@ class ImageBase:
 
     def _close(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
-
-    def close_chain(self) -> None:
-        """Close this image and every parent it opened."""
-        for image in list(self.chain()):
-            image.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close_chain()
 
     def __repr__(self) -> str:
         mode = "rw" if self.writable else "ro"

@@ -20,7 +20,16 @@ from collections.abc import Iterator
 from vhdtool.errors import CorruptImageError, ReadOnlyError, io_error
 from vhdtool.format import rules
 from vhdtool.format.batruns import allocated_runs, bat_runs, count_allocated
-from vhdtool.format.blockdev import BlockDevice, Extent, check_range, clip_read, pwrite_all, zeros
+from vhdtool.format.blockdev import (
+    BlockDevice,
+    Extent,
+    NotPlaceable,
+    Placement,
+    check_range,
+    clip_read,
+    pwrite_all,
+    zeros,
+)
 from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import TORN_TAIL_LIMIT, ImageMetadata
@@ -72,14 +81,8 @@ class SparseImage(ImageBase):
         tolerate_cut_blocks: bool = False,
     ) -> None:
         assert meta.header is not None and meta.bat is not None
-        self.meta = meta
-        self.warnings: list[str] = list(meta.warnings)
-        self.path = meta.path
-        self.size = meta.virtual_size
-        self.writable = writable
-        self.parent = parent
+        super().__init__(meta, fd, writable, parent)
         self.is_differencing = meta.disk_type == DISK_TYPE_DIFFERENCING
-        self._fd = fd
         self.block_size = meta.block_size
         self._validate_layout(tolerate_cut_blocks)
         self._shift = self.block_size.bit_length() - 1
@@ -153,8 +156,17 @@ class SparseImage(ImageBase):
         self._end = self._footer_at = at
         self.warnings = [w for w in self.warnings if "footer at the end is missing" not in w]
 
-    def fileno(self) -> int:
-        return self._fd
+    def place_own(self, offset: int, length: int, depth: int) -> Iterator[Placement]:
+        """Within each block the data follows the sector bitmap; a run is split where blocks are
+        not contiguous in the file."""
+        pos, stop = offset, offset + length
+        while pos < stop:
+            block, in_block = pos >> self._shift, pos & self._mask
+            n = min(stop - pos, self.block_size - in_block)
+            if self.bat[block] == UNALLOCATED:  # the extents said this layer holds it: never guess
+                raise NotPlaceable(f"{self.path}: block {block} is not allocated")
+            yield Placement(pos, n, depth, False, self._data_offset(block, in_block), self.path, self._fd)
+            pos += n
 
     # -- mapping ---------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ import mmap
 import os
 from typing import Any
 
+from vhdtool.format.blockdev import Placement
 from vhdtool.mount import fusebind
-from vhdtool.mount.hostmap import Piece
 
 fuse = fusebind.load()
 
@@ -76,17 +76,17 @@ def _alloc(size: int, zeroed: bool) -> int:
     return int(address)
 
 
-def from_pieces(pieces: list[Piece]) -> ctypes.Structure:
+def from_pieces(pieces: list[Placement]) -> ctypes.Structure:
     """A vector reading each piece from its file, or zeros; libfuse does the copying."""
     kind = _vector_type(len(pieces))
     vec = kind.from_address(_alloc(ctypes.sizeof(kind), zeroed=True))
     vec.count = len(pieces)
     for buf, piece in zip(vec.buf, pieces, strict=True):
         buf.size = piece.length
-        if piece.fd is None:
+        if piece.zero:
             buf.mem = _alloc(piece.length, zeroed=True)
         else:
-            buf.flags, buf.fd, buf.pos = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, piece.fd, piece.offset
+            buf.flags, buf.fd, buf.pos = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, piece.fd, piece.file_offset
     return vec
 
 

@@ -10,41 +10,22 @@ BlockDevice instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from vhdtool.disk.view import PartitionView
-from vhdtool.format.blockdev import BlockDevice
-from vhdtool.format.image import ImageBase
-from vhdtool.format.placement import NotPlaceable, place
+from vhdtool.format.blockdev import BlockDevice, NotPlaceable, Placement
 
 MAX_PIECES = 16
 
 
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """``length`` bytes of a read: in file ``fd`` at ``offset``, or zeros when ``fd`` is None."""
-
-    length: int
-    fd: int | None
-    offset: int = 0
-
-
-def locate(dev: BlockDevice, offset: int, length: int) -> list[Piece] | None:
-    """The pieces making up ``length`` bytes at ``offset`` of ``dev``; None when they cannot be
-    placed (not a VHD, or too scattered)."""
-    while isinstance(dev, PartitionView):
-        offset += dev.offset
-        dev = dev.dev
-    if not isinstance(dev, ImageBase) or length == 0:
+def locate(dev: BlockDevice, offset: int, length: int) -> list[Placement] | None:
+    """The runs making up ``length`` bytes at ``offset`` of ``dev``, placed in their files; None
+    when they cannot be placed (not file-backed, or too scattered)."""
+    if not dev.can_place or length == 0:
         return None
-    pieces: list[Piece] = []
+    pieces: list[Placement] = []
     try:
-        for placed in place(dev, offset, length):
+        for placed in dev.place(offset, length):
             if len(pieces) == MAX_PIECES:
                 return None
-            pieces.append(
-                Piece(placed.length, None) if placed.zero else Piece(placed.length, placed.fd, placed.file_offset)
-            )
+            pieces.append(placed)
     except NotPlaceable:
         return None
     return pieces

@@ -2,7 +2,8 @@
 event loop for reads from the page cache).
 
 They know nothing of sockets or of the wire format; ``transmission`` turns their results into
-replies. Holes and allocation come from the device's ``extents()``, so a sparse VHD chain stays
+replies (zeroing and trimming are the device's own ``zero`` and ``trim``). Holes and allocation
+come from the device's ``extents()``, so a sparse VHD chain stays
 sparse for clients that read with structured replies or ask for block status.
 """
 
@@ -66,19 +67,18 @@ def _file_pieces(dev: BlockDevice, offset: int, length: int, holes: bool) -> lis
     pieces: list[ReadPiece] = []
     data: list[Source] = []
     data_at = offset
-    for run_offset, run_length, fd, file_offset in runs:
-        if fd < 0 and holes and run_length >= MIN_HOLE:
+    for run in runs:
+        if run.zero and holes and run.length >= MIN_HOLE:
             if data:
                 pieces.append((data_at, data))
                 data = []
-            pieces.append((run_offset, run_length))
-            data_at = run_offset + run_length
-        elif fd < 0:
-            data += [_ZEROS[: min(n, len(_ZEROS))] for n in range(run_length, 0, -len(_ZEROS))]
+            pieces.append((run.offset, run.length))
+            data_at = run.end
+        elif run.zero:
+            data += [_ZEROS[: min(n, len(_ZEROS))] for n in range(run.length, 0, -len(_ZEROS))]
         else:
-            data += [
-                FileRange(fd, file_offset + n, min(SEGMENT, run_length - n)) for n in range(0, run_length, SEGMENT)
-            ]
+            fd, at = run.fd, run.file_offset
+            data += [FileRange(fd, at + n, min(SEGMENT, run.length - n)) for n in range(0, run.length, SEGMENT)]
     if data:
         pieces.append((data_at, data))
     return pieces
@@ -111,24 +111,3 @@ def allocation(dev: BlockDevice, offset: int, length: int, limit: int) -> list[t
     if not runs:
         runs.append((length, 0))
     return runs[:limit]
-
-
-def write_zeroes(dev: BlockDevice, offset: int, length: int) -> None:
-    """Make [offset, offset + length) read as zeros, writing only where some layer holds data.
-
-    Runs the chain already reports as zero are left alone, so zeroing keeps an image sparse (what
-    `qemu-img convert` to an NBD target relies on). The caller holds the export's write lock, so
-    the extents cannot change underneath.
-    """
-    zero = getattr(dev, "zero", None)
-    if callable(zero):
-        zero(offset, length)
-        return
-    for run in merge_extents(dev.extents(offset, length)):
-        if run.zero:
-            continue
-        pos, stop = max(run.offset, offset), min(run.end, offset + length)
-        while pos < stop:
-            n = min(stop - pos, len(_ZEROS))
-            dev.pwrite(pos, _ZEROS[:n])
-            pos += n

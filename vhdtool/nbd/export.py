@@ -36,15 +36,6 @@ INLINE_PAUSE = 1.0
 worker threads for this many seconds."""
 
 
-def device_can(dev: BlockDevice, operation: str) -> bool:
-    """Whether ``dev`` implements ``operation`` ("trim", "zero"): a ``can_<op>`` attribute decides
-    if the class has one, else the presence of the method. Never decided by trying."""
-    flag = getattr(dev, f"can_{operation}", None)
-    if flag is not None:
-        return bool(flag() if callable(flag) else flag)
-    return callable(getattr(dev, operation, None))
-
-
 class Export:
     """A BlockDevice served under ``name``. The server never closes devices: their owner does."""
 
@@ -61,7 +52,7 @@ class Export:
         self.description = description
         self.writable = bool(device.writable) and not read_only
         self.size = device.size
-        self.can_trim = self.writable and device_can(device, "trim")
+        self.can_trim = self.writable and device.can_trim
         self._device = device
         self._pipes = pipes
         self._write_lock = threading.Lock()
@@ -155,13 +146,13 @@ class Export:
 
     def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
         with self._enter() as dev, self._write_lock:
-            deviceio.write_zeroes(dev, offset, length)
+            dev.zero(offset, length)
             if fua:
                 dev.flush()
 
     def trim(self, offset: int, length: int, fua: bool) -> None:
         with self._enter() as dev, self._write_lock:
-            dev.trim(offset, length)  # type: ignore[attr-defined]
+            dev.trim(offset, length)
             if fua:
                 dev.flush()
 
@@ -186,7 +177,7 @@ class Export:
             )
         if self.writable and not new_device.writable:
             raise UsageError(f"{new_device.path}: export '{self.name}' is writable but the new layer is not")
-        if self.can_trim and not device_can(new_device, "trim"):
+        if self.can_trim and not new_device.can_trim:
             raise UsageError(f"{new_device.path}: export '{self.name}' promised TRIM but the new layer has none")
         # waiting for requests in flight blocks: do it in a thread of the loop's default pool,
         # not the server's workers (which may be the very requests it waits for)

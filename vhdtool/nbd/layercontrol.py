@@ -29,7 +29,8 @@ import uuid
 from typing import Any
 
 from vhdtool.errors import LockedError, UsageError, VhdError
-from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.blockdev import BlockDevice, WholeFile
+from vhdtool.format.image import ImageBase
 from vhdtool.format.layers import open_over
 from vhdtool.format.sparse import SparseImage
 from vhdtool.nbd.server import NbdServer
@@ -48,20 +49,18 @@ class LayerControlTimeout(LayerControlError):
 def open_child_for_writing(path: str, parent: BlockDevice) -> SparseImage:
     """Open the differencing image ``path`` for writing over ``parent``, a device this process
     already holds (its own lock on the parent file would refuse a second, shared lock)."""
-    meta_parent = getattr(parent, "meta", None)
-    if meta_parent is None:
+    if not isinstance(parent, ImageBase):
         raise UsageError(f"{parent.path}: not a VHD, a VHD layer cannot sit on it")
-    return open_over(path, parent, uuid.UUID(bytes=bytes(meta_parent.footer.unique_id)), writable=True)
+    return open_over(path, parent, uuid.UUID(bytes=bytes(parent.meta.footer.unique_id)), writable=True)
 
 
 def _relock(device: BlockDevice, exclusive: bool) -> None:
     """Turn the flock a device holds on its file into a shared or an exclusive one (flock
     converts in place on the same open file)."""
-    fileno = getattr(device, "fileno", None)
-    if fileno is None:
-        return
+    if not isinstance(device, (ImageBase, WholeFile)):
+        return  # no file of its own to lock
     try:
-        fcntl.flock(fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(device.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
         raise LockedError(f"{device.path}: another process holds the point-in-time image open") from None
 

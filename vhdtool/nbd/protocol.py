@@ -20,43 +20,23 @@ SIMPLE_REPLY_MAGIC = 0x67446698
 STRUCTURED_REPLY_MAGIC = 0x668E33EF
 
 
-class HandshakeFlag(IntFlag):
-    FIXED_NEWSTYLE = 1 << 0
-    NO_ZEROES = 1 << 1
-
-
-class ClientFlag(IntFlag):
-    FIXED_NEWSTYLE = 1 << 0
-    NO_ZEROES = 1 << 1
-
-
-class TransmissionFlag(IntFlag):
-    HAS_FLAGS = 1 << 0
-    READ_ONLY = 1 << 1
-    SEND_FLUSH = 1 << 2
-    SEND_FUA = 1 << 3
-    ROTATIONAL = 1 << 4
-    SEND_TRIM = 1 << 5
-    SEND_WRITE_ZEROES = 1 << 6
-    SEND_DF = 1 << 7
-    CAN_MULTI_CONN = 1 << 8
-    SEND_RESIZE = 1 << 9
-    SEND_CACHE = 1 << 10
-    SEND_FAST_ZERO = 1 << 11
-
-
-class Opt(IntEnum):
-    EXPORT_NAME = 1
-    ABORT = 2
-    LIST = 3
-    PEEK_EXPORT = 4
-    STARTTLS = 5
-    INFO = 6
-    GO = 7
-    STRUCTURED_REPLY = 8
-    LIST_META_CONTEXT = 9
-    SET_META_CONTEXT = 10
-    EXTENDED_HEADERS = 11
+# Flags and numbered names in the order proto.md gives them: a flag's bit is its position in
+# the list (the first is 1 << 0), a command's or option's number is its position from ``start``.
+HandshakeFlag = IntFlag("HandshakeFlag", "FIXED_NEWSTYLE NO_ZEROES")
+ClientFlag = IntFlag("ClientFlag", "FIXED_NEWSTYLE NO_ZEROES")
+TransmissionFlag = IntFlag(
+    "TransmissionFlag",
+    "HAS_FLAGS READ_ONLY SEND_FLUSH SEND_FUA ROTATIONAL SEND_TRIM SEND_WRITE_ZEROES SEND_DF CAN_MULTI_CONN"
+    " SEND_RESIZE SEND_CACHE SEND_FAST_ZERO",
+)
+Opt = IntEnum(
+    "Opt",
+    "EXPORT_NAME ABORT LIST PEEK_EXPORT STARTTLS INFO GO STRUCTURED_REPLY LIST_META_CONTEXT SET_META_CONTEXT"
+    " EXTENDED_HEADERS",
+)
+Info = IntEnum("Info", "EXPORT NAME DESCRIPTION BLOCK_SIZE", start=0)
+Cmd = IntEnum("Cmd", "READ WRITE DISC FLUSH TRIM CACHE WRITE_ZEROES BLOCK_STATUS RESIZE", start=0)
+CmdFlag = IntFlag("CmdFlag", "FUA NO_HOLE DF REQ_ONE FAST_ZERO")
 
 
 class Rep(IntEnum):
@@ -73,33 +53,6 @@ class Rep(IntEnum):
     ERR_SHUTDOWN = (1 << 31) + 7
     ERR_BLOCK_SIZE_REQD = (1 << 31) + 8
     ERR_TOO_BIG = (1 << 31) + 9
-
-
-class Info(IntEnum):
-    EXPORT = 0
-    NAME = 1
-    DESCRIPTION = 2
-    BLOCK_SIZE = 3
-
-
-class Cmd(IntEnum):
-    READ = 0
-    WRITE = 1
-    DISC = 2
-    FLUSH = 3
-    TRIM = 4
-    CACHE = 5
-    WRITE_ZEROES = 6
-    BLOCK_STATUS = 7
-    RESIZE = 8
-
-
-class CmdFlag(IntFlag):
-    FUA = 1 << 0
-    NO_HOLE = 1 << 1
-    DF = 1 << 2
-    REQ_ONE = 1 << 3
-    FAST_ZERO = 1 << 4
 
 
 class ReplyType(IntEnum):

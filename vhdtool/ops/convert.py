@@ -18,7 +18,7 @@ from typing import Any
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
-from vhdtool.format.blockdev import BlockDevice
+from vhdtool.format.blockdev import BlockDevice, Placement
 from vhdtool.format.layout import new_unique_id, write_new_file
 from vhdtool.format.rules import SECTOR
 from vhdtool.format.sparselayout import round_up
@@ -32,7 +32,7 @@ from vhdtool.ops.datapath import (
     worker_pool,
 )
 from vhdtool.ops.devices import close_device, open_device
-from vhdtool.ops.sources import Piece, SourceReader
+from vhdtool.ops.sources import SourceReader
 from vhdtool.ops.targets import TARGETS
 
 OUTPUT_FORMATS = ("vhd", "raw", *foreign.FORMATS)
@@ -268,7 +268,7 @@ def _write(
 def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
     """Write every non-zero piece at its own offset (raw and fixed layouts), on worker threads."""
 
-    def copy(piece: Piece) -> int:
+    def copy(piece: Placement) -> int:
         scanned = reader.scan(piece)
         if scanned.zero:
             return 0

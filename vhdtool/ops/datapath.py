@@ -12,9 +12,9 @@ from functools import cache
 from typing import TypeVar
 
 from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents
-from vhdtool.format.image import ImageBase
 from vhdtool.format.placement import NotPlaceable, held_extents
 from vhdtool.format.rewrite import pwrite_all
+from vhdtool.format.sparse import SparseImage
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,9 +58,7 @@ def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview) -> Non
 def read_grid(dev: BlockDevice) -> int:
     """Piece size for reading ``dev``: its block size when it has blocks (a piece within one
     block is a single pread, with no assembly), else CHUNK."""
-    sizes = [getattr(layer, "block_size", 0) for layer in dev.chain()] if isinstance(dev, ImageBase) else []
-    sizes = [s for s in sizes if s]
-    return min([CHUNK, *sizes])
+    return min([CHUNK, *(layer.block_size for layer in dev.layers() if isinstance(layer, SparseImage))])
 
 
 def data_runs(dev: BlockDevice, offset: int = 0, length: int | None = None) -> list[Extent]:

@@ -24,15 +24,11 @@ import os
 import threading
 from dataclasses import dataclass
 
-from vhdtool.errors import IoError, io_error
-from vhdtool.format.blockdev import BlockDevice, Extent, RawFile, file_extents
-from vhdtool.format.fixed import FixedImage
-from vhdtool.format.image import ImageBase
-from vhdtool.format.sparse import SparseImage
+from vhdtool.errors import SourceChangedError, io_error
+from vhdtool.format.blockdev import BlockDevice, Extent, Placement, file_extents
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces, write_out
 from vhdtool.ops.map import map_device
 
-_LOCATABLE = (SparseImage, FixedImage, RawFile)
 _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 PROBE = 4096
 """Bytes of a piece read first to check it for zeros (one page)."""
@@ -40,24 +36,10 @@ SCAN = 256 << 10
 """Bytes read at a time to check the rest of a piece that starts with zeros."""
 
 
-class SourceChangedError(IoError):
-    """A source file shrank while it was being copied."""
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    offset: int
-    """Offset on the virtual disk."""
-    length: int
-    fd: int | None
-    """The file holding the whole piece, None to read it through the device."""
-    host: int
-    """Offset of the piece in that file."""
-
-
 @dataclass(frozen=True, slots=True)
 class Scanned:
-    piece: Piece
+    piece: Placement
+    """Where the piece is: ``fd`` -1 when it is read through the device."""
     zero: bool
     data: bytes | None = None
     """The bytes, when they had to be read to be checked (a piece not located in a file)."""
@@ -80,34 +62,30 @@ class SourceReader:
         self._copy_file_range = hasattr(os, "copy_file_range")
         self.pieces = self._pieces()
 
-    def _pieces(self) -> list[Piece]:
+    def _pieces(self) -> list[Placement]:
         dev, grid = self.dev, self.grid
-        layers = list(dev.chain()) if isinstance(dev, ImageBase) else [dev]
-        if not all(isinstance(layer, _LOCATABLE) for layer in layers):
-            return [Piece(o, n, None, o) for o, n in pieces(data_runs(dev), grid)]
-        for layer in layers:
-            fd = layer.fileno()
-            self._files[fd] = (layer.path, os.fstat(fd).st_size)
+        if not dev.can_place:
+            return [Placement(o, n, 0, False, o) for o, n in pieces(data_runs(dev), grid)]
         out = []
-        for entry in map_device(dev):
-            if entry.zero:
+        for run in map_device(dev):
+            if run.zero:
                 continue
-            assert entry.offset is not None
-            fd = layers[entry.depth].fileno()
-            shift = entry.start - entry.offset  # virtual offset = file offset + shift
+            if run.fd not in self._files:
+                self._files[run.fd] = (run.path or "", os.fstat(run.fd).st_size)
+            shift = run.offset - run.file_offset  # virtual offset = file offset + shift
             # holes of the file inside the run read as zeros: nothing to read or write there
             held = [
                 Extent(e.offset + shift, e.length, False)
-                for e in file_extents(fd, entry.offset, entry.offset + entry.length, entry.file or "")
+                for e in file_extents(run.fd, run.file_offset, run.file_offset + run.length, run.path or "")
                 if not e.zero
             ]
             for offset, length in pieces(held, grid):
-                out.append(Piece(offset, length, fd, offset - shift))
+                out.append(Placement(offset, length, run.depth, False, offset - shift, run.path, run.fd))
         return out
 
-    def scan(self, piece: Piece) -> Scanned:
+    def scan(self, piece: Placement) -> Scanned:
         """Is the piece all zeros? Its first page is read, and the rest only if that is zero."""
-        if piece.fd is None or piece.host + piece.length > self._files[piece.fd][1]:
+        if piece.fd < 0 or piece.file_offset + piece.length > self._files[piece.fd][1]:
             data = self.dev.pread(piece.offset, piece.length)
             return Scanned(piece, is_zero(data), data)
         # read a page, then a few hundred KiB at a time into a buffer that stays in the CPU cache,
@@ -127,7 +105,7 @@ class SourceReader:
         """Write the piece at ``offset`` of the output file ``fd`` (and start its writeback)."""
         piece = scanned.piece
         data = scanned.data
-        if data is None and piece.fd is not None:
+        if data is None and piece.fd >= 0:
             if self._copy_file_range:
                 try:
                     self._copy_range(piece, fd, offset)
@@ -149,25 +127,23 @@ class SourceReader:
             buffer = self._local.buffer = bytearray(SCAN)
         return buffer
 
-    def _read_into(self, piece: Piece, view: memoryview, at: int) -> None:
+    def _read_into(self, piece: Placement, view: memoryview, at: int) -> None:
         """Fill ``view`` from ``at`` bytes into the piece, in the file that holds it."""
-        assert piece.fd is not None
         done = 0
         while done < len(view):
             try:
-                n = os.preadv(piece.fd, [view[done:]], piece.host + at + done)
+                n = os.preadv(piece.fd, [view[done:]], piece.file_offset + at + done)
             except OSError as e:
                 raise io_error(self._files[piece.fd][0], "read", e) from None
             if n == 0:
                 self._changed(piece, at + done)
             done += n
 
-    def _copy_range(self, piece: Piece, dst: int, dst_offset: int) -> None:
-        assert piece.fd is not None
+    def _copy_range(self, piece: Placement, dst: int, dst_offset: int) -> None:
         done = 0
         while done < piece.length:
             try:
-                n = os.copy_file_range(piece.fd, dst, piece.length - done, piece.host + done, dst_offset + done)
+                n = os.copy_file_range(piece.fd, dst, piece.length - done, piece.file_offset + done, dst_offset + done)
             except OSError as e:
                 if e.errno not in _NO_COPY_FILE_RANGE:
                     self._blame_source(piece, done, e)
@@ -176,23 +152,21 @@ class SourceReader:
                 self._changed(piece, done)
             done += n
 
-    def _blame_source(self, piece: Piece, at: int, error: OSError) -> None:
+    def _blame_source(self, piece: Placement, at: int, error: OSError) -> None:
         """copy_file_range's error does not say which file failed: when the rest of the piece
         cannot be read from the source, the error is the source's (else it names the output).
         Only reached on an error, so reading the rest again costs nothing in a good copy."""
-        assert piece.fd is not None
-        for offset in range(piece.host + at, piece.host + piece.length, CHUNK):
+        for offset in range(piece.file_offset + at, piece.file_offset + piece.length, CHUNK):
             try:
-                os.pread(piece.fd, min(CHUNK, piece.host + piece.length - offset), offset)
+                os.pread(piece.fd, min(CHUNK, piece.file_offset + piece.length - offset), offset)
             except OSError as e:
                 raise io_error(self._files[piece.fd][0], "read", e) from error
 
-    def _changed(self, piece: Piece, at: int) -> None:
+    def _changed(self, piece: Placement, at: int) -> None:
         """The file ends before data it held when the copy began: some other process cut it."""
-        assert piece.fd is not None
         path, size = self._files[piece.fd]
         now = os.fstat(piece.fd).st_size
         raise SourceChangedError(
             f"{path}: changed during the copy: the file shrank from {size} to {now} bytes"
-            f" (data at offset {piece.host + at} is gone); the output is not kept"
+            f" (data at offset {piece.file_offset + at} is gone); the output is not kept"
         )

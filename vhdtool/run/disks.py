@@ -65,9 +65,7 @@ def close_disks(disks: list[GuestDisk], serving: Mapping[str, BlockDevice], scra
     id) down its whole chain; then remove the scratch folder."""
     try:
         for disk in disks:
-            top = serving.get(disk.id, disk.device)
-            close_chain = getattr(top, "close_chain", None)
-            (close_chain or disk.device.close_chain)()
+            serving.get(disk.id, disk.device).close_chain()
     finally:
         if scratch is not None:
             overlay.remove_scratch_folder(scratch)
