@@ -8,7 +8,11 @@ directly (footer copy, header, BAT, then the blocks in disk order, then the foot
 through block allocation, which would rewrite the footer once per block.
 
 The output is written to a temporary file beside the destination and renamed into place: an
-interrupted convert leaves no destination at all.
+interrupted convert leaves no destination at all. A destination that is replaced is flushed
+(fsync) before the rename, so a power cut leaves the old file or the new one. A new destination
+is flushed only when asked (``sync``), as qemu-img convert flushes only with ``-t writeback``;
+then each piece's writeback is started as soon as it is written, so that the copy and the
+flush overlap.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from typing import Any
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice
-from vhdtool.format.layout import BAT_OFFSET, footer_fields, new_unique_id, sparse_image_bytes, write_new_file
+from vhdtool.format.layout import (
+    BAT_OFFSET,
+    footer_fields,
+    needs_sync,
+    new_unique_id,
+    sparse_image_bytes,
+    write_new_file,
+)
 from vhdtool.format.rewrite import pwrite_all, round_up
 from vhdtool.format.structs import DISK_TYPE_FIXED, NO_DATA_OFFSET, SECTOR, UNALLOCATED, build_footer
 from vhdtool.ops import foreign
@@ -107,6 +118,7 @@ def convert(
     timestamp: int | None = None,
     progress: ProgressCallback | None = None,
     target: str | None = None,
+    sync: bool = False,
 ) -> Converted:
     """Convert ``source`` (a path, probed as VHD, raw or a format qemu-img reads unless
     ``source_format`` says, or an open BlockDevice, which stays open) into ``destination``.
@@ -119,7 +131,8 @@ def convert(
     'dynamic' (default) or 'fixed', ``block_size`` for dynamic output (default 2 MiB).
     ``progress(done, total)`` is called as data is copied. Refuses an existing destination
     unless ``overwrite``. ``unique_id`` (16 bytes) and ``timestamp`` (Unix time) make a VHD output
-    byte-for-byte reproducible.
+    byte-for-byte reproducible. ``sync`` flushes a new destination to the disk before it is
+    renamed into place (a destination that is replaced is flushed either way).
     """
     destination = os.fspath(destination)
     fmt = output_format_for(destination, output_format, disk_type)
@@ -136,8 +149,18 @@ def convert(
     if isinstance(source, BlockDevice):
         _refuse_same_file(source.path, destination)
         return _convert(
-            source, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
+            source,
+            destination,
+            fmt,
+            disk_type,
+            block_size,
+            overwrite,
+            unique_id,
+            timestamp,
+            progress,
+            size_unit,
             creator,
+            sync,
         )
     source = os.fspath(source)
     _refuse_same_file(source, destination)
@@ -145,12 +168,24 @@ def convert(
     if source_format is None:
         other = foreign.source_format(source)
     if other is not None:
-        return _from_foreign(source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit)
+        return _from_foreign(
+            source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit, sync
+        )
     dev = open_device(source, source_format)
     try:
         return _convert(
-            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
+            dev,
+            destination,
+            fmt,
+            disk_type,
+            block_size,
+            overwrite,
+            unique_id,
+            timestamp,
+            progress,
+            size_unit,
             creator,
+            sync,
         )
     finally:
         close_device(dev)
@@ -166,15 +201,18 @@ def _from_foreign(
     overwrite: bool,
     progress: ProgressCallback | None,
     size_unit: int,
+    sync: bool,
 ) -> Converted:
     """A format qemu-img reads: into a VHD that vhdtool lays out, or to any other format by qemu-img alone."""
     size = foreign.virtual_size(source, source_format)
     if fmt == "vhd":
         size = round_up(size, size_unit)
         rules.validate_virtual_size(size, disk_type)
-        foreign.import_image(source, source_format, destination, size, disk_type, block_size, overwrite, progress)
+        foreign.import_image(
+            source, source_format, destination, size, disk_type, block_size, overwrite, progress, sync=sync
+        )
     else:
-        foreign.convert_with_qemu(source, source_format, destination, fmt, size, overwrite, progress)
+        foreign.convert_with_qemu(source, source_format, destination, fmt, size, overwrite, progress, sync=sync)
     return Converted(
         source=source,
         destination=destination,
@@ -203,14 +241,16 @@ def _convert(
     progress: ProgressCallback | None,
     size_unit: int = SECTOR,
     creator: rules.Creator = rules.VHDTOOL_CREATOR,
+    sync: bool = False,
 ) -> Converted:
     if os.path.isdir(destination):
         raise UsageError(f"{destination}: is a directory")
     size = src.size
     if fmt in foreign.FORMATS:
-        foreign.export(src, destination, fmt, overwrite, progress)
-        return Converted(src.path, destination, fmt, None, size, os.stat(destination).st_blocks * 512,
-                         os.path.getsize(destination))
+        foreign.export(src, destination, fmt, overwrite, progress, sync=sync)
+        return Converted(
+            src.path, destination, fmt, None, size, os.stat(destination).st_blocks * 512, os.path.getsize(destination)
+        )
     if fmt == "vhd":
         # a VHD holds whole sectors (Azure: whole MiB); the tail reads as zeros, as in qemu-img
         size = round_up(src.size, size_unit)
@@ -219,9 +259,22 @@ def _convert(
     if fmt == "vhd" and disk_type == "dynamic":
         block_size = block_size or rules.DEFAULT_BLOCK_SIZE
         grid = min(grid, block_size)
-    reader = SourceReader(src, grid)
+    sync = needs_sync(destination, sync)
+    reader = SourceReader(src, grid, write_behind=sync)
     return _write(
-        reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress, creator
+        reader,
+        src,
+        destination,
+        fmt,
+        disk_type,
+        size,
+        block_size,
+        overwrite,
+        unique_id,
+        timestamp,
+        progress,
+        creator,
+        sync,
     )
 
 
@@ -238,6 +291,7 @@ def _write(
     timestamp: int | None,
     progress: ProgressCallback | None,
     creator: rules.Creator = rules.VHDTOOL_CREATOR,
+    sync: bool = False,
 ) -> Converted:
     meter = Meter(progress, sum(p.length for p in reader.pieces))
     uid = unique_id or new_unique_id()
@@ -256,7 +310,7 @@ def _write(
             assert block_size is not None
             _write_dynamic(reader, fd, destination, size, block_size, uid, stamp, meter, creator)
 
-    write_new_file(destination, write, overwrite)
+    write_new_file(destination, write, overwrite, sync=sync)
     return Converted(
         source=src.path,
         destination=destination,

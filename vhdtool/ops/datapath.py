@@ -44,15 +44,17 @@ def is_zero(data: bytes | bytearray) -> bool:
     return data == (_zeros(n) if n & (n - 1) == 0 else bytes(n))
 
 
-def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
-    """Write to a new output file and start its writeback at once.
+def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_behind: bool = True) -> None:
+    """Write to a new output file and, with ``write_behind``, start its writeback at once.
 
-    The output is fsynced before it is renamed into place; asking the kernel to write (and then
-    drop) each piece as it goes keeps dirty pages from piling up, so that fsync finds nothing
-    left to do and the copy is not throttled by dirty-page limits (bench/bench_convert.py).
+    An output that is fsynced before it is renamed into place gains from asking the kernel to
+    write (and then drop) each piece as it goes: dirty pages do not pile up, so that fsync finds
+    nothing left to do and the copy is not throttled by dirty-page limits
+    (bench/bench_convert.py). An output that is not fsynced is better left to the page cache.
     """
     pwrite_all(fd, offset, data)
-    os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+    if write_behind:
+        os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
 
 
 def read_grid(dev: BlockDevice) -> int:
