@@ -114,7 +114,7 @@ def main() -> None:
                 "qemu": qemu_cmd,
                 "cli": cli_cmd,
                 "qemu flushed": [*qemu_cmd[:2], "-t", "writeback", *qemu_cmd[2:]],
-                "cli flushed": [*cli_cmd[:3], "--sync", *cli_cmd[3:]],
+                "cli flushed": [*VHDTOOL, "convert", "-q", "--sync", "-O", ours, str(source), str(out)],
             }
             times: dict[str, list[tuple[float, float]]] = {k: [] for k in [*commands, "api"]}
             for round_no in range(args.rounds + 1):
