@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents
 from vhdtool.format.image import ImageBase
 from vhdtool.format.placement import NotPlaceable, held_extents
 from vhdtool.format.rewrite import pwrite_all
+
+if TYPE_CHECKING:  # threads only for the copies: map and compare import this module without them
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,6 +125,8 @@ class Meter:
 def worker_pool(workers: int = WORKERS) -> Iterator[ThreadPoolExecutor]:
     """A thread pool that, however its block ends (Ctrl-C included), has stopped every worker
     before the caller goes on to close or remove the files they use."""
+    from concurrent.futures import ThreadPoolExecutor
+
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-copy")
     try:
         yield pool
