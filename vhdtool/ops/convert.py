@@ -148,47 +148,26 @@ def convert(
         rules.validate_block_size(block_size)
     if isinstance(source, BlockDevice):
         _refuse_same_file(source.path, destination)
-        return _convert(
-            source,
-            destination,
-            fmt,
-            disk_type,
-            block_size,
-            overwrite,
-            unique_id,
-            timestamp,
-            progress,
-            size_unit,
-            creator,
-            sync,
-        )
-    source = os.fspath(source)
-    _refuse_same_file(source, destination)
-    other = source_format if source_format in foreign.FORMATS else None
-    if source_format is None:
-        other = foreign.source_format(source)
-    if other is not None:
-        return _from_foreign(
-            source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit, sync
-        )
-    dev = open_device(source, source_format)
+        dev, owned = source, False
+    else:
+        source = os.fspath(source)
+        _refuse_same_file(source, destination)
+        other = source_format if source_format in foreign.FORMATS else None
+        if source_format is None:
+            other = foreign.source_format(source)
+        if other is not None:
+            return _from_foreign(
+                source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit, sync
+            )
+        dev, owned = open_device(source, source_format), True
     try:
         return _convert(
-            dev,
-            destination,
-            fmt,
-            disk_type,
-            block_size,
-            overwrite,
-            unique_id,
-            timestamp,
-            progress,
-            size_unit,
-            creator,
-            sync,
-        )
+            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
+            creator, sync,
+        )  # fmt: skip
     finally:
-        close_device(dev)
+        if owned:
+            close_device(dev)
 
 
 def _from_foreign(
@@ -262,20 +241,9 @@ def _convert(
     sync = needs_sync(destination, sync)
     reader = SourceReader(src, grid, write_behind=sync)
     return _write(
-        reader,
-        src,
-        destination,
-        fmt,
-        disk_type,
-        size,
-        block_size,
-        overwrite,
-        unique_id,
-        timestamp,
-        progress,
-        creator,
+        reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress, creator,
         sync,
-    )
+    )  # fmt: skip
 
 
 def _write(
