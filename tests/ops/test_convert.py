@@ -217,3 +217,13 @@ def test_flushed_where_a_power_cut_could_lose_the_old_file_or_when_asked(tmp_pat
     assert replaced[0] == "write-behind"
     assert replaced[2:] == ["rename", "fsync-folder"] and replaced[1].startswith(f"fsync .{out.name}.")
     assert qemu_compare(src, "raw", out, "raw" if fmt == "raw" else "vpc") == 0
+
+
+@pytest.mark.parametrize(("fmt", "vhd_type"), [("raw", None), ("vhd", "fixed")])
+def test_an_empty_disk_converts_to_holes_only(tmp_path: Path, fmt: str, vhd_type: str | None) -> None:
+    empty = tmp_path / "empty.vhd"
+    vhdtool.create(empty, size=64 * MiB)
+    out = tmp_path / f"out.{fmt}"
+    done = convert(empty, out, output_format=fmt, disk_type=vhd_type)
+    assert done.data_bytes == 0 and out.stat().st_blocks * 512 <= 64 << 10  # no data written, only a footer
+    assert qemu_compare(empty, "vpc", out, "raw" if fmt == "raw" else "vpc") == 0

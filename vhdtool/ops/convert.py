@@ -292,6 +292,8 @@ def _write(
 
 def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
     """Write every non-zero piece at its own offset (raw and fixed layouts), on worker threads."""
+    if not reader.pieces:  # an empty disk: no threads to start (nor their module to import)
+        return
 
     def copy(piece: Piece) -> int:
         scanned = reader.scan(piece)
