@@ -32,7 +32,12 @@ _FORMATS = ["vhd", "raw", "qcow2", "vmdk", "vhdx", "vdi", "qed"]  # the last fiv
     help="azure: a fixed VHD, size rounded up to a whole MiB; hyper-v: New-VHD's creator fields, "
     "a warning for a block size it does not offer.",
 )
-@click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists (flushed before it is replaced).")
+@click.option(
+    "--sync",
+    is_flag=True,
+    help="Flush a new DESTINATION to the disk before it appears (qemu-img convert -t writeback does too).",
+)
 @options.QUIET
 @options.JSON
 def convert(
@@ -44,6 +49,7 @@ def convert(
     block_size: str | None,
     target: str | None,
     force: bool,
+    sync: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -53,7 +59,9 @@ def convert(
     handed to it over vhdtool's NBD server (qemu reads no VHD parents), so it arrives flattened.
     Zero runs are skipped: raw output is sparse, a dynamic VHD gets no block for them.
     Crash safety: DESTINATION is written beside itself and renamed into place, so an interrupted
-    convert (Ctrl-C included) leaves no DESTINATION at all.
+    convert (Ctrl-C included) leaves no DESTINATION at all. A file it replaces (--force) is
+    flushed first, so a power cut leaves the old file or the new one; a new DESTINATION is left
+    to the page cache, as qemu-img convert does, unless --sync flushes it too.
 
     Exit status: 0 done, 1 error, 64 bad options (a format or extension vhdtool cannot write).
     """
@@ -74,6 +82,7 @@ def convert(
             overwrite=force,
             progress=progress,
             target=target,
+            sync=sync,
         )
     if as_json:
         render.print_json(done.as_json())

@@ -32,13 +32,13 @@ def _unallocated_end(bat: array, first: int, last: int) -> int:
     with memoryview(bat) as view, view.cast("B") as raw:
         while i < last:
             n = min(step, last - i)
-            chunk = raw[4 * i : 4 * (i + n)].tobytes()
-            if chunk == (_ONES if n == _STEP else _ONES[: 4 * n]):
+            chunk = raw[4 * i : 4 * (i + n)]
+            if _ONES.startswith(chunk):  # one memcmp against the table itself, no copy
                 i += n
                 step = min(2 * step, _STEP)
                 continue
             # the first byte that is not 0xFF lies in the first allocated entry
-            return i + (4 * n - len(chunk.lstrip(b"\xff"))) // 4
+            return i + (4 * n - len(chunk.tobytes().lstrip(b"\xff"))) // 4
     return last
 
 

@@ -1,9 +1,12 @@
 """Laying out new, empty images: fixed, dynamic and differencing.
 
 A new file is written beside the target and renamed into place, so a failed create leaves
-nothing half-written. Layout of a dynamic disk (as qemu and Virtual PC do it): footer copy at 0,
-dynamic header at 512, BAT at 1536 (padded to a sector), parent locator data after the BAT,
-footer at the end.
+nothing half-written. Before the rename the file is fsynced, after it the folder, so that a power
+cut leaves the old file or the new one; a writer may skip both for a path where there is no old
+file (``sync=False``, qemu-img convert's default), never for one it replaces.
+
+Layout of a dynamic disk (as qemu and Virtual PC do it): footer copy at 0, dynamic header at
+512, BAT at 1536 (padded to a sector), parent locator data after the BAT, footer at the end.
 """
 
 from __future__ import annotations
@@ -134,17 +137,27 @@ def _refuse_existing(path: str, overwrite: bool) -> None:
         raise UsageError(f"{path}: is a directory")
 
 
+def needs_sync(path: str, sync: bool) -> bool:
+    """Whether a new file for ``path`` is fsynced before its rename: when asked to, and always when
+    it replaces a file (a power cut must leave the old file or the new one, never a torn one)."""
+    return sync or os.path.lexists(path)
+
+
 @contextlib.contextmanager
-def new_file_by_name(path: str, overwrite: bool) -> Iterator[str]:
+def new_file_by_name(path: str, overwrite: bool, *, sync: bool = True) -> Iterator[str]:
     """``write_new_file`` for writers that need a name, not a descriptor (another program): yields
-    the temporary path; when the block succeeds the file is fsynced and renamed onto ``path``,
-    otherwise removed."""
+    the temporary path; when the block succeeds the file is fsynced (see ``write_new_file`` for
+    ``sync``) and renamed onto ``path``, otherwise removed."""
     _refuse_existing(path, overwrite)
     tmp = temp_beside(path)
+    durable = needs_sync(path, sync)
     held = hold_for_replacing(path)
     try:
         yield tmp
-        sync_and_rename_into_place(tmp, path)
+        if durable:
+            sync_and_rename_into_place(tmp, path)
+        else:
+            os.replace(tmp, path)
     except OSError as e:
         raise VhdError(f"{path}: cannot write {tmp}: {e.strerror}") from None
     finally:
@@ -153,10 +166,15 @@ def new_file_by_name(path: str, overwrite: bool) -> Iterator[str]:
             os.close(held)
 
 
-def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
-    """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place."""
+def write_new_file(path: str, writer: callable, overwrite: bool, *, sync: bool = True) -> None:
+    """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place.
+
+    ``sync=False`` leaves out the fsyncs when ``path`` does not exist yet: an interrupted writer
+    still leaves no file, but a power cut may leave a new one with data missing. A file that is
+    replaced is always fsynced first, so a power cut leaves the old one or the new one."""
     _refuse_existing(path, overwrite)
     tmp = temp_beside(path)
+    durable = needs_sync(path, sync)
     held = hold_for_replacing(path)
     try:
         try:
@@ -166,10 +184,14 @@ def write_new_file(path: str, writer: callable, overwrite: bool) -> None:
         with removed_on_failure(tmp, f"{path}: cannot write {tmp}"):
             try:
                 writer(fd)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            rename_into_place(tmp, path)
+            if durable:
+                rename_into_place(tmp, path)
+            else:
+                os.replace(tmp, path)
     finally:
         if held is not None:
             os.close(held)

@@ -241,11 +241,9 @@ def _read_sparse_metadata(fd: int, meta: ImageMetadata) -> None:
             f"{meta.path}: BAT of {entries} entries at offset {table} runs past the end of the file "
             f"({meta.file_size} bytes)"
         )
-    bat = array("I")
-    bat.frombytes(os.pread(fd, entries * 4, table))
-    if sys.byteorder == "little":
-        bat.byteswap()
-    meta.bat = bat
+    meta.bat = _read_bat(fd, entries, table)
+    if len(meta.bat) < entries:
+        raise CorruptImageError(f"{meta.path}: the file ended while its BAT of {entries} entries was read")
     meta.parent_name = decode_parent_name(bytes(header.parent_unicode_name))
     if meta.disk_type == DISK_TYPE_DIFFERENCING:
         meta.locators = _read_locators(fd, header, meta.file_size)
@@ -256,6 +254,24 @@ def _read_sparse_metadata(fd: int, meta: ImageMetadata) -> None:
                 f"{meta.path}: the footer at the end is missing (interrupted growth of the file?); "
                 "using the copy at offset 0 (a writable open restores it)"
             ]
+
+
+def _read_bat(fd: int, entries: int, offset: int) -> array:
+    """The BAT as an array of host-order integers, read straight into the array: one copy of
+    the table and one set of fresh pages, where reading bytes and converting them costs two.
+    Shorter than ``entries`` only when the file ends first."""
+    bat = array("I", [0]) * entries
+    done = 0
+    with memoryview(bat) as view, view.cast("B") as raw:
+        while done < len(raw):
+            n = os.preadv(fd, [raw[done:]], offset + done)
+            if n == 0:
+                break
+            done += n
+    del bat[done // 4 :]
+    if sys.byteorder == "little":
+        bat.byteswap()
+    return bat
 
 
 def _torn_tail(meta: ImageMetadata) -> int | None:

@@ -7,7 +7,11 @@ raw output is a sparse file and a dynamic VHD gets no block for them. Where each
 a VHD output is ``format.streamwriter``'s business (blocks laid out in disk order, in one pass).
 
 The output is written to a temporary file beside the destination and renamed into place: an
-interrupted convert leaves no destination at all.
+interrupted convert leaves no destination at all. A destination that is replaced is flushed
+(fsync) before the rename, so a power cut leaves the old file or the new one. A new destination
+is flushed only when asked (``sync``), as qemu-img convert flushes only with ``-t writeback``;
+then each piece's writeback is started as soon as it is written, so that the copy and the
+flush overlap.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
 from vhdtool.format.blockdev import BlockDevice, Placement
-from vhdtool.format.layout import new_unique_id, write_new_file
+from vhdtool.format.layout import needs_sync, new_unique_id, write_new_file
 from vhdtool.format.rules import SECTOR
 from vhdtool.format.sparselayout import round_up
 from vhdtool.format.streamwriter import DynamicWriter, FixedWriter
@@ -104,6 +108,7 @@ def convert(
     timestamp: int | None = None,
     progress: ProgressCallback | None = None,
     target: str | None = None,
+    sync: bool = False,
 ) -> Converted:
     """Convert ``source`` (a path, probed as VHD, raw or a format qemu-img reads unless
     ``source_format`` says, or an open BlockDevice, which stays open) into ``destination``.
@@ -116,7 +121,8 @@ def convert(
     'dynamic' (default) or 'fixed', ``block_size`` for dynamic output (default 2 MiB).
     ``progress(done, total)`` is called as data is copied. Refuses an existing destination
     unless ``overwrite``. ``unique_id`` (16 bytes) and ``timestamp`` (Unix time) make a VHD output
-    byte-for-byte reproducible.
+    byte-for-byte reproducible. ``sync`` flushes a new destination to the disk before it is
+    renamed into place (a destination that is replaced is flushed either way).
     """
     destination = os.fspath(destination)
     fmt = output_format_for(destination, output_format, disk_type)
@@ -140,12 +146,15 @@ def convert(
         if source_format is None:
             other = foreign.source_format(source)
         if other is not None:
-            return _from_foreign(source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit)
+            return _from_foreign(
+                source, other, destination, fmt, disk_type, block_size, overwrite, progress, size_unit, sync
+            )
         dev, owned = open_device(source, source_format), True
     try:
         return _convert(
-            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit, creator
-        )
+            dev, destination, fmt, disk_type, block_size, overwrite, unique_id, timestamp, progress, size_unit,
+            creator, sync,
+        )  # fmt: skip
     finally:
         if owned:
             close_device(dev)
@@ -161,15 +170,18 @@ def _from_foreign(
     overwrite: bool,
     progress: ProgressCallback | None,
     size_unit: int,
+    sync: bool,
 ) -> Converted:
     """A format qemu-img reads: into a VHD that vhdtool lays out, or to any other format by qemu-img alone."""
     size = foreign.virtual_size(source, source_format)
     if fmt == "vhd":
         size = round_up(size, size_unit)
         rules.validate_virtual_size(size, disk_type)
-        foreign.import_image(source, source_format, destination, size, disk_type, block_size, overwrite, progress)
+        foreign.import_image(
+            source, source_format, destination, size, disk_type, block_size, overwrite, progress, sync=sync
+        )
     else:
-        foreign.convert_with_qemu(source, source_format, destination, fmt, size, overwrite, progress)
+        foreign.convert_with_qemu(source, source_format, destination, fmt, size, overwrite, progress, sync=sync)
     return Converted(
         source=source,
         destination=destination,
@@ -198,12 +210,13 @@ def _convert(
     progress: ProgressCallback | None,
     size_unit: int = SECTOR,
     creator: rules.Creator = rules.VHDTOOL_CREATOR,
+    sync: bool = False,
 ) -> Converted:
     if os.path.isdir(destination):
         raise UsageError(f"{destination}: is a directory")
     size = src.size
     if fmt in foreign.FORMATS:
-        foreign.export(src, destination, fmt, overwrite, progress)
+        foreign.export(src, destination, fmt, overwrite, progress, sync=sync)
         return Converted(
             src.path, destination, fmt, None, size, os.stat(destination).st_blocks * 512, os.path.getsize(destination)
         )
@@ -215,10 +228,12 @@ def _convert(
     if fmt == "vhd" and disk_type == "dynamic":
         block_size = block_size or rules.DEFAULT_BLOCK_SIZE
         grid = min(grid, block_size)
-    reader = SourceReader(src, grid)
+    sync = needs_sync(destination, sync)
+    reader = SourceReader(src, grid, write_behind=sync)
     return _write(
-        reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress, creator
-    )
+        reader, src, destination, fmt, disk_type, size, block_size, overwrite, unique_id, timestamp, progress, creator,
+        sync,
+    )  # fmt: skip
 
 
 def _write(
@@ -234,6 +249,7 @@ def _write(
     timestamp: int | None,
     progress: ProgressCallback | None,
     creator: rules.Creator = rules.VHDTOOL_CREATOR,
+    sync: bool = False,
 ) -> Converted:
     meter = Meter(progress, sum(p.length for p in reader.pieces))
     uid = unique_id or new_unique_id()
@@ -253,7 +269,7 @@ def _write(
             _copy_in_order(reader, dynamic, meter)
             dynamic.finish()
 
-    write_new_file(destination, write, overwrite)
+    write_new_file(destination, write, overwrite, sync=sync)
     return Converted(
         source=src.path,
         destination=destination,
@@ -267,6 +283,8 @@ def _write(
 
 def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
     """Write every non-zero piece at its own offset (raw and fixed layouts), on worker threads."""
+    if not reader.pieces:  # an empty disk: no threads to start (nor their module to import)
+        return
 
     def copy(piece: Placement) -> int:
         scanned = reader.scan(piece)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents
 from vhdtool.format.placement import NotPlaceable, held_extents
 from vhdtool.format.rewrite import pwrite_all
 from vhdtool.format.sparse import SparseImage
+
+if TYPE_CHECKING:  # threads only for the copies: map and compare import this module without them
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,15 +46,17 @@ def is_zero(data: bytes | bytearray) -> bool:
     return data == (_zeros(n) if n & (n - 1) == 0 else bytes(n))
 
 
-def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
-    """Write to a new output file and start its writeback at once.
+def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_behind: bool = True) -> None:
+    """Write to a new output file and, with ``write_behind``, start its writeback at once.
 
-    The output is fsynced before it is renamed into place; asking the kernel to write (and then
-    drop) each piece as it goes keeps dirty pages from piling up, so that fsync finds nothing
-    left to do and the copy is not throttled by dirty-page limits (bench/bench_convert.py).
+    An output that is fsynced before it is renamed into place gains from asking the kernel to
+    write (and then drop) each piece as it goes: dirty pages do not pile up, so that fsync finds
+    nothing left to do and the copy is not throttled by dirty-page limits
+    (bench/bench_convert.py). An output that is not fsynced is better left to the page cache.
     """
     pwrite_all(fd, offset, data)
-    os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+    if write_behind:
+        os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
 
 
 def read_grid(dev: BlockDevice) -> int:
@@ -119,6 +123,8 @@ class Meter:
 def worker_pool(workers: int = WORKERS) -> Iterator[ThreadPoolExecutor]:
     """A thread pool that, however its block ends (Ctrl-C included), has stopped every worker
     before the caller goes on to close or remove the files they use."""
+    from concurrent.futures import ThreadPoolExecutor
+
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-copy")
     try:
         yield pool

@@ -64,21 +64,35 @@ def qemu_img() -> str:
 
 
 def export(
-    src: BlockDevice, destination: str, fmt: str, overwrite: bool, progress: ProgressCallback | None
+    src: BlockDevice,
+    destination: str,
+    fmt: str,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+    *,
+    sync: bool = False,
 ) -> None:
-    """Write ``src`` (a whole chain, as vhdtool reads it) into ``destination`` in format ``fmt``."""
+    """Write ``src`` (a whole chain, as vhdtool reads it) into ``destination`` in format ``fmt``
+    (``sync``: as ``layout.write_new_file``)."""
     tool = qemu_img()
-    with new_file_by_name(destination, overwrite) as tmp, _served(src, read_only=True) as uri:
+    with new_file_by_name(destination, overwrite, sync=sync) as tmp, _served(src, read_only=True) as uri:
         _run([tool, "convert", "-p", "-f", "raw", "-O", fmt, uri, tmp], src.size, progress)
 
 
 def convert_with_qemu(
-    source: str, source_format: str, destination: str, fmt: str, size: int, overwrite: bool,
+    source: str,
+    source_format: str,
+    destination: str,
+    fmt: str,
+    size: int,
+    overwrite: bool,
     progress: ProgressCallback | None,
+    *,
+    sync: bool = False,
 ) -> None:
     """Neither side a VHD: qemu-img does it all."""
     tool = qemu_img()
-    with new_file_by_name(destination, overwrite) as tmp:
+    with new_file_by_name(destination, overwrite, sync=sync) as tmp:
         _run([tool, "convert", "-p", "-f", source_format, "-O", fmt, source, tmp], size, progress)
 
 
@@ -125,13 +139,15 @@ def import_image(
     block_size: int | None,
     overwrite: bool,
     progress: ProgressCallback | None,
+    *,
+    sync: bool = False,
 ) -> None:
     """Make ``destination`` a new VHD of ``size`` holding what qemu-img reads from ``source``."""
     from vhdtool.format.chain import open_image
     from vhdtool.ops.create import create
 
     tool = qemu_img()
-    with new_file_by_name(destination, overwrite) as tmp:
+    with new_file_by_name(destination, overwrite, sync=sync) as tmp:
         create(tmp, size=size, type=disk_type, block_size=block_size)
         with open_image(tmp, writable=True, durable=False) as image, _served(image, read_only=False) as uri:
             # the new VHD reads as zeros already: qemu-img need only write the data

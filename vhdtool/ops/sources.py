@@ -52,9 +52,11 @@ class SourceReader:
     buffer of its own, so a scan keeps no bytes the next one overwrites).
     """
 
-    def __init__(self, dev: BlockDevice, grid: int = CHUNK) -> None:
+    def __init__(self, dev: BlockDevice, grid: int = CHUNK, *, write_behind: bool = True) -> None:
         self.dev = dev
         self.grid = grid
+        self.write_behind = write_behind
+        """Start the writeback of each piece as it is written (for an output that is fsynced)."""
         self._files: dict[int, tuple[str, int]] = {}
         """fd -> (path, size when the copy began): a piece past that size is read the device's way."""
         self._local = threading.local()
@@ -102,14 +104,16 @@ class SourceReader:
         return Scanned(piece, True)
 
     def copy(self, scanned: Scanned, fd: int, offset: int) -> None:
-        """Write the piece at ``offset`` of the output file ``fd`` (and start its writeback)."""
+        """Write the piece at ``offset`` of the output file ``fd`` (and start its writeback when
+        ``write_behind``)."""
         piece = scanned.piece
         data = scanned.data
         if data is None and piece.fd >= 0:
             if self._copy_file_range:
                 try:
                     self._copy_range(piece, fd, offset)
-                    os.posix_fadvise(fd, offset, piece.length, os.POSIX_FADV_DONTNEED)  # see write_out
+                    if self.write_behind:
+                        os.posix_fadvise(fd, offset, piece.length, os.POSIX_FADV_DONTNEED)  # see write_out
                     return
                 except OSError as e:
                     if e.errno not in _NO_COPY_FILE_RANGE:
@@ -119,7 +123,7 @@ class SourceReader:
             self._read_into(piece, memoryview(data), 0)
         if data is None:
             data = self.dev.pread(piece.offset, piece.length)
-        write_out(fd, offset, data)
+        write_out(fd, offset, data, self.write_behind)
 
     def _buffer(self) -> bytearray:
         buffer: bytearray | None = getattr(self._local, "buffer", None)
