@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import assert_clean_error, get_bat, need, patch_footer, patch_header, run, set_bat
+from tests.helpers import assert_clean_error, get_bat, need, patch_footer, patch_header, qemu_raw, run, set_bat
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import digest, folder_digests, qemu_compare, read_all
 from vhdtool.format.rules import MiB
@@ -168,6 +168,22 @@ def test_fixed_disk_cut_short(tmp_path: Path) -> None:
     assert "fixed-truncated" in _codes(img)
     assert cli("repair", img).returncode == 0 and _codes(img) == set()
     assert read_all(img) == data[: 5 * MiB] + bytes(3 * MiB)
+
+
+def test_fixed_disk_with_an_unaligned_size_keeps_what_qemu_read(tmp_path: Path) -> None:
+    """The safety campaign's case: a fixed disk whose Current Size is not whole sectors. The
+    footer stays where it is and the size becomes its offset; repair once moved the footer to the
+    unaligned size instead, and qemu could no longer open the disk it had read."""
+    img = tmp_path / "f.vhd"
+    run(need("qemu-img"), "create", "-q", "-f", "vpc", "-o", "subformat=fixed,force_size=on", img, "3M")
+    run(need("qemu-io"), "-f", "vpc", "-c", "write -P 0x33 0 3M", img)
+    before = qemu_raw(img, tmp_path)
+    patch_footer(img, current_size=3 * MiB + 128)
+    assert {"size-unaligned", "fixed-truncated"} <= _codes(img)
+    result = cli("repair", img)
+    assert result.returncode == 0, result.stderr
+    assert f"Current Size from {3 * MiB + 128} to {3 * MiB}" in result.stdout
+    assert _codes(img) == set() and qemu_raw(img, tmp_path) == before == read_all(img)
 
 
 def test_child_naming_no_parent(tmp_path: Path, qemu_image: Path) -> None:

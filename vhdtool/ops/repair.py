@@ -167,6 +167,10 @@ def _fix_structures(editor: MetadataEditor, report: CheckReport, result: Repaire
                 editor.cut(at + FOOTER_SIZE)
                 editor.sync()
                 result.actions.append(f"cut {meta.file_size - at - FOOTER_SIZE} unreferenced bytes after it")
+    # an unaligned size: the field is what is damaged, not the file; fit it to the bytes before
+    # the footer (what qemu reads too) rather than move the footer to an offset no reader accepts
+    if "size-unaligned" in codes and not meta.is_sparse and _fit_fixed_size_to_footer(editor, footer, result, dry_run):
+        codes.discard("fixed-truncated")
     if "fixed-truncated" in codes:
         _move_fixed_footer(editor, footer, result, dry_run)
     copy_codes = {
@@ -246,6 +250,26 @@ def _copy_keeps_qemu_size(footer: Container, copy: Container) -> bool:
         return rules.qemu72_virtual_size(bytes(f.creator_application), geometry, int(f.current_size))
 
     return qemu_size(footer) != qemu_size(copy)
+
+
+def _fit_fixed_size_to_footer(editor: MetadataEditor, footer: Container, result: Repaired, dry_run: bool) -> bool:
+    """A fixed disk whose Current Size is not whole sectors: it becomes the footer's offset."""
+    meta = editor.meta
+    at = meta.footer_offset
+    if at % SECTOR or at > rules.MAX_FIXED_SIZE:
+        result.unrepaired.append(
+            f"{meta.path}: current size {meta.virtual_size} is not a multiple of 512 and the footer at {at} "
+            "gives no size either; nothing repaired"
+        )
+        return False
+    result.actions.append(
+        f"set the footer's Current Size from {meta.virtual_size} to {at} (the bytes before the footer)"
+    )
+    footer.current_size = at
+    if not dry_run:
+        editor.put_footer(at, footer)
+        editor.sync()
+    return True
 
 
 def _move_fixed_footer(editor: MetadataEditor, footer: Container, result: Repaired, dry_run: bool) -> None:
