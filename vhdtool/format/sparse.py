@@ -33,7 +33,7 @@ from vhdtool.format.blockdev import (
 from vhdtool.format.fallocate import punch_hole
 from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import TORN_TAIL_LIMIT, ImageMetadata
-from vhdtool.format.sparselayout import valid_block_size
+from vhdtool.format.sparselayout import BlockLayout, valid_block_size
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
 from vhdtool.format.validate import block_size_problem
 
@@ -88,7 +88,8 @@ class SparseImage(ImageBase):
         self._shift = self.block_size.bit_length() - 1
         self._mask = self.block_size - 1
         self._sectors_per_block = self.block_size // SECTOR
-        self._bitmap_size = rules.bitmap_bytes(self.block_size)
+        self._layout = BlockLayout(self.block_size)
+        self._bitmap_size = self._layout.bitmap_size
         self.bat = meta.bat
         self._bat_offset = int(meta.header.table_offset)
         self._bitmaps: dict[int, bytes | None] = {}
@@ -136,14 +137,14 @@ class SparseImage(ImageBase):
     @staticmethod
     def _cut_blocks(meta: ImageMetadata, bs: int) -> list[int]:
         """The blocks whose data would lie past the end of the file (a truncated file or a bad BAT)."""
-        span = rules.bitmap_bytes(bs) + bs
-        limit = meta.footer_offset
+        layout = BlockLayout(bs)
+        limit = meta.footer_offset - layout.span
         return [
             i
             for start, stop in allocated_runs(meta.bat)
-            if max(meta.bat[start:stop]) * SECTOR + span > limit
+            if layout.start(max(meta.bat[start:stop])) > limit
             for i in range(start, stop)
-            if meta.bat[i] * SECTOR + span > limit
+            if layout.start(meta.bat[i]) > limit
         ]
 
     def _restore_torn_footer(self, data_end: int) -> None:
@@ -177,7 +178,7 @@ class SparseImage(ImageBase):
         except KeyError:
             pass
         try:  # reached from extents() too, which no read wrapper covers
-            raw = os.pread(self._fd, self._bitmap_size, self.bat[block] * SECTOR)
+            raw = os.pread(self._fd, self._bitmap_size, self._layout.start(self.bat[block]))
         except OSError as e:
             raise io_error(self.path, "read", e) from None
         value = self._bitmap_from(raw)
@@ -185,7 +186,7 @@ class SparseImage(ImageBase):
         return value
 
     def _data_offset(self, block: int, in_block: int) -> int:
-        return self.bat[block] * SECTOR + self._bitmap_size + in_block
+        return self._layout.data_offset(self.bat[block], in_block)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -281,7 +282,7 @@ class SparseImage(ImageBase):
             return
         lo, hi = first >> 3, ((last - 1) >> 3) + 1
         # the data is in place before the bits that make it visible
-        self._pwrite_all(self.bat[block] * SECTOR + lo, memoryview(bytes(updated[lo:hi])))
+        self._pwrite_all(self._layout.start(self.bat[block]) + lo, memoryview(bytes(updated[lo:hi])))
         self._bitmaps[block] = self._bitmap_from(updated)
 
     def _bitmap_from(self, bitmap: bytes | bytearray) -> bytes | None:
@@ -294,7 +295,7 @@ class SparseImage(ImageBase):
         return FULL
 
     def _allocate(self, block: int, first: int, last: int, chunk: memoryview) -> None:
-        span = self._bitmap_size + self.block_size
+        span = self._layout.span
         start = self._end
         if start + span > self._footer_at:
             self._grow(start, span)
