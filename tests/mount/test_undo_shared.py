@@ -100,3 +100,26 @@ def test_a_mount_elsewhere_is_refused_while_the_file_commands_undo_disk_waits(
     ok("mount", image, mnt)  # the undo disk beside it is carried on
     assert (mnt / "note.txt").read_text() == "pending\n"
     ok("umount", "--discard", mnt)
+
+
+def test_a_file_commands_undo_is_refused_while_a_mount_elsewhere_waits(
+    image_of, mnt: Path, tmp_path: Path
+) -> None:
+    """The other way round: the mount's undo disk lies elsewhere; cp/rm/mkdir --undo would make a
+    second one over the same image."""
+    image = image_of("ext4")
+    folder = tmp_path / "undo"
+    folder.mkdir()
+    ok("mount", "--undo-dir", folder, image, mnt)
+    try:
+        (mnt / "mounted.txt").write_text("from the mount\n")
+        note = tmp_path / "note.txt"
+        note.write_text("from cp --undo\n")
+        before = digest(image)
+        for command in (["cp", "--undo", note, f"{image}:/note.txt"], ["mkdir", "--undo", f"{image}:/d"]):
+            refused = vhdtool(*command)
+            assert_clean_error(refused, 1)
+            assert "umount it first" in refused.stderr and str(mnt) in refused.stderr
+        assert not Path(f"{image}.undo.vhd").exists() and digest(image) == before
+    finally:
+        ok("umount", "--discard", mnt)

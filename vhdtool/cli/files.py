@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,28 @@ def _file_command(name: str, *own_options: Callable[[Any], Any], metavar: str = 
     return decorate
 
 
+def _refuse_second_undo_disk(target: str, undo: bool) -> None:
+    """A write with --undo makes IMAGE.undo.vhd over IMAGE; a mount of IMAGE whose undo disk lies
+    elsewhere (mount --undo-dir) would then share its parent with it, and committing either one
+    would change what the other reads. The mount registry (above ops/) knows such mounts."""
+    from vhdtool.errors import RefusedError
+    from vhdtool.mount.registry import find_pending_over
+    from vhdtool.ops.files import parse_image_path
+    from vhdtool.ops.overlay import undo_path
+
+    if not undo:
+        return
+    located = parse_image_path(target, require=False)
+    if located is None:
+        return
+    mount = find_pending_over(located.image)
+    if mount is not None and mount.undo and os.path.realpath(mount.undo) != os.path.realpath(undo_path(located.image)):
+        raise RefusedError(
+            f"{located.image}: mounted at {mount.mountpoint} with its undo disk {mount.undo}; a second undo disk "
+            f"over the same image would change what that one reads when either is committed (umount it first)"
+        )
+
+
 def _file_warnings(warnings: list[str]) -> None:
     for w in warnings:
         render.warning(w)
@@ -130,6 +153,7 @@ def cp_command(source: str, destination: str, partition: int | None, undo: bool,
     """Copy a file or folder into an image (DESTINATION is IMAGE:PATH) or out of one (SOURCE is)."""
     from vhdtool.ops.files import cp
 
+    _refuse_second_undo_disk(destination, undo)
     with options.progress("copying", not quiet) as progress:
         copied = cp(source, destination, partition=partition, undo=undo, progress=progress)
     _file_warnings(copied.warnings)
@@ -140,6 +164,7 @@ def rm_command(target: str, recursive: bool, partition: int | None, undo: bool) 
     """Remove a file or folder inside an image."""
     from vhdtool.ops.files import rm
 
+    _refuse_second_undo_disk(target, undo)
     rm(target, recursive=recursive, partition=partition, undo=undo)
 
 
@@ -151,4 +176,5 @@ def mkdir_command(target: str, parents: bool, partition: int | None, undo: bool)
     """Make a folder inside an image."""
     from vhdtool.ops.files import mkdir
 
+    _refuse_second_undo_disk(target, undo)
     mkdir(target, parents=parents, partition=partition, undo=undo)
