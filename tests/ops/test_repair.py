@@ -219,3 +219,39 @@ def test_many_bad_entries_are_counted_all_and_listed_in_part(tmp_path: Path) -> 
     assert cli("repair", image).returncode == 0
     assert cli("check", image).returncode in (0, 3)
     assert all(get_bat(image, index) == 0xFFFFFFFF for index in bad)
+
+
+def test_a_stale_copy_qemu_reads_is_kept_over_a_footer_qemu_refuses(tmp_path: Path) -> None:
+    """The safety campaign's case: the footer's CHS geometry gives qemu more than the BAT holds
+    (qemu refuses such a disk), the copy at offset 0 (what qemu reads) fits. Repair restores the
+    footer from the copy; it once rewrote the copy from the footer and qemu lost the disk."""
+    img = tmp_path / "d.vhd"
+    vhdtool.create(img, size=4 * MiB)
+    with vhdtool.open(img, writable=True) as disk:
+        disk.pwrite(0, b"\x5a" * MiB)
+    before = qemu_raw(img, tmp_path)
+    patch_footer(img, trailing_only=True, current_size=3 * MiB, geometry=(513, 4, 17))  # a resize cut short
+    assert "footer-copy-stale" in _codes(img) and qemu_raw(img, tmp_path) == before
+    result = cli("repair", img)
+    assert result.returncode == 0, result.stderr
+    assert "restored the footer" in result.stdout
+    assert _codes(img) <= {"size-chs"} and qemu_raw(img, tmp_path) == before
+
+
+def test_a_refusal_of_pass_two_comes_before_pass_one_writes(tmp_path: Path) -> None:
+    """The safety campaign's case: a header checksum to recompute (pass 1) and every block bad
+    (pass 2 refuses): the refusal came after the checksum was written."""
+    img = tmp_path / "d.vhd"
+    vhdtool.create(img, size=6 * MiB)
+    with vhdtool.open(img, writable=True) as disk:
+        disk.pwrite(0, b"\x11" * (6 * MiB))
+    for block in range(3):
+        set_bat(img, block, 0)
+    with open(img, "r+b") as f:
+        f.seek(512 + 1000)  # reserved bytes of the dynamic header: only its checksum is wrong
+        f.write(b"\x01")
+    assert "header-checksum" in _codes(img)
+    before = folder_digests(tmp_path)
+    result = cli("repair", img)
+    assert_clean_error(result, 1)
+    assert "look bad" in result.stderr and folder_digests(tmp_path) == before

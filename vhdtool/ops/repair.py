@@ -99,8 +99,15 @@ def repair(path: str | os.PathLike[str], *, dry_run: bool = False) -> Repaired:
     before = file_stamp(path)
     with edit_image(path, damaged_ok=True) as editor:
         cut = cut_blocks(editor.meta)  # judged before pass 1 puts a footer after them
-        result.backup = None if dry_run else write_backup(path, editor)
         relink = any(f.code in RELINK_CODES for f in report.findings)
+        if not dry_run:
+            # the whole plan first, in memory: a refusal of pass 2 (every block looks bad) comes
+            # before pass 1 has written a byte
+            trial = Repaired(path, dry_run=True)
+            _fix_structures(editor, report, trial, True)
+            if not trial.unrepaired:
+                _plan_dry_run(editor.meta, report, relink, cut, trial)
+        result.backup = None if dry_run else write_backup(path, editor)
         with deferred_interrupts():
             _fix_structures(editor, report, result, dry_run)
             # blocks are only judged against trustworthy structures
@@ -232,6 +239,16 @@ def _footer_problem(meta: ImageMetadata, fields: Container) -> str | None:
         and not table_covers(len(meta.bat), meta.block_size, size)
     ):
         return f"current size {size} is more than the BAT covers"
+    geometry = rules.Geometry(fields.cylinders, fields.heads, fields.sectors_per_track)
+    qemu_size = rules.qemu72_virtual_size(bytes(fields.creator_application), geometry, size)
+    if (
+        meta.is_sparse
+        and meta.bat is not None
+        and meta.block_size > 0
+        and not table_covers(len(meta.bat), meta.block_size, qemu_size)
+    ):
+        # qemu sizes the disk by its CHS geometry (most creators) and refuses one the BAT cannot hold
+        return f"CHS geometry gives {qemu_size} bytes (what qemu reads), more than the BAT covers"
     return None
 
 
@@ -455,7 +472,7 @@ def _refuse_clearing_everything(meta: ImageMetadata, plan: BlockPlan) -> None:
     if len(inside) >= 2 and inside <= plan.cleared.keys():
         raise CorruptImageError(
             f"{meta.path}: all {len(inside)} blocks stored in the file look bad, which points at damage in "
-            "the header or BAT rather than in the blocks; nothing cleared (the metadata backup is kept)"
+            "the header or BAT rather than in the blocks; nothing changed"
         )
 
 
