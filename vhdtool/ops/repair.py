@@ -232,24 +232,21 @@ def _footer_problem(meta: ImageMetadata, fields: Container) -> str | None:
         return f"current size {size} is not a multiple of 512"
     if size > rules.MAX_DYNAMIC_SIZE:
         return f"current size {size} exceeds 2040 GiB"
-    if (
-        meta.is_sparse
-        and meta.bat is not None
-        and meta.block_size > 0
-        and not table_covers(len(meta.bat), meta.block_size, size)
-    ):
+    if not _table_holds(meta, size):
         return f"current size {size} is more than the BAT covers"
     geometry = rules.Geometry(fields.cylinders, fields.heads, fields.sectors_per_track)
     qemu_size = rules.qemu72_virtual_size(bytes(fields.creator_application), geometry, size)
-    if (
-        meta.is_sparse
-        and meta.bat is not None
-        and meta.block_size > 0
-        and not table_covers(len(meta.bat), meta.block_size, qemu_size)
-    ):
+    if not _table_holds(meta, qemu_size):
         # qemu sizes the disk by its CHS geometry (most creators) and refuses one the BAT cannot hold
         return f"CHS geometry gives {qemu_size} bytes (what qemu reads), more than the BAT covers"
     return None
+
+
+def _table_holds(meta: ImageMetadata, size: int) -> bool:
+    """Whether the BAT has entries for a disk of ``size`` bytes (always, for a fixed disk)."""
+    if not meta.is_sparse or meta.bat is None or meta.block_size <= 0:
+        return True
+    return table_covers(len(meta.bat), meta.block_size, size)
 
 
 def _copy_keeps_qemu_size(footer: Container, copy: Container) -> bool:
