@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,28 @@ def vhdtool(
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a user would; never raises on a non-zero exit."""
     return subprocess.run([*VHDTOOL, *map(os.fspath, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def flushes(tmp_path: Path, *args: str | os.PathLike[str], program: Sequence[str] = VHDTOOL) -> list[str]:
+    """The fsyncs and renames a vhdtool command (or ``program``) makes, in order, as strace sees
+    them: 'fsync FILE' (the file's name), 'rename', 'fsync-folder', and 'write-behind' for the
+    writeback started as pieces are written (once for a run of them)."""
+    log = tmp_path / "strace.log"
+    calls = "trace=fsync,fdatasync,rename,renameat,renameat2,fadvise64"
+    strace = [need("strace"), "-f", "-y", "-qq", "-o", log, "-e", calls]
+    result = run(*strace, *program, *args, check=False)
+    assert result.returncode == 0, result.stderr
+    seen = []
+    for line in log.read_text().splitlines():
+        call = line.split(None, 1)[1] if line[:1].isdigit() else line
+        if call.startswith(("fsync(", "fdatasync(")):
+            name = call[call.index("<") + 1 : call.index(">")]
+            seen.append("fsync-folder" if Path(name).is_dir() else f"fsync {Path(name).name}")
+        elif call.startswith("rename"):
+            seen.append("rename")
+        elif call.startswith("fadvise64(") and seen[-1:] != ["write-behind"]:
+            seen.append("write-behind")
+    return seen
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], code: int | None = None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import vhdtool
-from tests.helpers import VHDTOOL, assert_clean_error, need, qemu_img_size, run, vhdiinfo_size
+from tests.helpers import assert_clean_error, flushes, need, qemu_img_size, run, vhdiinfo_size
 from tests.helpers import vhdtool as cli
 from tests.ops.oputil import ctrl_c_once_started, digest, folder_digests, make_raw, qemu_compare, read_all, sample_raw
 from vhdtool.format.rules import MiB
@@ -170,45 +170,23 @@ def test_reproducible_with_id_and_time(tmp_path: Path) -> None:
         assert img.meta.uuid.bytes == bytes(range(16))
 
 
-def _flushes(tmp_path: Path, *args: str | os.PathLike[str]) -> list[str]:
-    """The fsyncs and renames a `vhdtool convert` makes, in order, as strace sees them: 'fsync
-    FILE' (the file's name), 'rename', 'fsync-folder', and 'write-behind' for the writeback
-    started as pieces are written (once for a run of them)."""
-    log = tmp_path / "strace.log"
-    calls = "trace=fsync,fdatasync,rename,renameat,renameat2,fadvise64"
-    strace = [need("strace"), "-f", "-y", "-qq", "-o", log, "-e", calls]
-    result = run(*strace, *VHDTOOL, "convert", "-q", *args, check=False)
-    assert result.returncode == 0, result.stderr
-    seen = []
-    for line in log.read_text().splitlines():
-        call = line.split(None, 1)[1] if line[:1].isdigit() else line
-        if call.startswith(("fsync(", "fdatasync(")):
-            name = call[call.index("<") + 1 : call.index(">")]
-            seen.append("fsync-folder" if Path(name).is_dir() else f"fsync {Path(name).name}")
-        elif call.startswith("rename"):
-            seen.append("rename")
-        elif call.startswith("fadvise64(") and seen[-1:] != ["write-behind"]:
-            seen.append("write-behind")
-    return seen
-
-
 @pytest.mark.parametrize("fmt", ["raw", "vhd"])
 def test_flushed_where_a_power_cut_could_lose_the_old_file_or_when_asked(tmp_path: Path, fmt: str) -> None:
     src = sample_raw(tmp_path / "src.raw")
     out = tmp_path / f"out.{fmt}"
     # a new destination is left to the page cache, as qemu-img convert leaves it by default
-    assert _flushes(tmp_path, "-O", fmt, src, out) == ["rename"]
+    assert flushes(tmp_path, "convert", "-q", "-O", fmt, src, out) == ["rename"]
     assert qemu_compare(src, "raw", out, "raw" if fmt == "raw" else "vpc") == 0
     out.unlink()
     # --sync: the data reaches the disk before the name does, and the name after it
-    synced = _flushes(tmp_path, "--sync", "-O", fmt, src, out)
+    synced = flushes(tmp_path, "convert", "-q", "--sync", "-O", fmt, src, out)
     assert synced[0] == "write-behind"  # the flush overlaps the copy
     synced = synced[1:]
     assert synced[1:] == ["rename", "fsync-folder"]
     assert synced[0].startswith(f"fsync .{out.name}.") and synced[0].endswith(".tmp")  # the temporary file
     # replacing a file: always flushed first, so a power cut leaves the old file or the new one
     out.write_bytes(b"old")
-    replaced = _flushes(tmp_path, "--force", "-O", fmt, src, out)
+    replaced = flushes(tmp_path, "convert", "-q", "--force", "-O", fmt, src, out)
     assert replaced[0] == "write-behind"
     assert replaced[2:] == ["rename", "fsync-folder"] and replaced[1].startswith(f"fsync .{out.name}.")
     assert qemu_compare(src, "raw", out, "raw" if fmt == "raw" else "vpc") == 0

@@ -33,11 +33,7 @@ _FORMATS = ["vhd", "raw", "qcow2", "vmdk", "vhdx", "vdi", "qed"]  # the last fiv
     "a warning for a block size it does not offer.",
 )
 @click.option("--force", is_flag=True, help="Overwrite DESTINATION if it exists (flushed before it is replaced).")
-@click.option(
-    "--sync",
-    is_flag=True,
-    help="Flush a new DESTINATION to the disk before it appears (qemu-img convert -t writeback does too).",
-)
+@options.SYNC
 @options.QUIET
 @options.JSON
 def convert(

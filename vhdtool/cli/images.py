@@ -16,7 +16,8 @@ from vhdtool.cli import options
 @click.option("--type", "disk_type", type=click.Choice(["dynamic", "fixed"]), help="Default: dynamic.")
 @click.option("--block-size", help="Dynamic/differencing block size, a power of two >= 512K. Default 2M.")
 @click.option("--parent", type=click.Path(dir_okay=False), help="Make a differencing disk over PARENT.")
-@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists (flushed before it is replaced).")
+@options.SYNC
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def create(
     path: str,
@@ -25,11 +26,13 @@ def create(
     block_size: str | None,
     parent: str | None,
     force: bool,
+    sync: bool,
     as_json: bool,
 ) -> None:
     """Create a VHD: a 127 GiB dynamic disk unless told otherwise.
 
     The file is written beside PATH and renamed into place: an interrupted create leaves nothing.
+    Like qemu-img create, a new file is left to the page cache unless --sync flushes it.
     """
     from vhdtool.ops.create import create as create_image
 
@@ -40,6 +43,7 @@ def create(
         parent=parent,
         block_size=options.parse_size(block_size, "block size"),
         overwrite=force,
+        sync=sync,
     )
     render.created(created, as_json)
 

@@ -12,6 +12,12 @@ from vhdtool import render
 
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (no progress bar).")
+SYNC = click.option(
+    "--sync",
+    is_flag=True,
+    help="Flush a new file to the disk before it appears, as qemu-img does with -t writeback "
+    "(a file replaced with --force always is).",
+)
 
 
 def parse_size(text: str | None, what: str = "size") -> int | None:

@@ -166,7 +166,7 @@ def new_file_by_name(path: str, overwrite: bool, *, sync: bool = True) -> Iterat
             os.close(held)
 
 
-def write_new_file(path: str, writer: callable, overwrite: bool, *, sync: bool = True) -> None:
+def write_new_file(path: str, writer: callable, overwrite: bool, *, sync: bool) -> None:
     """Run writer(fd) on a temporary file beside ``path``, fsync, and rename it into place.
 
     ``sync=False`` leaves out the fsyncs when ``path`` does not exist yet: an interrupted writer
@@ -259,14 +259,16 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def create_fixed(path: str, size: int, unique_id: bytes, timestamp: int, overwrite: bool = False) -> None:
+def create_fixed(
+    path: str, size: int, unique_id: bytes, timestamp: int, overwrite: bool = False, *, sync: bool = False
+) -> None:
     footer = build_footer(footer_fields(DISK_TYPE_FIXED, size, NO_DATA_OFFSET, unique_id, timestamp))
 
     def write(fd: int) -> None:
         os.ftruncate(fd, size)  # sparse: the data area reads as zeros until written
         os.pwrite(fd, footer, size)
 
-    write_new_file(path, write, overwrite)
+    write_new_file(path, write, overwrite, sync=sync)
 
 
 def create_sparse(
@@ -277,6 +279,8 @@ def create_sparse(
     timestamp: int,
     parent: ParentLink | None = None,
     overwrite: bool = False,
+    *,
+    sync: bool = False,
 ) -> None:
     head, footer = sparse_image_bytes(path, SparseImageSpec(size, block_size, unique_id, timestamp, parent))
 
@@ -284,7 +288,7 @@ def create_sparse(
         os.pwrite(fd, head, 0)
         os.pwrite(fd, footer, len(head))
 
-    write_new_file(path, write, overwrite)
+    write_new_file(path, write, overwrite, sync=sync)
 
 
 def new_unique_id() -> bytes:

@@ -31,11 +31,14 @@ def create(
     unique_id: bytes | None = None,
     timestamp: int | None = None,
     overwrite: bool = False,
+    sync: bool = False,
 ) -> Created:
     """Create a VHD. Defaults: a 127 GiB dynamic disk with 2 MiB blocks.
 
     ``parent`` makes a differencing disk (type implied, size from the parent). ``unique_id``
-    (16 bytes) and ``timestamp`` (Unix time) make the output reproducible.
+    (16 bytes) and ``timestamp`` (Unix time) make the output reproducible. Like qemu-img create,
+    a new file is left to the page cache unless ``sync`` flushes it (and its folder) before it is
+    renamed into place; a file it replaces (``overwrite``) is always flushed first.
     """
     path = os.fspath(path)
     if isinstance(size, str):
@@ -50,17 +53,17 @@ def create(
         raise UsageError("a unique id has 16 bytes")
     stamp = rules.to_vhd_timestamp(timestamp)
     if parent is not None or disk_type == "differencing":
-        return _create_child(path, parent, disk_type, size, block_size, uid, stamp, overwrite)
+        return _create_child(path, parent, disk_type, size, block_size, uid, stamp, overwrite, sync)
     size = rules.DEFAULT_SIZE if size is None else int(size)
     rules.validate_virtual_size(size, disk_type)
     if disk_type == "fixed":
         if block_size is not None:
             raise UsageError("--block-size applies to dynamic and differencing disks only")
-        create_fixed(path, size, uid, stamp, overwrite)
+        create_fixed(path, size, uid, stamp, overwrite, sync=sync)
         return Created(path, "fixed", size, None, None)
     block_size = rules.DEFAULT_BLOCK_SIZE if block_size is None else int(block_size)
     rules.validate_block_size(block_size)
-    create_sparse(path, size, block_size, uid, stamp, None, overwrite)
+    create_sparse(path, size, block_size, uid, stamp, None, overwrite, sync=sync)
     return Created(path, "dynamic", size, block_size, None)
 
 
@@ -73,6 +76,7 @@ def _create_child(
     uid: bytes,
     stamp: int,
     overwrite: bool,
+    sync: bool,
 ) -> Created:
     # only a child opens another image: a plain create skips importing the readers
     from vhdtool.format.chain import open_image
@@ -103,5 +107,5 @@ def _create_child(
         )
         child_size = image.size
     rules.validate_block_size(int(block_size))
-    create_sparse(path, child_size, int(block_size), uid, stamp, link, overwrite)
+    create_sparse(path, child_size, int(block_size), uid, stamp, link, overwrite, sync=sync)
     return Created(path, "differencing", child_size, int(block_size), parent)

@@ -83,8 +83,11 @@ def remove_scratch_folder(path: str) -> None:
 
 
 def create_overlay(image: str, path: str) -> str:
-    """Create the differencing child ``path`` of ``image`` (never over an existing file)."""
+    """Create the differencing child ``path`` of ``image`` (never over an existing file).
+
+    Flushed before it is renamed into place: a guest's or a mount's writes land in it, and a power
+    cut must not leave them in a file whose header never reached the disk."""
     from vhdtool.ops.create import create
 
-    create(path, parent=image)
+    create(path, parent=image, sync=True)
     return path
