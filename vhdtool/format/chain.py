@@ -20,7 +20,6 @@ from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import ImageMetadata, read_footers, read_metadata
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, DISK_TYPE_FIXED
-from vhdtool.format.validate import CORRUPTION, parent_size_problem, refuse_corrupt_for_writing
 
 MAX_CHAIN_DEPTH = 256
 
@@ -74,6 +73,9 @@ def _open(
     try:
         meta = read_metadata(path, fd)
         if writable:
+            # the checker is loaded by writers only: a reader opens damaged images too
+            from vhdtool.format.validate import refuse_corrupt_for_writing
+
             refuse_corrupt_for_writing(meta)
         if lock:
             lock_image(fd, path, exclusive=writable)
@@ -103,6 +105,8 @@ def _open(
 
 
 def _refuse_broken_link(meta: ImageMetadata, parent: ImageBase) -> None:
+    from vhdtool.format.validate import CORRUPTION, parent_size_problem  # writers only, as above
+
     problem = parent_size_problem(meta, parent.meta.virtual_size, parent_modified_since_link(meta, parent.path))
     if problem is not None and problem[0] == CORRUPTION:
         parent.close_chain()
