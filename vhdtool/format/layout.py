@@ -15,7 +15,7 @@ import contextlib
 import os
 import uuid as uuid_module
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vhdtool.errors import LockedError, UsageError, VhdError
 from vhdtool.format import rules
@@ -38,8 +38,7 @@ from vhdtool.format.structs import (
 from vhdtool.leftovers import temp_beside
 
 
-@dataclass(frozen=True, slots=True)
-class ParentLink:
+class ParentLink(NamedTuple):
     """What a differencing child records of its parent."""
 
     path: str
@@ -80,8 +79,7 @@ def footer_fields(
     }
 
 
-@dataclass(frozen=True, slots=True)
-class SparseImageSpec:
+class SparseImageSpec(NamedTuple):
     """What a new dynamic (no parent) or differencing image is."""
 
     size: int

@@ -11,7 +11,7 @@ import stat
 import sys
 import uuid
 from array import array
-from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from construct import Container
 
@@ -43,8 +43,7 @@ MAX_TABLE_ENTRIES = (rules.MAX_DYNAMIC_SIZE // 4096) + 1
 """No sane BAT has more entries than 2040 GiB in the smallest (4 KiB) blocks."""
 
 
-@dataclass(slots=True)
-class FooterRead:
+class FooterRead(NamedTuple):
     fields: Container
     offset: int
     checksum_ok: bool
@@ -52,25 +51,71 @@ class FooterRead:
     """A 511-byte footer (images from before Virtual PC 2004)."""
 
 
-@dataclass(slots=True)
 class ImageMetadata:
-    path: str
-    file_size: int
-    trailing: FooterRead | None
-    copy: FooterRead | None
-    footer: Container
-    footer_source: str
-    """'trailing' or 'copy' (the copy at offset 0 when the trailing footer is damaged)."""
-    header: Container | None = None
-    header_checksum_ok: bool = True
-    bat: array | None = None
-    locators: list[Locator] = field(default_factory=list)
-    parent_name: str = ""
-    warnings: list[str] = field(default_factory=list)
-    torn_tail: int | None = None
-    """Set when the trailing footer is missing but everything else is sound (what a crash or a
-    power cut during a growth of the file leaves): where the referenced data ends. Nothing is
-    lost; a writable open puts the footer back after the data."""
+    """What reading an image found, filled in step by step as the reader gets further (so a
+    mutable record, not a tuple).
+
+    ``footer_source`` is 'trailing' or 'copy' (the copy at offset 0 when the trailing footer is
+    damaged). ``torn_tail`` is set when the trailing footer is missing but everything else is
+    sound (what a crash or a power cut during a growth of the file leaves): where the referenced
+    data ends. Nothing is lost; a writable open puts the footer back after the data.
+    """
+
+    __slots__ = (
+        "bat",
+        "copy",
+        "file_size",
+        "footer",
+        "footer_source",
+        "header",
+        "header_checksum_ok",
+        "locators",
+        "parent_name",
+        "path",
+        "torn_tail",
+        "trailing",
+        "warnings",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        file_size: int,
+        trailing: FooterRead | None,
+        copy: FooterRead | None,
+        footer: Container,
+        footer_source: str,
+        header: Container | None = None,
+        header_checksum_ok: bool = True,
+        bat: array | None = None,
+        locators: list[Locator] | None = None,
+        parent_name: str = "",
+        warnings: list[str] | None = None,
+        torn_tail: int | None = None,
+    ) -> None:
+        self.path = path
+        self.file_size = file_size
+        self.trailing = trailing
+        self.copy = copy
+        self.footer = footer
+        self.footer_source = footer_source
+        self.header = header
+        self.header_checksum_ok = header_checksum_ok
+        self.bat = bat
+        self.locators: list[Locator] = [] if locators is None else locators
+        self.parent_name = parent_name
+        self.warnings: list[str] = [] if warnings is None else warnings
+        self.torn_tail = torn_tail
+
+    def _replace(self, **changes: Any) -> ImageMetadata:
+        """A shallow copy with ``changes`` made (repair plans its passes on such copies)."""
+        unknown = changes.keys() - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"ImageMetadata has no field {sorted(unknown)[0]!r}")
+        return ImageMetadata(**{name: changes.get(name, getattr(self, name)) for name in self.__slots__})
+
+    def __repr__(self) -> str:
+        return f"ImageMetadata(path={self.path!r}, type={self.type_name}, file_size={self.file_size})"
 
     @property
     def disk_type(self) -> int:

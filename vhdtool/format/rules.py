@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vhdtool.errors import UsageError
 
@@ -30,8 +30,7 @@ VHD_EPOCH = 946684800
 """2000-01-01 00:00:00 UTC as a Unix time: VHD timestamps count seconds from here."""
 
 
-@dataclass(frozen=True, slots=True)
-class Creator:
+class Creator(NamedTuple):
     """The footer's creator fields: application, version (major << 16 | minor), host OS."""
 
     application: bytes
@@ -63,8 +62,7 @@ CREATOR_NAMES = {
 QEMU72_CURRENT_SIZE_CREATORS = frozenset({b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0"})
 
 
-@dataclass(frozen=True, slots=True)
-class Geometry:
+class Geometry(NamedTuple):
     cylinders: int
     heads: int
     sectors_per_track: int

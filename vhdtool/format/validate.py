@@ -14,7 +14,7 @@ import itertools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from vhdtool.errors import CorruptImageError, RefusedError
 from vhdtool.format import rules
@@ -42,8 +42,7 @@ CHECK_ERROR = "error"
 check's check-errors (exit 1)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     severity: str
     code: str
     message: str

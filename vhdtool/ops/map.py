@@ -9,7 +9,6 @@ data but ``parent-missing``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -61,7 +60,7 @@ def map_inspect(
         image = open_for_inspection(path)
         with image:
             entries = [
-                dataclasses.replace(e, parent_missing=True, depth=e.depth + 1) if e.zero else e
+                e._replace(parent_missing=True, depth=e.depth + 1) if e.zero else e
                 for e in _reporting(map_device(image), image.size, progress)
             ]
             return entries, image.all_warnings()
