@@ -15,7 +15,6 @@ from vhdtool.errors import CorruptImageError, ParentError, ParentMissingError, U
 from vhdtool.format import rules
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.image import ImageBase
-from vhdtool.format.locators import candidate_paths
 from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import ImageMetadata, read_footers, read_metadata
 from vhdtool.format.sparse import SparseImage
@@ -115,6 +114,8 @@ def _refuse_broken_link(meta: ImageMetadata, parent: ImageBase) -> None:
 
 def find_parent(meta: ImageMetadata) -> str:
     """Path of the parent whose UUID matches the child's header, trying every locator."""
+    from vhdtool.format.locators import candidate_paths  # as read_metadata: children only
+
     expected = meta.parent_uuid
     candidates = candidate_paths(meta.path, meta.locators, meta.parent_name)
     mismatched: list[str] = []

@@ -11,20 +11,13 @@ import stat
 import sys
 import uuid
 from array import array
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from construct import Container
 
 from vhdtool.errors import IoError, NotVhdError, UsageError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.batruns import allocated_runs
-from vhdtool.format.locators import (
-    EMPTY_CODE,
-    Locator,
-    data_space_bytes,
-    decode_locator_data,
-    decode_parent_name,
-)
 from vhdtool.format.sparselayout import BlockLayout, metadata_end, valid_block_size
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
@@ -38,6 +31,9 @@ from vhdtool.format.structs import (
     parse_footer,
     parse_header,
 )
+
+if TYPE_CHECKING:
+    from vhdtool.format.locators import Locator
 
 MAX_TABLE_ENTRIES = (rules.MAX_DYNAMIC_SIZE // 4096) + 1
 """No sane BAT has more entries than 2040 GiB in the smallest (4 KiB) blocks."""
@@ -219,8 +215,12 @@ def choose_footer(path: str, trailing: FooterRead | None, copy: FooterRead | Non
     raise NotVhdError(f"{path}: not a VHD: no 'conectix' footer at the end of the file or at offset 0")
 
 
-def _read_locators(fd: int, header: Container, file_size: int) -> list[Locator]:
-    out = []
+def _read_parent_link(fd: int, header: Container, file_size: int) -> tuple[str, list[Locator]]:
+    """A differencing image's Parent Unicode Name and parent locators (only such an image has a
+    parent, so only its open loads the locator module)."""
+    from vhdtool.format.locators import EMPTY_CODE, Locator, data_space_bytes, decode_locator_data, decode_parent_name
+
+    locators = []
     for slot, entry in enumerate(header.parent_locators):
         code = bytes(entry.platform_code)
         if code == EMPTY_CODE:
@@ -230,8 +230,8 @@ def _read_locators(fd: int, header: Container, file_size: int) -> list[Locator]:
         offset = int(entry.platform_data_offset)
         if 0 < length <= 65536 and offset > 0 and offset + length <= file_size:
             path = decode_locator_data(code, os.pread(fd, length, offset))
-        out.append(Locator(slot, code, offset, data_space_bytes(int(entry.platform_data_space)), length, path))
-    return out
+        locators.append(Locator(slot, code, offset, data_space_bytes(int(entry.platform_data_space)), length, path))
+    return decode_parent_name(bytes(header.parent_unicode_name)), locators
 
 
 def read_metadata(path: str | os.PathLike[str], fd: int | None = None) -> ImageMetadata:
@@ -289,9 +289,8 @@ def _read_sparse_metadata(fd: int, meta: ImageMetadata) -> None:
     meta.bat = _read_bat(fd, entries, table)
     if len(meta.bat) < entries:
         raise CorruptImageError(f"{meta.path}: the file ended while its BAT of {entries} entries was read")
-    meta.parent_name = decode_parent_name(bytes(header.parent_unicode_name))
     if meta.disk_type == DISK_TYPE_DIFFERENCING:
-        meta.locators = _read_locators(fd, header, meta.file_size)
+        meta.parent_name, meta.locators = _read_parent_link(fd, header, meta.file_size)
     if meta.trailing is None and meta.footer_source == "copy" and ok:
         meta.torn_tail = _torn_tail(meta)
         if meta.torn_tail is not None:
