@@ -139,7 +139,8 @@ def from_vhd_timestamp(value: int) -> int:
     return value + VHD_EPOCH
 
 
-_SIZE_RE = re.compile(r"^\s*([+-]?)(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_PATTERN = r"^\s*([+-]?)(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$"
+"""Compiled on first use (re caches it): most commands parse no size, and rules loads with every one."""
 _UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB, "p": 1 << 50, "e": 1 << 60}
 
 
@@ -148,7 +149,7 @@ def parse_size(text: str) -> tuple[str, int]:
 
     The sign is '' for an absolute size, '+' or '-' for a relative one.
     """
-    m = _SIZE_RE.match(str(text))
+    m = re.match(_SIZE_PATTERN, str(text), re.IGNORECASE)
     if not m:
         raise UsageError(f"not a size: {text!r} (use bytes or a suffix: 512M, 127G, 2T)")
     sign, number, unit, _ = m.groups()
