@@ -1,6 +1,7 @@
 """What the vhdtool command loads before it does its work: only the module of the command run,
-no rich for one-line or JSON results, and the standard modules construct imports for rare paths
-only when they are used."""
+no rich for one-line or JSON results, the standard modules construct imports for rare paths
+only when they are used, and none of the modules a command's path never calls (the checker, the
+parent locators of a disk that has no parent, qemu-img's helpers, json without --json)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from vhdtool.cli import COMMANDS
 from vhdtool.cli import cli as root
 
 # Runs the command in-process as the console script does, then reports which modules it loaded
-# and which of them are still deferred (loaded on first use).
+# and which of them are still deferred (loaded on first use); json only after the count.
 _RUN = """
-import atexit, json, sys
+import atexit, sys
 from vhdtool.cli import main
 def report():
+    modules = sorted(sys.modules)
     deferred = [n for n, m in sys.modules.items() if type(m).__name__ == "DeferredModule"]
-    print(json.dumps({"modules": sorted(sys.modules), "deferred": sorted(deferred)}), file=sys.stderr)
+    import json
+    print(json.dumps({"modules": modules, "deferred": sorted(deferred)}), file=sys.stderr)
 atexit.register(report)
 sys.argv = ["vhdtool", *sys.argv[1:]]
 main()
@@ -66,6 +69,38 @@ def test_map_json_prints_without_rich(tmp_path: Path) -> None:
     done, seen = _loaded("map", "--json", tmp_path / "d.vhd")
     assert done.returncode == 0 and json.loads(done.stdout) is not None
     assert "rich" not in seen["modules"]
+
+
+# Loaded on no path of the four commands below: the record types are NamedTuples or plain classes,
+# the checker loads for writers and damaged images only, qemu-img's helpers for other formats only.
+_NEVER = {"dataclasses", "vhdtool.format.validate", "subprocess", "tempfile", "shutil"}
+_PARENT_LINK = {"vhdtool.format.locators"}  # a disk with no parent has no locators to decode
+
+
+def test_quick_commands_load_nothing_their_path_does_not_call(tmp_path: Path) -> None:
+    disk = tmp_path / "d.vhd"
+    for args, unused in (
+        (("create", disk), _NEVER | _PARENT_LINK),
+        (("map", "--json", disk), _NEVER | _PARENT_LINK | {"vhdtool.ops.datapath", "vhdtool.format.rewrite"}),
+        (("map", disk), {"json"}),
+        (("compare", disk, disk), _NEVER | _PARENT_LINK | {"json"}),
+        (("convert", "-O", "raw", disk, tmp_path / "d.raw"), _NEVER | _PARENT_LINK | {"json"}),
+    ):
+        done, seen = _loaded(*args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert not unused & set(seen["modules"]), (args, unused & set(seen["modules"]))
+    done, seen = _loaded("map", "--json", disk)
+    assert "json" in seen["modules"]  # the harness itself does not load it: the check above can fail
+
+
+def test_a_child_loads_its_parent_link(tmp_path: Path) -> None:
+    assert cli("create", "--size", "1G", tmp_path / "p.vhd").returncode == 0
+    done, seen = _loaded("create", "--parent", tmp_path / "p.vhd", tmp_path / "c.vhd")
+    assert done.returncode == 0, done.stderr
+    assert set(seen["modules"]) >= _PARENT_LINK
+    done, seen = _loaded("map", "--json", tmp_path / "c.vhd")
+    assert done.returncode == 0 and json.loads(done.stdout)[0]["depth"] == 1, done.stdout
+    assert set(seen["modules"]) >= _PARENT_LINK and not _NEVER & set(seen["modules"])
 
 
 _FIRST_USE = """

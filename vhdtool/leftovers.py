@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 
 
 def pid_alive(pid: int) -> bool:
@@ -52,6 +51,8 @@ def sweep(folder: str, pattern: str) -> list[str]:
         path = os.path.join(folder, name)
         with contextlib.suppress(OSError):
             if os.path.isdir(path) and not os.path.islink(path):
+                import shutil  # a leftover folder is rare: a plain create or convert never loads it
+
                 shutil.rmtree(path)
             else:
                 os.unlink(path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 from vhdtool.errors import ReadOnlyError, UsageError
 from vhdtool.format.blockdev import BlockDevice, DeviceBase, Extent, Placement, check_range, merge_extents
@@ -63,7 +62,7 @@ class PartitionView(Filter):
         length = self.size - offset if length is None else length
         check_range(self, offset, length)
         for p in self.lower.place(self.offset + offset, length):
-            yield replace(p, offset=p.offset - self.offset)
+            yield p._replace(offset=p.offset - self.offset)
 
 
 class ReadOnlyDevice(DeviceBase):

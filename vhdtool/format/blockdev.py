@@ -13,17 +13,15 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from vhdtool.errors import IoError, ReadOnlyError, UsageError, VhdError, io_error
 
 ZERO_CACHE_LIMIT = 4 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Extent:
+class Extent(NamedTuple):
     """A run of the virtual disk: [offset, offset + length)."""
 
     offset: int
@@ -40,8 +38,7 @@ class Extent:
         return self.offset + self.length
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
+class Placement(NamedTuple):
     """``length`` bytes at disk ``offset``: in layer ``depth``'s file at ``file_offset``, or zeros.
 
     The one answer to "where does this run of the disk live": `vhdtool map` prints it, the NBD

@@ -15,12 +15,10 @@ from vhdtool.errors import CorruptImageError, ParentError, ParentMissingError, U
 from vhdtool.format import rules
 from vhdtool.format.fixed import FixedImage
 from vhdtool.format.image import ImageBase
-from vhdtool.format.locators import candidate_paths
 from vhdtool.format.lock import lock_image
 from vhdtool.format.metadata import ImageMetadata, read_footers, read_metadata
 from vhdtool.format.sparse import SparseImage
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, DISK_TYPE_FIXED
-from vhdtool.format.validate import CORRUPTION, parent_size_problem, refuse_corrupt_for_writing
 
 MAX_CHAIN_DEPTH = 256
 
@@ -74,6 +72,9 @@ def _open(
     try:
         meta = read_metadata(path, fd)
         if writable:
+            # the checker is loaded by writers only: a reader opens damaged images too
+            from vhdtool.format.validate import refuse_corrupt_for_writing
+
             refuse_corrupt_for_writing(meta)
         if lock:
             lock_image(fd, path, exclusive=writable)
@@ -103,6 +104,8 @@ def _open(
 
 
 def _refuse_broken_link(meta: ImageMetadata, parent: ImageBase) -> None:
+    from vhdtool.format.validate import CORRUPTION, parent_size_problem  # writers only, as above
+
     problem = parent_size_problem(meta, parent.meta.virtual_size, parent_modified_since_link(meta, parent.path))
     if problem is not None and problem[0] == CORRUPTION:
         parent.close_chain()
@@ -111,6 +114,8 @@ def _refuse_broken_link(meta: ImageMetadata, parent: ImageBase) -> None:
 
 def find_parent(meta: ImageMetadata) -> str:
     """Path of the parent whose UUID matches the child's header, trying every locator."""
+    from vhdtool.format.locators import candidate_paths  # as read_metadata: children only
+
     expected = meta.parent_uuid
     candidates = candidate_paths(meta.path, meta.locators, meta.parent_name)
     mismatched: list[str] = []

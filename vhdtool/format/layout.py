@@ -15,11 +15,10 @@ import contextlib
 import os
 import uuid as uuid_module
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vhdtool.errors import LockedError, UsageError, VhdError
 from vhdtool.format import rules
-from vhdtool.format.locators import header_parent_name, locator_area
 from vhdtool.format.lock import lock_image
 from vhdtool.format.sparselayout import BAT_ENTRY_BYTES, BAT_OFFSET, HEADER_OFFSET, table_bytes, table_entries
 from vhdtool.format.structs import (
@@ -38,8 +37,7 @@ from vhdtool.format.structs import (
 from vhdtool.leftovers import temp_beside
 
 
-@dataclass(frozen=True, slots=True)
-class ParentLink:
+class ParentLink(NamedTuple):
     """What a differencing child records of its parent."""
 
     path: str
@@ -80,8 +78,7 @@ def footer_fields(
     }
 
 
-@dataclass(frozen=True, slots=True)
-class SparseImageSpec:
+class SparseImageSpec(NamedTuple):
     """What a new dynamic (no parent) or differencing image is."""
 
     size: int
@@ -109,7 +106,12 @@ def sparse_image_bytes(path: str, spec: SparseImageSpec) -> tuple[bytes, bytes]:
             spec.creator,
         )
     )
-    area = locator_area(path, parent.path) if parent else None
+    if parent:  # only a child has locators: a plain create does not load their module
+        from vhdtool.format.locators import header_parent_name, locator_area
+
+        area, parent_name = locator_area(path, parent.path), header_parent_name(parent.path)
+    else:
+        area, parent_name = None, bytes(512)
     header = build_header(
         {
             "cookie": HEADER_COOKIE,
@@ -122,7 +124,7 @@ def sparse_image_bytes(path: str, spec: SparseImageSpec) -> tuple[bytes, bytes]:
             "parent_unique_id": parent.unique_id if parent else bytes(16),
             "parent_timestamp": parent.timestamp if parent else 0,
             "reserved1": 0,
-            "parent_unicode_name": header_parent_name(parent.path) if parent else bytes(512),
+            "parent_unicode_name": parent_name,
             "parent_locators": area.entries(BAT_OFFSET + bat_bytes) if area else [EMPTY_LOCATOR_ENTRY] * LOCATOR_SLOTS,
         }
     )

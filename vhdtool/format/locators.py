@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vhdtool.format.rules import SECTOR
 from vhdtool.format.sparselayout import round_up
@@ -21,8 +21,7 @@ KNOWN_CODES = RELATIVE_CODES + ABSOLUTE_CODES
 EMPTY_CODE = b"\0\0\0\0"
 
 
-@dataclass(frozen=True, slots=True)
-class Locator:
+class Locator(NamedTuple):
     slot: int
     code: bytes
     data_offset: int
@@ -136,8 +135,7 @@ def relative_windows_path(parent_path: str, child_path: str) -> str:
     return rel if rel.startswith("..") else ".\\" + rel
 
 
-@dataclass(frozen=True, slots=True)
-class LocatorArea:
+class LocatorArea(NamedTuple):
     """The locators a child gets: a relative (W2ru) and an absolute (W2ku) path to its parent, as
     Windows writes them, and the bytes of their data, each padded to whole sectors."""
 

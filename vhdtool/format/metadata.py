@@ -11,20 +11,13 @@ import stat
 import sys
 import uuid
 from array import array
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from construct import Container
 
 from vhdtool.errors import IoError, NotVhdError, UsageError, VhdError
 from vhdtool.format import rules
 from vhdtool.format.batruns import allocated_runs
-from vhdtool.format.locators import (
-    EMPTY_CODE,
-    Locator,
-    data_space_bytes,
-    decode_locator_data,
-    decode_parent_name,
-)
 from vhdtool.format.sparselayout import BlockLayout, metadata_end, valid_block_size
 from vhdtool.format.structs import (
     DISK_TYPE_DIFFERENCING,
@@ -39,12 +32,14 @@ from vhdtool.format.structs import (
     parse_header,
 )
 
+if TYPE_CHECKING:
+    from vhdtool.format.locators import Locator
+
 MAX_TABLE_ENTRIES = (rules.MAX_DYNAMIC_SIZE // 4096) + 1
 """No sane BAT has more entries than 2040 GiB in the smallest (4 KiB) blocks."""
 
 
-@dataclass(slots=True)
-class FooterRead:
+class FooterRead(NamedTuple):
     fields: Container
     offset: int
     checksum_ok: bool
@@ -52,25 +47,71 @@ class FooterRead:
     """A 511-byte footer (images from before Virtual PC 2004)."""
 
 
-@dataclass(slots=True)
 class ImageMetadata:
-    path: str
-    file_size: int
-    trailing: FooterRead | None
-    copy: FooterRead | None
-    footer: Container
-    footer_source: str
-    """'trailing' or 'copy' (the copy at offset 0 when the trailing footer is damaged)."""
-    header: Container | None = None
-    header_checksum_ok: bool = True
-    bat: array | None = None
-    locators: list[Locator] = field(default_factory=list)
-    parent_name: str = ""
-    warnings: list[str] = field(default_factory=list)
-    torn_tail: int | None = None
-    """Set when the trailing footer is missing but everything else is sound (what a crash or a
-    power cut during a growth of the file leaves): where the referenced data ends. Nothing is
-    lost; a writable open puts the footer back after the data."""
+    """What reading an image found, filled in step by step as the reader gets further (so a
+    mutable record, not a tuple).
+
+    ``footer_source`` is 'trailing' or 'copy' (the copy at offset 0 when the trailing footer is
+    damaged). ``torn_tail`` is set when the trailing footer is missing but everything else is
+    sound (what a crash or a power cut during a growth of the file leaves): where the referenced
+    data ends. Nothing is lost; a writable open puts the footer back after the data.
+    """
+
+    __slots__ = (
+        "bat",
+        "copy",
+        "file_size",
+        "footer",
+        "footer_source",
+        "header",
+        "header_checksum_ok",
+        "locators",
+        "parent_name",
+        "path",
+        "torn_tail",
+        "trailing",
+        "warnings",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        file_size: int,
+        trailing: FooterRead | None,
+        copy: FooterRead | None,
+        footer: Container,
+        footer_source: str,
+        header: Container | None = None,
+        header_checksum_ok: bool = True,
+        bat: array | None = None,
+        locators: list[Locator] | None = None,
+        parent_name: str = "",
+        warnings: list[str] | None = None,
+        torn_tail: int | None = None,
+    ) -> None:
+        self.path = path
+        self.file_size = file_size
+        self.trailing = trailing
+        self.copy = copy
+        self.footer = footer
+        self.footer_source = footer_source
+        self.header = header
+        self.header_checksum_ok = header_checksum_ok
+        self.bat = bat
+        self.locators: list[Locator] = [] if locators is None else locators
+        self.parent_name = parent_name
+        self.warnings: list[str] = [] if warnings is None else warnings
+        self.torn_tail = torn_tail
+
+    def _replace(self, **changes: Any) -> ImageMetadata:
+        """A shallow copy with ``changes`` made (repair plans its passes on such copies)."""
+        unknown = changes.keys() - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"ImageMetadata has no field {sorted(unknown)[0]!r}")
+        return ImageMetadata(**{name: changes.get(name, getattr(self, name)) for name in self.__slots__})
+
+    def __repr__(self) -> str:
+        return f"ImageMetadata(path={self.path!r}, type={self.type_name}, file_size={self.file_size})"
 
     @property
     def disk_type(self) -> int:
@@ -174,8 +215,12 @@ def choose_footer(path: str, trailing: FooterRead | None, copy: FooterRead | Non
     raise NotVhdError(f"{path}: not a VHD: no 'conectix' footer at the end of the file or at offset 0")
 
 
-def _read_locators(fd: int, header: Container, file_size: int) -> list[Locator]:
-    out = []
+def _read_parent_link(fd: int, header: Container, file_size: int) -> tuple[str, list[Locator]]:
+    """A differencing image's Parent Unicode Name and parent locators (only such an image has a
+    parent, so only its open loads the locator module)."""
+    from vhdtool.format.locators import EMPTY_CODE, Locator, data_space_bytes, decode_locator_data, decode_parent_name
+
+    locators = []
     for slot, entry in enumerate(header.parent_locators):
         code = bytes(entry.platform_code)
         if code == EMPTY_CODE:
@@ -185,8 +230,8 @@ def _read_locators(fd: int, header: Container, file_size: int) -> list[Locator]:
         offset = int(entry.platform_data_offset)
         if 0 < length <= 65536 and offset > 0 and offset + length <= file_size:
             path = decode_locator_data(code, os.pread(fd, length, offset))
-        out.append(Locator(slot, code, offset, data_space_bytes(int(entry.platform_data_space)), length, path))
-    return out
+        locators.append(Locator(slot, code, offset, data_space_bytes(int(entry.platform_data_space)), length, path))
+    return decode_parent_name(bytes(header.parent_unicode_name)), locators
 
 
 def read_metadata(path: str | os.PathLike[str], fd: int | None = None) -> ImageMetadata:
@@ -244,9 +289,8 @@ def _read_sparse_metadata(fd: int, meta: ImageMetadata) -> None:
     meta.bat = _read_bat(fd, entries, table)
     if len(meta.bat) < entries:
         raise CorruptImageError(f"{meta.path}: the file ended while its BAT of {entries} entries was read")
-    meta.parent_name = decode_parent_name(bytes(header.parent_unicode_name))
     if meta.disk_type == DISK_TYPE_DIFFERENCING:
-        meta.locators = _read_locators(fd, header, meta.file_size)
+        meta.parent_name, meta.locators = _read_parent_link(fd, header, meta.file_size)
     if meta.trailing is None and meta.footer_source == "copy" and ok:
         meta.torn_tail = _torn_tail(meta)
         if meta.torn_tail is not None:

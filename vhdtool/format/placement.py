@@ -12,7 +12,6 @@ placement stays valid while the device it came from is open.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 
 from vhdtool.format.blockdev import BlockDevice, Extent, NotPlaceable, Placement, file_extents, join_runs
 
@@ -36,7 +35,7 @@ def _joined(last: Placement, run: Placement) -> Placement | None:
         return None
     if not run.zero and last.file_offset + last.length != run.file_offset:
         return None
-    return replace(last, length=last.length + run.length)
+    return last._replace(length=last.length + run.length)
 
 
 def held_extents(dev: BlockDevice, offset: int = 0, length: int | None = None) -> Iterator[Extent]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vhdtool.errors import UsageError
 
@@ -30,8 +30,7 @@ VHD_EPOCH = 946684800
 """2000-01-01 00:00:00 UTC as a Unix time: VHD timestamps count seconds from here."""
 
 
-@dataclass(frozen=True, slots=True)
-class Creator:
+class Creator(NamedTuple):
     """The footer's creator fields: application, version (major << 16 | minor), host OS."""
 
     application: bytes
@@ -63,8 +62,7 @@ CREATOR_NAMES = {
 QEMU72_CURRENT_SIZE_CREATORS = frozenset({b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0"})
 
 
-@dataclass(frozen=True, slots=True)
-class Geometry:
+class Geometry(NamedTuple):
     cylinders: int
     heads: int
     sectors_per_track: int
@@ -141,7 +139,8 @@ def from_vhd_timestamp(value: int) -> int:
     return value + VHD_EPOCH
 
 
-_SIZE_RE = re.compile(r"^\s*([+-]?)(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_PATTERN = r"^\s*([+-]?)(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$"
+"""Compiled on first use (re caches it): most commands parse no size, and rules loads with every one."""
 _UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB, "p": 1 << 50, "e": 1 << 60}
 
 
@@ -150,7 +149,7 @@ def parse_size(text: str) -> tuple[str, int]:
 
     The sign is '' for an absolute size, '+' or '-' for a relative one.
     """
-    m = _SIZE_RE.match(str(text))
+    m = re.match(_SIZE_PATTERN, str(text), re.IGNORECASE)
     if not m:
         raise UsageError(f"not a size: {text!r} (use bytes or a suffix: 512M, 127G, 2T)")
     sign, number, unit, _ = m.groups()

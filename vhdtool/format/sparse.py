@@ -35,7 +35,6 @@ from vhdtool.format.image import ImageBase
 from vhdtool.format.metadata import TORN_TAIL_LIMIT, ImageMetadata
 from vhdtool.format.sparselayout import BlockLayout, valid_block_size
 from vhdtool.format.structs import DISK_TYPE_DIFFERENCING, SECTOR, UNALLOCATED, build_footer
-from vhdtool.format.validate import block_size_problem
 
 GROWTH_BYTES = 32 * rules.MiB
 """How much room the trailing footer is moved out by at a time when blocks are allocated."""
@@ -107,6 +106,18 @@ class SparseImage(ImageBase):
         meta, bs = self.meta, self.block_size
         problem = self._unreadable(meta, bs)
         cut = [] if problem else self._cut_blocks(meta, bs)
+        if problem or cut:
+            self._refuse_damage(problem, cut, tolerate_cut_blocks)
+        if self.size > rules.MAX_DYNAMIC_SIZE:
+            raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
+
+    def _refuse_damage(self, problem: str | None, cut: list[int], tolerate_cut_blocks: bool) -> None:
+        """Raise for blocks that cannot be found or that the file's end cuts off, unless an
+        inspection may describe the image with a warning."""
+        # the checker's judgement of the Block Size field: only a damaged image needs it
+        from vhdtool.format.validate import block_size_problem
+
+        meta = self.meta
         if cut and not problem:
             problem = f"BAT entry {cut[0]} points at sector {meta.bat[cut[0]]}, past the end of the file"
             # described with a warning only while some stored block is whole (repair's rule too):
@@ -120,8 +131,6 @@ class SparseImage(ImageBase):
             # judged by a damaged Block Size field every block looks bad: name the field instead
             problem = block_size_problem(meta) or problem
             raise CorruptImageError(f"{self.path}: {problem} (run 'vhdtool check', then 'vhdtool repair')")
-        if self.size > rules.MAX_DYNAMIC_SIZE:
-            raise CorruptImageError(f"{self.path}: virtual size {self.size} exceeds 2040 GiB")
 
     def _unreadable(self, meta: ImageMetadata, bs: int) -> str | None:
         """Why the blocks cannot be found at all: a block size or BAT that cannot describe the disk."""

@@ -14,8 +14,7 @@ because that is the smallest unit a block or a footer can be put at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from vhdtool.format import rules
 from vhdtool.format.batruns import allocated_indexes
@@ -60,15 +59,24 @@ def table_bytes(entries: int) -> int:
     return round_up(entries * BAT_ENTRY_BYTES)
 
 
-@dataclass(frozen=True, slots=True)
 class BlockLayout:
-    """How a block of ``block_size`` bytes is stored: its bitmap, then its data."""
+    """How a block of ``block_size`` bytes is stored: its bitmap, then its data. A value: its two
+    sizes are set once, here, and only read after."""
 
-    block_size: int
-    bitmap_size: int = field(init=False)
+    __slots__ = ("bitmap_size", "block_size")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bitmap_size", rules.bitmap_bytes(self.block_size))
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.bitmap_size = rules.bitmap_bytes(block_size)
+
+    def __repr__(self) -> str:
+        return f"BlockLayout(block_size={self.block_size})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockLayout) and other.block_size == self.block_size
+
+    def __hash__(self) -> int:
+        return hash(self.block_size)
 
     @property
     def span(self) -> int:
@@ -102,8 +110,7 @@ class BlockLayout:
         return used + bytes(self.bitmap_size - len(used))
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataRange:
+class MetadataRange(NamedTuple):
     """``length`` bytes at file ``offset`` that belong to a structure, not to a block."""
 
     offset: int

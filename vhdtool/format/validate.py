@@ -13,8 +13,7 @@ import bisect
 import itertools
 import os
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from vhdtool.errors import CorruptImageError, RefusedError
 from vhdtool.format import rules
@@ -42,8 +41,7 @@ CHECK_ERROR = "error"
 check's check-errors (exit 1)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     severity: str
     code: str
     message: str
@@ -64,22 +62,50 @@ LISTED_PER_CODE = 20
 bad entries, and listing each would take far longer and print far more than the file is worth."""
 
 
-@dataclass(slots=True)
 class CheckReport:
-    path: str
-    type_name: str
-    findings: list[Finding] = field(default_factory=list)
-    """The listed findings: at most LISTED_PER_CODE of each code."""
-    total_blocks: int = 0
-    allocated_blocks: int = 0
-    leaked_bytes: int = 0
-    image_end_offset: int = 0
-    listed_per_code: int | None = LISTED_PER_CODE
-    """None lists every finding (repair needs each bad block)."""
-    not_listed: dict[str, int] = field(default_factory=dict)
-    """code -> findings counted but not listed."""
-    _per_severity: Counter[str] = field(default_factory=Counter)
-    _per_code: Counter[str] = field(default_factory=Counter)
+    """What a check found, added to as it goes. ``findings`` are the listed ones: at most
+    ``listed_per_code`` of each code (None lists every finding: repair needs each bad block);
+    ``not_listed`` maps a code to the findings counted but not listed."""
+
+    __slots__ = (
+        "_per_code",
+        "_per_severity",
+        "allocated_blocks",
+        "findings",
+        "image_end_offset",
+        "leaked_bytes",
+        "listed_per_code",
+        "not_listed",
+        "path",
+        "total_blocks",
+        "type_name",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        type_name: str,
+        *,
+        total_blocks: int = 0,
+        allocated_blocks: int = 0,
+        leaked_bytes: int = 0,
+        image_end_offset: int = 0,
+        listed_per_code: int | None = LISTED_PER_CODE,
+    ) -> None:
+        self.path = path
+        self.type_name = type_name
+        self.findings: list[Finding] = []
+        self.total_blocks = total_blocks
+        self.allocated_blocks = allocated_blocks
+        self.leaked_bytes = leaked_bytes
+        self.image_end_offset = image_end_offset
+        self.listed_per_code = listed_per_code
+        self.not_listed: dict[str, int] = {}
+        self._per_severity: Counter[str] = Counter()
+        self._per_code: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"CheckReport(path={self.path!r}, exit_code={self.exit_code}, findings={self.findings!r})"
 
     def add(self, severity: str, code: str, message: str, **where: int) -> None:
         if not self.listing(code):

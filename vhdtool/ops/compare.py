@@ -10,8 +10,7 @@ sector aligned, as qemu-img does.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.structs import SECTOR
@@ -19,8 +18,7 @@ from vhdtool.ops.datapath import CHUNK, Meter, ProgressCallback, held_runs, is_z
 from vhdtool.ops.devices import close_device, open_device
 
 
-@dataclass(frozen=True, slots=True)
-class Comparison:
+class Comparison(NamedTuple):
     a: str
     b: str
     identical: bool

@@ -17,8 +17,7 @@ flush overlap.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
@@ -43,8 +42,7 @@ OUTPUT_FORMATS = ("vhd", "raw", *foreign.FORMATS)
 VHD_TYPES = ("dynamic", "fixed")
 
 
-@dataclass(frozen=True, slots=True)
-class Converted:
+class Converted(NamedTuple):
     source: str
     destination: str
     format: str
@@ -58,7 +56,7 @@ class Converted:
     file_size: int
 
     def as_json(self) -> dict[str, Any]:
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+        return {k.replace("_", "-"): v for k, v in self._asdict().items()}
 
 
 def output_format_for(destination: str, output_format: str | None, disk_type: str | None) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vhdtool.errors import UsageError
 from vhdtool.format import rules
@@ -12,8 +12,7 @@ from vhdtool.format.layout import ParentLink, create_fixed, create_sparse, new_u
 TYPES = ("dynamic", "fixed", "differencing")
 
 
-@dataclass(frozen=True, slots=True)
-class Created:
+class Created(NamedTuple):
     path: str
     type: str
     size: int

@@ -12,12 +12,8 @@ place when complete (as every convert); an interrupted run leaves no destination
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 
 from vhdtool.errors import NotVhdError, UsageError, VhdError
@@ -25,6 +21,9 @@ from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.layout import new_file_by_name
 from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.devices import FOREIGN_MAGIC
+
+# Every convert, info and check uses the tables and probes of this module; only a run of qemu-img
+# needs subprocess, tempfile, shutil and json, so the functions that run it import them.
 
 FORMATS = ("qcow2", "vmdk", "vhdx", "vdi", "qed")
 """Formats qemu-img both reads and writes, that vhdtool passes through it."""
@@ -57,6 +56,8 @@ def format_of_extension(destination: str) -> str | None:
 
 
 def qemu_img() -> str:
+    import shutil
+
     found = shutil.which("qemu-img")
     if found is None:
         raise VhdError("qemu-img is not installed: other formats go through it (Debian: apt install qemu-utils)")
@@ -123,6 +124,9 @@ def explain_not_vhd(path: str, error: NotVhdError) -> NotVhdError:
 
 
 def virtual_size(path: str, fmt: str) -> int:
+    import json
+    import subprocess
+
     tool = qemu_img()
     done = subprocess.run([tool, "info", "--output=json", "-f", fmt, path], capture_output=True, text=True)
     if done.returncode != 0:
@@ -158,6 +162,9 @@ def import_image(
 @contextlib.contextmanager
 def _served(device: BlockDevice, read_only: bool) -> Iterator[str]:
     """``device`` exported on a private unix socket; yields the URI qemu-img opens."""
+    import shutil
+    import tempfile
+
     from vhdtool.nbd.server import NbdServer, ServerThread  # only this route needs the server
 
     folder = tempfile.mkdtemp(prefix="vhdtool-convert-")
@@ -172,6 +179,8 @@ def _served(device: BlockDevice, read_only: bool) -> Iterator[str]:
 
 def _run(cmd: list[str], total: int, progress: ProgressCallback | None) -> None:
     """Run qemu-img convert -p, turning its '(12.50/100%)' lines into progress(done, total)."""
+    import subprocess
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     report: Callable[[int, int], None] = progress or (lambda done, total: None)

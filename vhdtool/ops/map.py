@@ -9,18 +9,19 @@ data but ``parent-missing``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vhdtool.errors import ParentError
 from vhdtool.format.blockdev import BlockDevice
 from vhdtool.format.chain import open_for_inspection
 from vhdtool.format.image import ImageBase
 from vhdtool.format.placement import Placement, joined
-from vhdtool.ops.datapath import ProgressCallback
 from vhdtool.ops.devices import close_device, open_device
+
+if TYPE_CHECKING:  # map copies nothing: the copying path's module is not loaded for its type
+    from vhdtool.ops.datapath import ProgressCallback
 
 
 def map_json(run: Placement) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def map_inspect(
         image = open_for_inspection(path)
         with image:
             entries = [
-                dataclasses.replace(e, parent_missing=True, depth=e.depth + 1) if e.zero else e
+                e._replace(parent_missing=True, depth=e.depth + 1) if e.zero else e
                 for e in _reporting(map_device(image), image.size, progress)
             ]
             return entries, image.all_warnings()

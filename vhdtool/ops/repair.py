@@ -34,7 +34,7 @@ import contextlib
 import json
 import os
 from array import array
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from construct import Container
@@ -366,7 +366,7 @@ def plan_blocks(meta: ImageMetadata, relink: bool) -> BlockPlan:
     plan = BlockPlan(relink=relink)
     if not meta.is_sparse:
         return plan
-    trial = replace(meta, bat=array("I", meta.bat), warnings=[])
+    trial = meta._replace(bat=array("I", meta.bat), warnings=[])
     for codes in (("bat-outside", "bat-overlap-metadata"), ("bat-overlap",)):
         report = CheckReport(meta.path, meta.type_name, listed_per_code=None)
         validate_structure(trial, report, bitmaps=False)
@@ -429,8 +429,7 @@ def _plan_dry_run(
         if inferred is not None:
             header.block_size = inferred[0]
         end = at + FOOTER_SIZE if meta.torn_tail is not None else max(meta.file_size, at + FOOTER_SIZE)
-        meta = replace(
-            meta,
+        meta = meta._replace(
             trailing=FooterRead(meta.footer, at, True),
             footer_source="trailing",
             torn_tail=None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vhdtool.errors import SourceChangedError, io_error
 from vhdtool.format.blockdev import BlockDevice, Extent, Placement, file_extents
@@ -36,8 +36,7 @@ SCAN = 256 << 10
 """Bytes read at a time to check the rest of a piece that starts with zeros."""
 
 
-@dataclass(frozen=True, slots=True)
-class Scanned:
+class Scanned(NamedTuple):
     piece: Placement
     """Where the piece is: ``fd`` -1 when it is read through the device."""
     zero: bool
