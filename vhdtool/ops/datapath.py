@@ -143,3 +143,29 @@ def in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+class Turns:
+    """Lets steps running on several threads do one part each in a fixed order: ``turn(n)`` waits
+    until the steps numbered below ``n`` have had theirs, and ends by letting step ``n + 1`` in.
+
+    Steps must be started in their order (a pool's queue does that): the lowest step still waiting
+    for its turn is then running, not queued behind the steps that wait for it.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._next = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def turn(self, number: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._next == number)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._next = number + 1
+                self._changed.notify_all()
