@@ -242,6 +242,21 @@ def test_eio_from_the_source_during_convert_names_the_source(faulty: tuple[Path,
     assert sorted(p.name for p in backing.iterdir()) == [".fail", "d.vhd"]  # no output, no temporary file
 
 
+def test_convert_onto_a_file_system_without_fallocate(faulty: tuple[Path, Path], tmp_path: Path) -> None:
+    """The FUSE file system implements no fallocate: convert writes its pieces without allocating
+    them first, and the output holds every byte."""
+    from vhdtool.ops.convert import convert
+    from vhdtool.ops.fallocate import allocate
+
+    backing, mnt = faulty
+    with open(mnt / "probe", "wb") as f:
+        assert not allocate(f.fileno(), 0, MiB)
+    src = tmp_path / "src.raw"
+    src.write_bytes(os.urandom(5 * MiB + 4096))
+    convert(src, mnt / "out.raw", output_format="raw")
+    assert (backing / "out.raw").read_bytes() == src.read_bytes()
+
+
 def _fill(folder: Path) -> None:
     """Take the rest of the filesystem's room (the file stays, so the room stays taken)."""
     with open(folder / "fill", "wb", buffering=0) as f:

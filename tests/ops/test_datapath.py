@@ -15,6 +15,7 @@ from vhdtool.format.blockdev import RawFile
 from vhdtool.format.rules import MiB
 from vhdtool.ops.convert import convert
 from vhdtool.ops.datapath import CHUNK, Turns
+from vhdtool.ops.fallocate import allocate
 from vhdtool.ops.sources import SourceReader
 
 # distinct bytes in every piece, a piece of written zeros after data (a buffer that still holds
@@ -115,3 +116,23 @@ def test_a_step_that_fails_in_its_turn_still_lets_the_next_one_in() -> None:
     for t in threads:
         t.join(timeout=30)
     assert order == [0, -1, 2]
+
+
+def test_allocate_reserves_blocks_that_read_as_zeros(tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        assert allocate(fd, MiB, MiB)
+        assert os.fstat(fd).st_size == 2 * MiB
+        assert os.fstat(fd).st_blocks * 512 >= MiB
+        assert os.pread(fd, 2 * MiB, 0) == bytes(2 * MiB)
+    finally:
+        os.close(fd)
+
+
+def test_allocate_where_it_cannot_does_nothing() -> None:
+    fd = os.open(os.devnull, os.O_WRONLY)  # not a regular file: the kernel answers ENODEV
+    try:
+        assert not allocate(fd, 0, MiB)
+    finally:
+        os.close(fd)

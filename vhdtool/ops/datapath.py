@@ -21,9 +21,11 @@ if TYPE_CHECKING:  # threads only for the copies: map and compare import this mo
 T = TypeVar("T")
 R = TypeVar("R")
 
-WORKERS = 3
+WORKERS = 2
 """Threads copying pieces: os.pread/os.pwrite release the GIL, so reads, writes and the zero
-checks of different pieces overlap (qemu-img keeps several requests in flight the same way)."""
+checks of different pieces overlap (qemu-img keeps several requests in flight the same way).
+Two, because writes into one output file take its inode lock in turn: while one thread writes,
+one can read; a third mostly waits, and spinning on that lock takes a core from the others."""
 WINDOW = 8
 """Pieces in flight at most (memory: WINDOW x CHUNK)."""
 

@@ -6,11 +6,11 @@ allocated whole but wrote 4 KiB of) are left out, found with SEEK_DATA/SEEK_HOLE
 read whole with one ``os.preadv`` into a buffer its thread reuses for every piece (a fresh
 buffer per piece costs the zeroing of its pages), checked for zeros in that buffer (one memcmp
 that stops at the first non-zero byte, so data costs nothing to check) and, unless it is all
-zeros, written out with ``os.pwrite`` from the same buffer: the buffer stays in memory the
-process already touched, and the kernel's copy of each page is a plain memcpy. (A kernel copy by
-``os.copy_file_range`` moves the bytes once instead of twice, yet took longer here for a file in
-the page cache: it goes page by page through the pipe machinery of splice.) Any other
-BlockDevice (a partition view, an overlay) is read through its ``pread``.
+zeros, written out with ``os.pwrite`` from the same buffer, into blocks allocated for it just
+before (``ops.fallocate``). A kernel copy by ``os.copy_file_range`` would move the bytes once
+instead of twice, yet for a source in the page cache it is the slower of the two: it goes
+through splice's pipe, page by page (bench/bench_convert.py). Any other BlockDevice (a
+partition view, an overlay) is read through its ``pread``.
 
 The source is read with pread, not through a memory map: a source cut short by another process
 during the copy would kill a reader of a map with SIGBUS (its temporary output left behind).
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from vhdtool.errors import SourceChangedError, io_error
 from vhdtool.format.blockdev import BlockDevice, Extent, Placement, file_extents
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces, write_out
+from vhdtool.ops.fallocate import allocate
 from vhdtool.ops.map import map_device
 
 
@@ -56,6 +57,9 @@ class SourceReader:
         """fd -> (path, size when the copy began): a piece past that size is read the device's way."""
         self._local = threading.local()
         self._zeros = bytes(grid)
+        self._allocate = True
+        """Allocate each piece's blocks in the output before writing it, until the output's
+        filesystem says it cannot."""
         self.pieces = self._pieces()
 
     def _pieces(self) -> list[Placement]:
@@ -94,6 +98,8 @@ class SourceReader:
     def write(self, scanned: Scanned, fd: int, offset: int) -> None:
         """Write the piece at ``offset`` of the output file ``fd`` (and start its writeback when
         ``write_behind``)."""
+        if self._allocate and not allocate(fd, offset, len(scanned.data)):
+            self._allocate = False
         write_out(fd, offset, scanned.data, self.write_behind)
 
     def _buffer(self) -> bytearray:
