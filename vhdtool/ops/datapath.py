@@ -30,14 +30,17 @@ WINDOW = 8
 """Pieces in flight at most (memory: WINDOW x CHUNK)."""
 
 CHUNK = 4 << 20
-"""Bytes read or written at a time: large enough that syscalls cost nothing, small enough for RAM."""
+"""Largest piece read (and copied) at a time: large enough that syscalls cost nothing, small enough for RAM."""
 
 WRITE_STEP = 256 << 10
-"""Bytes of a piece written per call. The length of a write sets the size of the page-cache
+"""Most bytes of a piece written in one call. The length of a write sets the size of the page-cache
 folios the kernel allocates for it: a 2 MiB write asks for 2 MiB folios, which come out of
 whole free 2 MiB blocks of memory; in a virtual machine whose balloon reports free memory to the
 host (free page reporting) those are the blocks the host has taken back, so every one costs a
-fault in the host. Smaller folios come from memory the guest still holds."""
+fault in the host. Smaller folios come from memory the guest still holds. A folio also starts
+at a multiple of its own size in the file, so a write that starts off such a multiple (the data
+of a dynamic VHD's blocks starts a page past the last block) gets a run of small ones: writes
+that end on multiples of WRITE_STEP leave the ones after them aligned."""
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)``: bytes processed so far and in all; called after every piece."""
@@ -56,8 +59,8 @@ def is_zero(data: bytes | bytearray) -> bool:
 
 
 def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_behind: bool = True) -> None:
-    """Write to a new output file, WRITE_STEP bytes per call, and, with ``write_behind``, start
-    its writeback at once.
+    """Write to a new output file in calls that never cross a multiple of WRITE_STEP in the
+    file, and, with ``write_behind``, start its writeback at once.
 
     An output that is fsynced before it is renamed into place gains from asking the kernel to
     write (and then drop) each piece as it goes: dirty pages do not pile up, so that fsync finds
@@ -65,8 +68,8 @@ def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_
     (bench/bench_convert.py). An output that is not fsynced is better left to the page cache.
     """
     view = memoryview(data).cast("B")
-    for at in range(0, len(view), WRITE_STEP):
-        pwrite_all(fd, offset + at, view[at : at + WRITE_STEP])
+    for at, n in pieces([Extent(offset, len(view), False)], WRITE_STEP):
+        pwrite_all(fd, at, view[at - offset : at - offset + n])
     if write_behind:
         os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
 
