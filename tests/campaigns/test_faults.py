@@ -219,9 +219,8 @@ def test_raw_file_truncated_under_an_open_reader(tmp_path: Path) -> None:
 
 
 def test_eio_from_the_source_during_convert_names_the_source(faulty: tuple[Path, Path]) -> None:
-    """copy_file_range fails without saying which file failed: a bad sector in the source must be
-    reported as the source's read error, not as the output's write error. Source and output share
-    the FUSE file system, so the kernel's copy reads the source through it and meets the fault."""
+    """A bad sector in the source must be reported as the source's read error, not as the
+    output's write error. Source and output share the FUSE file system."""
     from vhdtool.ops.convert import convert
 
     backing, mnt = faulty

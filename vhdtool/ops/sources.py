@@ -9,7 +9,7 @@ that stops at the first non-zero byte, so data costs nothing to check) and, unle
 zeros, written out with ``os.pwrite`` from the same buffer, into blocks allocated for it just
 before (``ops.fallocate``). A kernel copy by ``os.copy_file_range`` would move the bytes once
 instead of twice, yet for a source in the page cache it is the slower of the two: it goes
-through splice's pipe, page by page (bench/bench_convert.py). Any other BlockDevice (a
+through splice's pipe, page by page. Any other BlockDevice (a
 partition view, an overlay) is read through its ``pread``.
 
 The source is read with pread, not through a memory map: a source cut short by another process
