@@ -36,16 +36,16 @@ class Scanned:
     piece: Placement
     """Where the piece is: ``fd`` -1 when it is read through the device."""
     zero: bool
-    data: bytes | memoryview
-    """The piece's bytes: a view of the reading thread's buffer, valid until that thread reads
-    its next piece, or the bytes a device's ``pread`` returned."""
+    data: bytes | None = None
+    """The bytes, when they had to be read to be checked (a piece not located in a file)."""
 
 
 class SourceReader:
     """The data pieces of ``dev`` (none crossing a multiple of ``grid``), read and written out.
 
-    ``read`` and ``write`` may run on several threads at once: each thread reads into a buffer
-    of its own, so a piece stays intact until the same thread reads the next one.
+    ``read`` and ``write`` may run on several threads at once: each thread reads the pieces
+    located in a file into a buffer of its own, where a piece stays until the same thread reads
+    the next one. So a piece is written by the thread that read it, before it reads another.
     """
 
     def __init__(self, dev: BlockDevice, grid: int = CHUNK, *, write_behind: bool = True) -> None:
@@ -84,7 +84,8 @@ class SourceReader:
         return out
 
     def read(self, piece: Placement) -> Scanned:
-        """The piece's bytes, and whether they are all zeros."""
+        """Read the piece (into this thread's buffer when it is located in a file) and check it
+        for zeros."""
         if piece.fd < 0 or piece.file_offset + piece.length > self._files[piece.fd][1]:
             data = self.dev.pread(piece.offset, piece.length)
             return Scanned(piece, is_zero(data), data)
@@ -92,15 +93,21 @@ class SourceReader:
         self._read_into(piece, memoryview(buffer)[: piece.length])
         # the buffer is longer than a short piece: compare only what this piece filled
         # (startswith is one memcmp, with no copy)
-        zero = buffer.startswith(memoryview(self._zeros)[: piece.length])
-        return Scanned(piece, zero, memoryview(buffer)[: piece.length])
+        return Scanned(piece, buffer.startswith(memoryview(self._zeros)[: piece.length]))
+
+    def data(self, scanned: Scanned) -> bytes | memoryview:
+        """The bytes of the piece this thread read last."""
+        if scanned.data is not None:
+            return scanned.data
+        return memoryview(self._buffer())[: scanned.piece.length]
 
     def write(self, scanned: Scanned, fd: int, offset: int) -> None:
-        """Write the piece at ``offset`` of the output file ``fd`` (and start its writeback when
-        ``write_behind``)."""
-        if self._allocate and not allocate(fd, offset, len(scanned.data)):
+        """Write the piece this thread read last at ``offset`` of the output file ``fd`` (and
+        start its writeback when ``write_behind``)."""
+        data = self.data(scanned)
+        if self._allocate and not allocate(fd, offset, len(data)):
             self._allocate = False
-        write_out(fd, offset, scanned.data, self.write_behind)
+        write_out(fd, offset, data, self.write_behind)
 
     def _buffer(self) -> bytearray:
         buffer: bytearray | None = getattr(self._local, "buffer", None)
