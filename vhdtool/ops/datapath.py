@@ -71,7 +71,7 @@ def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_
     for at, n in pieces([Extent(offset, len(view), False)], WRITE_STEP):
         pwrite_all(fd, at, view[at - offset : at - offset + n])
     if write_behind:
-        os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, offset, len(view), os.POSIX_FADV_DONTNEED)
 
 
 def read_grid(dev: BlockDevice) -> int:
