@@ -219,9 +219,8 @@ def test_raw_file_truncated_under_an_open_reader(tmp_path: Path) -> None:
 
 
 def test_eio_from_the_source_during_convert_names_the_source(faulty: tuple[Path, Path]) -> None:
-    """copy_file_range fails without saying which file failed: a bad sector in the source must be
-    reported as the source's read error, not as the output's write error. Source and output share
-    the FUSE file system, so the kernel's copy reads the source through it and meets the fault."""
+    """A bad sector in the source must be reported as the source's read error, not as the
+    output's write error. Source and output share the FUSE file system."""
     from vhdtool.ops.convert import convert
 
     backing, mnt = faulty
@@ -240,6 +239,21 @@ def test_eio_from_the_source_during_convert_names_the_source(faulty: tuple[Path,
             (backing / ".fail").write_text("")
     assert "out.raw" not in str(caught.value)
     assert sorted(p.name for p in backing.iterdir()) == [".fail", "d.vhd"]  # no output, no temporary file
+
+
+def test_convert_onto_a_file_system_without_fallocate(faulty: tuple[Path, Path], tmp_path: Path) -> None:
+    """The FUSE file system implements no fallocate: convert writes its pieces without allocating
+    them first, and the output holds every byte."""
+    from vhdtool.ops.convert import convert
+    from vhdtool.ops.fallocate import allocate
+
+    backing, mnt = faulty
+    with open(mnt / "probe", "wb") as f:
+        assert not allocate(f.fileno(), 0, MiB)
+    src = tmp_path / "src.raw"
+    src.write_bytes(os.urandom(5 * MiB + 4096))
+    convert(src, mnt / "out.raw", output_format="raw")
+    assert (backing / "out.raw").read_bytes() == src.read_bytes()
 
 
 def _fill(folder: Path) -> None:

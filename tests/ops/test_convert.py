@@ -78,9 +78,9 @@ def test_chain_is_flattened(tmp_path: Path) -> None:
 
 
 def test_pieces_starting_with_zeros(tmp_path: Path) -> None:
-    """Zero checks read a piece's first page, then the rest in steps: data found late in a piece
-    (after the first page, after the first step, in its last byte) is still copied, and a piece
-    of written zeros is still left out."""
+    """Zero checks look at the whole piece: data found late in a piece (after its first page,
+    past its first quarter, in its last byte) is still copied, and a piece of written zeros is
+    still left out."""
     piece = bytearray(4 * MiB)  # the source is written whole: four 4 MiB pieces of data to check
     src = tmp_path / "z.raw"
     with open(src, "wb") as f:

@@ -1,13 +1,13 @@
 """Writing a new VHD front to back, in one pass: the one writer `convert` (and `build`, through it)
 lays images out with.
 
-The caller hands the disk's data over in disk order and asks, for each run, where in the file it
-goes (``place``); it writes the bytes there itself (with copy_file_range or pwrite, from its
-worker threads as it likes) and calls ``finish`` last. A dynamic image is laid out directly
-(footer copy, header, BAT, then the blocks in the order their first data came, then the footer)
-rather than through block allocation, which would rewrite the footer once per block; its BAT
-and header are written by ``finish``. The file is a temporary one the caller renames into place
-only once it is complete (``layout.write_new_file``), so no crash ordering is needed here.
+The caller asks, for each run of the disk's data and in disk order, where in the file it goes
+(``place``); it writes the bytes there itself (from its worker threads as it likes) and calls
+``finish`` last. A dynamic image is laid out directly (footer copy, header, BAT, then the blocks
+in the order their first data came, then the footer) rather than through block allocation,
+which would rewrite the footer once per block; its BAT and header are written by ``finish``.
+The file is a temporary one the caller renames into place only once it is complete
+(``layout.write_new_file``), so no crash ordering is needed here.
 """
 
 from __future__ import annotations

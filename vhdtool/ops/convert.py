@@ -30,12 +30,13 @@ from vhdtool.ops import foreign
 from vhdtool.ops.datapath import (
     Meter,
     ProgressCallback,
+    Turns,
     in_order,
     read_grid,
     worker_pool,
 )
 from vhdtool.ops.devices import close_device, open_device
-from vhdtool.ops.sources import SourceReader
+from vhdtool.ops.sources import Scanned, SourceReader
 from vhdtool.ops.targets import TARGETS
 
 OUTPUT_FORMATS = ("vhd", "raw", *foreign.FORMATS)
@@ -285,10 +286,10 @@ def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
         return
 
     def copy(piece: Placement) -> int:
-        scanned = reader.scan(piece)
+        scanned = reader.read(piece)
         if scanned.zero:
             return 0
-        reader.copy(scanned, fd, piece.offset)
+        reader.write(scanned, fd, piece.offset)
         return piece.length
 
     with worker_pool() as pool:
@@ -298,12 +299,25 @@ def _copy_pieces(reader: SourceReader, fd: int, meter: Meter) -> None:
 
 
 def _copy_in_order(reader: SourceReader, writer: DynamicWriter, meter: Meter) -> None:
-    """Workers check the pieces ahead; the copies go out from here in disk order, so that blocks
-    are laid out in disk order and the layout is reproducible."""
+    """Workers read and check the pieces and write them, each from its own buffer; only the
+    placing is done in disk order, one piece at a time, so that blocks are laid out in disk order
+    and the layout is reproducible."""
+    turns = Turns()
+
+    def copy(numbered: tuple[int, Placement]) -> int:
+        number, piece = numbered
+        scanned: Scanned | None = None
+        try:
+            scanned = reader.read(piece)
+        finally:  # a piece that fails still takes its turn, or the pieces after it would wait forever
+            with turns.turn(number):
+                at = None if scanned is None or scanned.zero else writer.place(piece.offset)
+        if scanned is None or at is None:
+            return 0
+        reader.write(scanned, writer.fd, at)
+        return piece.length
+
     with worker_pool() as pool:
-        for scanned in in_order(pool, reader.scan, reader.pieces):
-            meter.add(scanned.piece.length)
-            if scanned.zero:
-                continue
-            reader.copy(scanned, writer.fd, writer.place(scanned.piece.offset))
-            meter.written += scanned.piece.length
+        for piece, written in zip(reader.pieces, in_order(pool, copy, enumerate(reader.pieces)), strict=True):
+            meter.written += written
+            meter.add(piece.length)

@@ -21,14 +21,26 @@ if TYPE_CHECKING:  # threads only for the copies: map and compare import this mo
 T = TypeVar("T")
 R = TypeVar("R")
 
-WORKERS = 3
+WORKERS = 2
 """Threads copying pieces: os.pread/os.pwrite release the GIL, so reads, writes and the zero
-checks of different pieces overlap (qemu-img keeps several requests in flight the same way)."""
+checks of different pieces overlap (qemu-img keeps several requests in flight the same way).
+Two, because writes into one output file take its inode lock in turn: while one thread writes,
+one can read; a third mostly waits, and spinning on that lock takes a core from the others."""
 WINDOW = 8
 """Pieces in flight at most (memory: WINDOW x CHUNK)."""
 
 CHUNK = 4 << 20
-"""Bytes read or written at a time: large enough that syscalls cost nothing, small enough for RAM."""
+"""Largest piece read (and copied) at a time: large enough that syscalls cost nothing, small enough for RAM."""
+
+WRITE_STEP = 256 << 10
+"""Most bytes of a piece written in one call. The length of a write sets the size of the page-cache
+folios the kernel allocates for it: a 2 MiB write asks for 2 MiB folios, which come out of
+whole free 2 MiB blocks of memory; in a virtual machine whose balloon reports free memory to the
+host (free page reporting) those are the blocks the host has taken back, so every one costs a
+fault in the host. Smaller folios come from memory the guest still holds. A folio also starts
+at a multiple of its own size in the file, so a write that starts off such a multiple (the data
+of a dynamic VHD's blocks starts a page past the last block) gets a run of small ones: writes
+that end on multiples of WRITE_STEP leave the ones after them aligned."""
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)``: bytes processed so far and in all; called after every piece."""
@@ -47,16 +59,19 @@ def is_zero(data: bytes | bytearray) -> bool:
 
 
 def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_behind: bool = True) -> None:
-    """Write to a new output file and, with ``write_behind``, start its writeback at once.
+    """Write to a new output file in calls that never cross a multiple of WRITE_STEP in the
+    file, and, with ``write_behind``, start its writeback at once.
 
     An output that is fsynced before it is renamed into place gains from asking the kernel to
     write (and then drop) each piece as it goes: dirty pages do not pile up, so that fsync finds
     nothing left to do and the copy is not throttled by dirty-page limits
     (bench/bench_convert.py). An output that is not fsynced is better left to the page cache.
     """
-    pwrite_all(fd, offset, data)
+    view = memoryview(data).cast("B")
+    for at, n in pieces([Extent(offset, len(view), False)], WRITE_STEP):
+        pwrite_all(fd, at, view[at - offset : at - offset + n])
     if write_behind:
-        os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, offset, len(view), os.POSIX_FADV_DONTNEED)
 
 
 def read_grid(dev: BlockDevice) -> int:
@@ -143,3 +158,29 @@ def in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+class Turns:
+    """Lets steps running on several threads do one part each in a fixed order: ``turn(n)`` waits
+    until the steps numbered below ``n`` have had theirs, and ends by letting step ``n + 1`` in.
+
+    Steps must be started in their order (a pool's queue does that): the lowest step still waiting
+    for its turn is then running, not queued behind the steps that wait for it.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._next = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def turn(self, number: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._next == number)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._next = number + 1
+                self._changed.notify_all()

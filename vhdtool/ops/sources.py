@@ -2,24 +2,24 @@
 
 For the images vhdtool opens itself (any VHD chain, a raw file) every data run is located in one
 file of the chain (``map.map_device``), and the holes of that file inside the run (a block qemu
-allocated whole but wrote 4 KiB of) are left out, found with SEEK_DATA/SEEK_HOLE. Such a piece is
-checked for zeros by reading its first 4 KiB into a buffer the thread reuses (data seldom starts
-with a zero page, so most pieces are known to hold data after that one small read); only a piece
-that starts with zeros is read on, 256 KiB at a time, until a non-zero byte turns up. It is then
-copied with ``os.copy_file_range``: the kernel moves the bytes once, where a read and a write copy
-them twice. Any other BlockDevice (a partition view, an overlay) is read through its ``pread`` and
-written with ``os.pwrite``.
+allocated whole but wrote 4 KiB of) are left out, found with SEEK_DATA/SEEK_HOLE. Each piece is
+read whole with one ``os.preadv`` into a buffer its thread reuses for every piece (a fresh
+buffer per piece costs the zeroing of its pages), checked for zeros in that buffer (one memcmp
+that stops at the first non-zero byte, so data costs nothing to check) and, unless it is all
+zeros, written out with ``os.pwrite`` from the same buffer, into blocks allocated for it just
+before (``ops.fallocate``). A kernel copy by ``os.copy_file_range`` would move the bytes once
+instead of twice, yet for a source in the page cache it is the slower of the two: it goes
+through splice's pipe, page by page. Any other BlockDevice (a
+partition view, an overlay) is read through its ``pread``.
 
-The zero checks read the source with pread, not through a memory map: a source cut short by
-another process during the copy would kill a reader of a map with SIGBUS (its temporary output
-left behind). Reads find the file short instead, and the copy stops with ``SourceChangedError``:
-the output would be neither the old disk nor the new one. A source of written zeros must be read
-in full either way.
+The source is read with pread, not through a memory map: a source cut short by another process
+during the copy would kill a reader of a map with SIGBUS (its temporary output left behind).
+Reads find the file short instead, and the copy stops with ``SourceChangedError``: the output
+would be neither the old disk nor the new one.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from typing import NamedTuple
@@ -27,13 +27,8 @@ from typing import NamedTuple
 from vhdtool.errors import SourceChangedError, io_error
 from vhdtool.format.blockdev import BlockDevice, Extent, Placement, file_extents
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces, write_out
+from vhdtool.ops.fallocate import allocate
 from vhdtool.ops.map import map_device
-
-_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
-PROBE = 4096
-"""Bytes of a piece read first to check it for zeros (one page)."""
-SCAN = 256 << 10
-"""Bytes read at a time to check the rest of a piece that starts with zeros."""
 
 
 class Scanned(NamedTuple):
@@ -45,10 +40,11 @@ class Scanned(NamedTuple):
 
 
 class SourceReader:
-    """The data pieces of ``dev`` (none crossing a multiple of ``grid``), checked and copied.
+    """The data pieces of ``dev`` (none crossing a multiple of ``grid``), read and written out.
 
-    ``scan`` and ``copy`` may run on several threads at once (each thread checks zeros in a
-    buffer of its own, so a scan keeps no bytes the next one overwrites).
+    ``read`` and ``write`` may run on several threads at once: each thread reads the pieces
+    located in a file into a buffer of its own, where a piece stays until the same thread reads
+    the next one. So a piece is written by the thread that read it, before it reads another.
     """
 
     def __init__(self, dev: BlockDevice, grid: int = CHUNK, *, write_behind: bool = True) -> None:
@@ -59,8 +55,10 @@ class SourceReader:
         self._files: dict[int, tuple[str, int]] = {}
         """fd -> (path, size when the copy began): a piece past that size is read the device's way."""
         self._local = threading.local()
-        self._zeros = memoryview(bytes(SCAN))
-        self._copy_file_range = hasattr(os, "copy_file_range")
+        self._zeros = bytes(grid)
+        self._allocate = True
+        """Allocate each piece's blocks in the output before writing it, until the output's
+        filesystem says it cannot."""
         self.pieces = self._pieces()
 
     def _pieces(self) -> list[Placement]:
@@ -84,86 +82,49 @@ class SourceReader:
                 out.append(Placement(offset, length, run.depth, False, offset - shift, run.path, run.fd))
         return out
 
-    def scan(self, piece: Placement) -> Scanned:
-        """Is the piece all zeros? Its first page is read, and the rest only if that is zero."""
+    def read(self, piece: Placement) -> Scanned:
+        """Read the piece (into this thread's buffer when it is located in a file) and check it
+        for zeros."""
         if piece.fd < 0 or piece.file_offset + piece.length > self._files[piece.fd][1]:
             data = self.dev.pread(piece.offset, piece.length)
             return Scanned(piece, is_zero(data), data)
-        # read a page, then a few hundred KiB at a time into a buffer that stays in the CPU cache,
-        # until a non-zero byte turns up (bytearray.startswith is one memcmp, with no copy)
         buffer = self._buffer()
-        view = memoryview(buffer)
-        at, n = 0, min(PROBE, piece.length)
-        while n:
-            self._read_into(piece, view[:n], at)
-            if not buffer.startswith(self._zeros[:n]):
-                return Scanned(piece, False)
-            at += n
-            n = min(SCAN, piece.length - at)
-        return Scanned(piece, True)
+        self._read_into(piece, memoryview(buffer)[: piece.length])
+        # the buffer is longer than a short piece: compare only what this piece filled
+        # (startswith is one memcmp, with no copy)
+        return Scanned(piece, buffer.startswith(memoryview(self._zeros)[: piece.length]))
 
-    def copy(self, scanned: Scanned, fd: int, offset: int) -> None:
-        """Write the piece at ``offset`` of the output file ``fd`` (and start its writeback when
-        ``write_behind``)."""
-        piece = scanned.piece
-        data = scanned.data
-        if data is None and piece.fd >= 0:
-            if self._copy_file_range:
-                try:
-                    self._copy_range(piece, fd, offset)
-                    if self.write_behind:
-                        os.posix_fadvise(fd, offset, piece.length, os.POSIX_FADV_DONTNEED)  # see write_out
-                    return
-                except OSError as e:
-                    if e.errno not in _NO_COPY_FILE_RANGE:
-                        raise
-                    self._copy_file_range = False  # another filesystem, or an old kernel: copy by hand
-            data = bytearray(piece.length)
-            self._read_into(piece, memoryview(data), 0)
-        if data is None:
-            data = self.dev.pread(piece.offset, piece.length)
+    def data(self, scanned: Scanned) -> bytes | memoryview:
+        """The bytes of the piece this thread read last."""
+        if scanned.data is not None:
+            return scanned.data
+        return memoryview(self._buffer())[: scanned.piece.length]
+
+    def write(self, scanned: Scanned, fd: int, offset: int) -> None:
+        """Write the piece this thread read last at ``offset`` of the output file ``fd`` (and
+        start its writeback when ``write_behind``)."""
+        data = self.data(scanned)
+        if self._allocate and not allocate(fd, offset, len(data)):
+            self._allocate = False
         write_out(fd, offset, data, self.write_behind)
 
     def _buffer(self) -> bytearray:
         buffer: bytearray | None = getattr(self._local, "buffer", None)
         if buffer is None:
-            buffer = self._local.buffer = bytearray(SCAN)
+            buffer = self._local.buffer = bytearray(self.grid)
         return buffer
 
-    def _read_into(self, piece: Placement, view: memoryview, at: int) -> None:
-        """Fill ``view`` from ``at`` bytes into the piece, in the file that holds it."""
+    def _read_into(self, piece: Placement, view: memoryview) -> None:
+        """Fill ``view`` with the piece, from the file that holds it."""
         done = 0
         while done < len(view):
             try:
-                n = os.preadv(piece.fd, [view[done:]], piece.file_offset + at + done)
+                n = os.preadv(piece.fd, [view[done:]], piece.file_offset + done)
             except OSError as e:
                 raise io_error(self._files[piece.fd][0], "read", e) from None
             if n == 0:
-                self._changed(piece, at + done)
-            done += n
-
-    def _copy_range(self, piece: Placement, dst: int, dst_offset: int) -> None:
-        done = 0
-        while done < piece.length:
-            try:
-                n = os.copy_file_range(piece.fd, dst, piece.length - done, piece.file_offset + done, dst_offset + done)
-            except OSError as e:
-                if e.errno not in _NO_COPY_FILE_RANGE:
-                    self._blame_source(piece, done, e)
-                raise
-            if n == 0:
                 self._changed(piece, done)
             done += n
-
-    def _blame_source(self, piece: Placement, at: int, error: OSError) -> None:
-        """copy_file_range's error does not say which file failed: when the rest of the piece
-        cannot be read from the source, the error is the source's (else it names the output).
-        Only reached on an error, so reading the rest again costs nothing in a good copy."""
-        for offset in range(piece.file_offset + at, piece.file_offset + piece.length, CHUNK):
-            try:
-                os.pread(piece.fd, min(CHUNK, piece.file_offset + piece.length - offset), offset)
-            except OSError as e:
-                raise io_error(self._files[piece.fd][0], "read", e) from error
 
     def _changed(self, piece: Placement, at: int) -> None:
         """The file ends before data it held when the copy began: some other process cut it."""
