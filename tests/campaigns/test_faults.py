@@ -244,8 +244,8 @@ def test_eio_from_the_source_during_convert_names_the_source(faulty: tuple[Path,
 def test_convert_onto_a_file_system_without_fallocate(faulty: tuple[Path, Path], tmp_path: Path) -> None:
     """The FUSE file system implements no fallocate: convert writes its pieces without allocating
     them first, and the output holds every byte."""
+    from vhdtool.format.fallocate import allocate
     from vhdtool.ops.convert import convert
-    from vhdtool.ops.fallocate import allocate
 
     backing, mnt = faulty
     with open(mnt / "probe", "wb") as f:

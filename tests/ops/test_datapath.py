@@ -12,10 +12,10 @@ import pytest
 
 from tests.ops.oputil import make_raw, qemu_compare
 from vhdtool.format.blockdev import RawFile
+from vhdtool.format.fallocate import allocate
 from vhdtool.format.rules import MiB
 from vhdtool.ops.convert import convert
 from vhdtool.ops.datapath import CHUNK, Turns
-from vhdtool.ops.fallocate import allocate
 from vhdtool.ops.sources import SourceReader
 
 # distinct bytes in every piece, a piece of written zeros after data (a buffer that still holds

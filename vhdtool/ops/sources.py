@@ -7,7 +7,7 @@ read whole with one ``os.preadv`` into a buffer its thread reuses for every piec
 buffer per piece costs the zeroing of its pages), checked for zeros in that buffer (one memcmp
 that stops at the first non-zero byte, so data costs nothing to check) and, unless it is all
 zeros, written out with ``os.pwrite`` from the same buffer, into blocks allocated for it just
-before (``ops.fallocate``). A kernel copy by ``os.copy_file_range`` would move the bytes once
+before (``format.fallocate.allocate``). A kernel copy by ``os.copy_file_range`` would move the bytes once
 instead of twice, yet for a source in the page cache it is the slower of the two: it goes
 through splice's pipe, page by page. Any other BlockDevice (a
 partition view, an overlay) is read through its ``pread``.
@@ -26,8 +26,8 @@ from typing import NamedTuple
 
 from vhdtool.errors import SourceChangedError, io_error
 from vhdtool.format.blockdev import BlockDevice, Extent, Placement, file_extents
+from vhdtool.format.fallocate import allocate
 from vhdtool.ops.datapath import CHUNK, data_runs, is_zero, pieces, write_out
-from vhdtool.ops.fallocate import allocate
 from vhdtool.ops.map import map_device
 
 
