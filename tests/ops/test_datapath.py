@@ -15,7 +15,7 @@ from vhdtool.format.blockdev import RawFile
 from vhdtool.format.fallocate import allocate
 from vhdtool.format.rules import MiB
 from vhdtool.ops.convert import convert
-from vhdtool.ops.datapath import CHUNK, Turns
+from vhdtool.ops.datapath import CHUNK, Turns, in_order, worker_pool
 from vhdtool.ops.sources import SourceReader
 
 # distinct bytes in every piece, a piece of written zeros after data (a buffer that still holds
@@ -119,6 +119,53 @@ def test_a_step_that_fails_in_its_turn_still_lets_the_next_one_in() -> None:
     for t in threads:
         t.join(timeout=30)
     assert order == [0, -1, 2]
+
+
+def test_the_pool_gives_results_in_order_with_several_jobs_running_at_once() -> None:
+    running, most = set(), 0
+    lock = threading.Lock()
+
+    def job(n: int) -> int:
+        nonlocal most
+        with lock:
+            running.add(n)
+            most = max(most, len(running))
+        time.sleep(0.002 * (n % 3))  # later jobs often finish first
+        with lock:
+            running.discard(n)
+        return n * n
+
+    with worker_pool(3) as pool:
+        assert list(in_order(pool, job, range(40), window=6)) == [n * n for n in range(40)]
+    assert most > 1
+
+
+def test_a_failed_job_raises_where_its_result_is_taken_and_stops_the_queued_ones() -> None:
+    ran: list[int] = []
+    started = threading.Event()
+
+    def job(n: int) -> int:
+        if n == 0:
+            started.wait(10)  # the failure below comes while this job still runs
+            time.sleep(0.05)
+            ran.append(n)
+            return n
+        if n == 1:
+            started.set()
+            raise OSError(5, "Input/output error")
+        time.sleep(0.01)  # the queue is still long when the failure is taken
+        ran.append(n)
+        return n
+
+    results: list[int] = []
+    with pytest.raises(OSError, match="Input/output"), worker_pool(2) as pool:
+        for value in in_order(pool, job, range(100), window=100):
+            results.append(value)
+    # every thread has stopped when the block is left: the job that was running finished, and
+    # most of the queued ones never ran
+    assert results == [0] and 0 in ran
+    assert not [t for t in threading.enumerate() if t.name.startswith("vhdtool-copy")]
+    assert len(ran) < 50
 
 
 def test_allocate_reserves_blocks_that_read_as_zeros(tmp_path: Path) -> None:

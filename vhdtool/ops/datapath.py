@@ -4,19 +4,17 @@ pieces on a grid, zero detection without per-sector loops, and progress reportin
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import Generic, TypeVar
 
 from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents
 from vhdtool.format.placement import NotPlaceable, held_extents
 from vhdtool.format.rewrite import pwrite_all
 from vhdtool.format.sparse import SparseImage
-
-if TYPE_CHECKING:  # threads only for the copies: map and compare import this module without them
-    from concurrent.futures import Future, ThreadPoolExecutor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -134,24 +132,92 @@ class Meter:
             self.callback(self.done, self.total)
 
 
+class Cancelled(Exception):
+    """The job never ran: its pool stopped first."""
+
+
+class Job(Generic[R]):
+    """One call run on a pool thread; ``result()`` waits for it and returns or raises what it did."""
+
+    __slots__ = ("_call", "_done", "_error", "_result")
+
+    def __init__(self, call: Callable[[], R]) -> None:
+        self._call = call
+        self._done = threading.Event()
+        self._result: R | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._result = self._call()
+        except BaseException as e:  # handed to the thread that asks for the result
+            self._error = e
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        self._error = Cancelled()
+        self._done.set()
+
+    def result(self) -> R:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+class WorkerPool:
+    """A few threads running jobs in the order they were submitted.
+
+    concurrent.futures' pool would do the same, but importing it loads logging, several
+    milliseconds of every copying command's start; this is the part the copies use."""
+
+    def __init__(self, workers: int) -> None:
+        import queue  # only the copies need it: map and compare import this module too
+
+        self._jobs: queue.SimpleQueue[Job[object] | None] = queue.SimpleQueue()
+        self._cancelling = False
+        self._threads = [threading.Thread(target=self._work, name=f"vhdtool-copy-{n}") for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[T], R], item: T) -> Job[R]:
+        job: Job[R] = Job(lambda: fn(item))
+        self._jobs.put(job)  # type: ignore[arg-type]
+        return job
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._cancelling:
+                job.cancel()
+            else:
+                job.run()
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop the threads once they have run (or, with ``cancel``, dropped) every queued job."""
+        self._cancelling = cancel
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 @contextmanager
-def worker_pool(workers: int = WORKERS) -> Iterator[ThreadPoolExecutor]:
+def worker_pool(workers: int = WORKERS) -> Iterator[WorkerPool]:
     """A thread pool that, however its block ends (Ctrl-C included), has stopped every worker
     before the caller goes on to close or remove the files they use."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-copy")
+    pool = WorkerPool(workers)
     try:
         yield pool
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(cancel=True)
         raise
-    pool.shutdown(wait=True)
+    pool.shutdown()
 
 
-def in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int = WINDOW) -> Iterator[R]:
+def in_order(pool: WorkerPool, fn: Callable[[T], R], items: Iterable[T], window: int = WINDOW) -> Iterator[R]:
     """``fn`` over ``items`` on the pool, at most ``window`` in flight, results in item order."""
-    pending: deque[Future[R]] = deque()
+    pending: deque[Job[R]] = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
         if len(pending) >= window:
@@ -169,8 +235,6 @@ class Turns:
     """
 
     def __init__(self) -> None:
-        import threading
-
         self._next = 0
         self._changed = threading.Condition()
 
