@@ -36,7 +36,8 @@ def _pip(*args: str | Path) -> None:
 
 def test_editable_install_compiles_every_module(tmp_path: Path) -> None:
     tree = _copy_of_checkout(tmp_path / "tree")
-    _pip("install", "--no-deps", "--prefix", tmp_path / "prefix", "-e", tree)
+    # --ignore-installed: without it pip first uninstalls the vhdtool that runs these tests
+    _pip("install", "--no-deps", "--ignore-installed", "--prefix", tmp_path / "prefix", "-e", tree)
     sources = sorted((tree / "vhdtool").rglob("*.py"))
     missing = [p for p in sources if not Path(importlib.util.cache_from_source(str(p))).is_file()]
     assert sources and not missing, missing

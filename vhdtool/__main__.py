@@ -1,5 +1,5 @@
-"""`python -m vhdtool` runs the CLI."""
+"""`python -m vhdtool` runs the vhdtool program."""
 
-from vhdtool.cli import main
+from vhdtool.console import main
 
 main()
