@@ -30,8 +30,9 @@ HEADER_OFFSET = FOOTER_SIZE
 BAT_OFFSET = HEADER_OFFSET + HEADER_SIZE
 BAT_ENTRY_BYTES = 4
 DATA_ALIGNMENT = 4096
-"""New blocks' data starts on a page of the file, as Windows lays them out: page-aligned data is
-what lets copy_file_range move whole pages when the image is read back."""
+"""New blocks' data starts on a page of the file, as Windows lays them out: a block's reads and
+writes then cover whole pages of the page cache (and whole filesystem blocks for a copy that
+shares extents), never a page split with the bitmap before it."""
 
 
 def round_up(n: int, to: int = SECTOR) -> int:
