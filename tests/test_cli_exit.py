@@ -56,7 +56,7 @@ def test_output_to_a_reader_that_went_away_ends_with_status_1(tmp_path: Path) ->
 
 def test_the_program_raises_the_collectors_first_threshold_and_the_cli_alone_does_not() -> None:
     report = "atexit.register(lambda: print('threshold', __import__('gc').get_threshold()[0], file=sys.stderr))"
-    for entry, expected in (("vhdtool.console", "10000"), ("vhdtool.cli", "700")):
+    for entry, expected in (("vhdtool.__main__", "10000"), ("vhdtool.cli", "700")):
         code = f"import atexit, sys\n{report}\nfrom {entry} import main\nsys.argv = ['vhdtool', '--version']\nmain()\n"
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.startswith("vhdtool, version")
