@@ -49,11 +49,13 @@ def _zeros(n: int) -> bytes:
     return bytes(n)
 
 
-def is_zero(data: bytes | bytearray) -> bool:
-    """True when every byte is zero (one memcmp, not a Python loop; power-of-two sizes, the usual
-    piece sizes, compare against a cached zero buffer instead of a fresh one each time)."""
-    n = len(data)
-    return data == (_zeros(n) if n & (n - 1) == 0 else bytes(n))
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True when every byte is zero: one memcmp against a cached zero buffer (a prefix of it for
+    any piece up to CHUNK, so short and odd-sized pieces need no fresh one), not a Python loop.
+    A memoryview is compared the same way (``==`` would compare it item by item)."""
+    n = memoryview(data).nbytes
+    zeros = _zeros(CHUNK) if n <= CHUNK else _zeros(n) if n & (n - 1) == 0 else bytes(n)
+    return zeros.startswith(data)
 
 
 def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_behind: bool = True) -> None:

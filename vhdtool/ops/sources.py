@@ -55,7 +55,6 @@ class SourceReader:
         self._files: dict[int, tuple[str, int]] = {}
         """fd -> (path, size when the copy began): a piece past that size is read the device's way."""
         self._local = threading.local()
-        self._zeros = bytes(grid)
         self._allocate = True
         """Allocate each piece's blocks in the output before writing it, until the output's
         filesystem says it cannot."""
@@ -89,10 +88,9 @@ class SourceReader:
             data = self.dev.pread(piece.offset, piece.length)
             return Scanned(piece, is_zero(data), data)
         buffer = self._buffer()
-        self._read_into(piece, memoryview(buffer)[: piece.length])
-        # the buffer is longer than a short piece: compare only what this piece filled
-        # (startswith is one memcmp, with no copy)
-        return Scanned(piece, buffer.startswith(memoryview(self._zeros)[: piece.length]))
+        filled = memoryview(buffer)[: piece.length]  # the buffer is longer than a short piece
+        self._read_into(piece, filled)
+        return Scanned(piece, is_zero(filled))
 
     def data(self, scanned: Scanned) -> bytes | memoryview:
         """The bytes of the piece this thread read last."""
