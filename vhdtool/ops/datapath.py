@@ -8,10 +8,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Generic, TypeVar
 
-from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents
+from vhdtool.format.blockdev import BlockDevice, Extent, merge_extents, zeros
 from vhdtool.format.placement import NotPlaceable, held_extents
 from vhdtool.format.rewrite import pwrite_all
 from vhdtool.format.sparse import SparseImage
@@ -44,18 +43,13 @@ ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)``: bytes processed so far and in all; called after every piece."""
 
 
-@cache
-def _zeros(n: int) -> bytes:
-    return bytes(n)
-
-
 def is_zero(data: bytes | bytearray | memoryview) -> bool:
-    """True when every byte is zero: one memcmp against a cached zero buffer (a prefix of it for
-    any piece up to CHUNK, so short and odd-sized pieces need no fresh one), not a Python loop.
-    A memoryview is compared the same way (``==`` would compare it item by item)."""
-    n = memoryview(data).nbytes
-    zeros = _zeros(CHUNK) if n <= CHUNK else _zeros(n) if n & (n - 1) == 0 else bytes(n)
-    return zeros.startswith(data)
+    """True when every byte is zero: one memcmp per CHUNK against the shared zero chunk (a prefix
+    of it for a shorter piece, so no size needs a fresh buffer), not a Python loop per byte. A
+    memoryview is compared the same way (``==`` would compare it item by item)."""
+    view = memoryview(data).cast("B")
+    chunk = zeros(CHUNK)
+    return all(chunk.startswith(view[at : at + CHUNK]) for at in range(0, len(view), CHUNK))
 
 
 def write_out(fd: int, offset: int, data: bytes | bytearray | memoryview, write_behind: bool = True) -> None:
