@@ -146,7 +146,7 @@ def needs_sync(path: str, sync: bool) -> bool:
 
 
 @contextlib.contextmanager
-def new_file_by_name(path: str, overwrite: bool, *, sync: bool = True) -> Iterator[str]:
+def new_file_by_name(path: str, overwrite: bool, *, sync: bool) -> Iterator[str]:
     """``write_new_file`` for writers that need a name, not a descriptor (another program): yields
     the temporary path; when the block succeeds the file is fsynced (see ``write_new_file`` for
     ``sync``) and renamed onto ``path``, otherwise removed."""
